@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both install first.
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+# A GPU box overrides this (e.g. TORCH_SPEC="torch==2.11.0"); torch goes in first so no resolver pulls another.
+TORCH_SPEC  ?= torch==2.13.0
+STAMP       := $(VENV)/.scgrn-installed
+DEMO_DIR    ?= demo_out
+PYTEST_ARGS ?=
+
+.PHONY: install test lint demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install lint
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: install
+	$(VENV)/bin/scgrn demo --out $(DEMO_DIR)
+
+bench: install
+	$(VENV)/bin/scgrn bench loader
+	$(VENV)/bin/scgrn bench shard
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

@@ -1,0 +1,121 @@
+"""Open a sharded corpus: its manifest, vocab, shards in either format, and random access to one cell."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.cell_block import CellBlock
+from data_prep.errors import CorpusError
+from data_prep.manifest import read_manifest
+from data_prep.values import ValueKind
+from data_prep.vocab import GeneVocab
+from data_prep.wds_shard import WdsShard
+from data_prep.zarr_shard import ZarrShard, use_fast_codec_pipeline
+
+FORMATS = ("zarr", "webdataset")
+
+
+class Corpus:
+    """Read-only view of a corpus directory written by `scgrn shard`.
+
+    `corpus.cell(i)` reads cell `i` (global index, shard order) from the zarr shards; `corpus.shard(k)` gives a
+    `ZarrShard` or `WdsShard`. Open shards are kept in a small LRU so millions of cells over thousands of shards
+    stay in bounded memory.
+    """
+
+    def __init__(self, directory: Path, fmt: str | None = None, max_open_shards: int = 64) -> None:
+        self.directory = Path(directory)
+        self.manifest = read_manifest(self.directory)
+        available = self.manifest["formats"]
+        fmt = fmt or ("zarr" if "zarr" in available else available[0])
+        if fmt not in available:
+            msg = f"{self.directory}: format {fmt!r} was not written for this corpus; it has {available}."
+            raise CorpusError(msg)
+        self.format = fmt
+        if fmt == "zarr":
+            use_fast_codec_pipeline()
+        self.shards_meta = self.manifest["shards"]
+        self.cell_offsets = np.array([s["cell_offset"] for s in self.shards_meta] + [self.n_cells], dtype=np.int64)
+        self._open: OrderedDict[int, ZarrShard | WdsShard] = OrderedDict()
+        self._max_open = max_open_shards
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.manifest["totals"]["n_cells"])
+
+    @property
+    def value_kind(self) -> ValueKind:
+        return ValueKind(self.manifest["value_kind"])
+
+    @property
+    def vocab_sha256(self) -> str:
+        return self.manifest["vocab"]["sha256"]
+
+    def vocab(self) -> GeneVocab:
+        vocab = GeneVocab.load(self.directory / self.manifest["vocab"]["file"])
+        if vocab.sha256 != self.vocab_sha256:
+            msg = f"{self.directory}: vocab.json hash {vocab.sha256[:12]} != manifest {self.vocab_sha256[:12]}."
+            raise CorpusError(msg)
+        return vocab
+
+    def __len__(self) -> int:
+        return self.n_cells
+
+    def shard(self, k: int) -> ZarrShard | WdsShard:
+        if k in self._open:
+            self._open.move_to_end(k)
+            return self._open[k]
+        info = self.shards_meta[k]["files"].get(self.format)
+        if info is None:
+            msg = f"{self.directory}: shard {k} has no {self.format} file in the manifest."
+            raise CorpusError(msg)
+        path = self.directory / info["path"]
+        if not path.exists():
+            msg = f"{path}: shard file missing. Run `scgrn validate {self.directory}`, then re-shard with --resume."
+            raise CorpusError(msg)
+        shard = ZarrShard(path) if self.format == "zarr" else WdsShard(path)
+        self._open[k] = shard
+        if len(self._open) > self._max_open:
+            _, old = self._open.popitem(last=False)
+            if isinstance(old, WdsShard):
+                old.close()
+        return shard
+
+    def locate(self, index: int) -> tuple[int, int]:
+        if not 0 <= index < self.n_cells:
+            msg = f"cell index {index} out of range; this corpus has {self.n_cells} cells (0..{self.n_cells - 1})."
+            raise IndexError(msg)
+        k = int(np.searchsorted(self.cell_offsets, index, side="right") - 1)
+        return k, index - int(self.cell_offsets[k])
+
+    def read_cells(self, start: int, stop: int) -> CellBlock:
+        """Global cells [start, stop) (may span shards)."""
+        blocks = []
+        while start < stop:
+            k, local = self.locate(start)
+            n = min(stop - start, self.shards_meta[k]["n_cells"] - local)
+            blocks.append(self._read_local(k, local, local + n))
+            start += n
+        return CellBlock.concat(blocks)
+
+    def _read_local(self, k: int, lo: int, hi: int) -> CellBlock:
+        shard = self.shard(k)
+        if isinstance(shard, ZarrShard):
+            return shard.read_block(lo, hi)
+        per = shard.cells_per_sample
+        parts = [shard.read_sample(s) for s in range(lo // per, (hi - 1) // per + 1)]
+        from data_prep.cell_block import slice_block
+
+        whole = CellBlock.concat(parts)
+        first = (lo // per) * per
+        return slice_block(whole, lo - first, hi - first)
+
+    def cell(self, index: int) -> dict:
+        """One cell by global index: {'gene_ids', 'values', 'cell_id', 'split', 'obs'}; no densifying."""
+        k, local = self.locate(index)
+        block = self._read_local(k, local, local + 1)
+        return {"gene_ids": block.gene_ids, "values": block.values, "cell_id": str(block.cell_ids[0]),
+                "split": int(block.split[0]), "obs": {c: v[0] for c, v in block.obs.items()}}

@@ -1,0 +1,71 @@
+"""Per-gene statistics over a corpus, accumulated shard by shard in bounded memory.
+
+For each vocab gene: cells expressing it, sum of values, and the median of its non-zero values (Geneformer
+normalizes each gene by this non-zero median before rank-value encoding). An exact median would need every
+value; instead a per-gene histogram: exact unit bins for counts 1..127 (so count medians are exact there, which
+is nearly all genes), then 16 bins per doubling (<= 4.4 % relative error). Non-count kinds use bins of width 1/16
+on sign(v)·log1p(|v|). The reported median is the value of the ceil(n/2)-th smallest non-zero.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from data_prep.values import ValueKind
+
+_EXACT = 128
+
+
+def bin_edges(kind: ValueKind) -> np.ndarray:
+    """Lower edges of the histogram bins (increasing)."""
+    if kind is ValueKind.COUNTS:
+        exact = np.arange(1, _EXACT + 1, dtype=np.float64)
+        octaves = _EXACT * 2.0 ** (np.arange(1, 16 * 25 + 1) / 16.0)
+        return np.concatenate([exact, octaves])
+    t = np.arange(-16 * 16, 16 * 16 + 1) / 16.0  # sign(v) log1p|v| in [-16, 16]
+    return np.sign(t) * np.expm1(np.abs(t))
+
+
+def bin_centers(kind: ValueKind, edges: np.ndarray) -> np.ndarray:
+    if kind is ValueKind.COUNTS:
+        upper = np.r_[edges[1:], edges[-1] * 2 ** (1 / 16)]
+        centers = np.sqrt(edges * upper)
+        centers[:_EXACT] = edges[:_EXACT]
+        return centers
+    return np.r_[(edges[:-1] + edges[1:]) / 2, edges[-1]]
+
+
+class GeneStats:
+    def __init__(self, vocab_size: int, kind: ValueKind) -> None:
+        self.kind = kind
+        self.edges = bin_edges(kind)
+        self.n_bins = len(self.edges)
+        self.n_cells = np.zeros(vocab_size, dtype=np.int64)
+        self.total = np.zeros(vocab_size, dtype=np.float64)
+        self.hist = np.zeros((vocab_size, self.n_bins), dtype=np.int64)
+
+    def partial(self, gene_ids: np.ndarray, values: np.ndarray) -> dict[str, np.ndarray]:
+        """A shard's contribution, sparse, so workers send little back to the parent."""
+        g = gene_ids.astype(np.int64)
+        v = values.astype(np.float64)
+        bins = np.clip(np.searchsorted(self.edges, v, side="right") - 1, 0, self.n_bins - 1)
+        flat, counts = np.unique(g * self.n_bins + bins, return_counts=True)
+        size = len(self.n_cells)
+        return {"n_cells": np.bincount(g, minlength=size), "total": np.bincount(g, weights=v, minlength=size),
+                "hist_index": flat, "hist_count": counts}
+
+    def add(self, part: dict[str, np.ndarray]) -> None:
+        self.n_cells += part["n_cells"]
+        self.total += part["total"]
+        self.hist.reshape(-1)[part["hist_index"]] += part["hist_count"]
+
+    def nonzero_median(self) -> np.ndarray:
+        centers = bin_centers(self.kind, self.edges)
+        out = np.zeros(len(self.n_cells), dtype=np.float64)
+        for lo in range(0, len(out), 4096):
+            h = self.hist[lo : lo + 4096]
+            n = h.sum(axis=1)
+            cum = np.cumsum(h, axis=1)
+            k = np.argmax(cum >= np.ceil(n / 2)[:, None], axis=1)
+            out[lo : lo + 4096] = np.where(n > 0, centers[k], 0.0)
+        return out

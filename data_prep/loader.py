@@ -1,0 +1,256 @@
+"""Streaming loader: every train cell exactly once per epoch across ranks x workers, shuffled, resumable.
+
+Single-device code: rank and world size come in as arguments (no torch.distributed here).
+
+How an epoch is laid out (deterministic from seed + epoch):
+1. The corpus is cut into *units*: cell ranges of `block_cells` in zarr shards, or tar samples in webdataset
+   shards. Units are permuted with rng(seed, epoch).
+2. Consumer c of n = world_size x num_workers (c = rank x num_workers + worker_id) takes units perm[c::n], so
+   every unit, hence every cell, goes to exactly one consumer.
+3. A consumer reads its units in *windows* of `window_blocks` units, keeps the requested split, permutes the
+   window's cells with rng(seed, epoch, c, window) and emits them (block shuffle + buffer, as scDataset does).
+A consumer's position is a cursor (window, cells emitted in it); restoring it reproduces the remaining sequence
+exactly, because everything before it is recomputed from the seed. Batches are cut from each consumer's cell
+stream; `StatefulCellLoader` tracks the cursors of batches the training loop has consumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from data_prep.cell_block import SPLIT_TRAIN, SPLIT_VAL, CellBlock, slice_block
+from data_prep.corpus import Corpus
+from data_prep.errors import CorpusError
+
+SPLITS = {"train": SPLIT_TRAIN, "val": SPLIT_VAL, "all": None}
+
+
+@dataclass
+class CellBatch(CellBlock):
+    """A packed batch (CSR over cells) plus where it came from, for exact resume."""
+
+    consumer: int = 0
+    cursor: tuple[int, int] = (0, 0)  # (window, cells emitted in it) *after* this batch
+
+    def to_torch(self) -> dict[str, torch.Tensor]:
+        """Packed tensors for a varlen transformer: `cu_seqlens` (B+1,) int32, `gene_ids` (T,), `values` (T,)."""
+        return {
+            "cu_seqlens": torch.from_numpy(self.indptr.astype(np.int32)),
+            "gene_ids": torch.from_numpy(self.gene_ids.astype(np.int64)),
+            "values": torch.from_numpy(self.values.astype(np.float32)),
+        }
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
+
+
+class StreamingCellDataset(IterableDataset):
+    """Iterable over a corpus split. `batch_size=None` yields one cell at a time as
+    `{'gene_ids', 'values', 'cell_id', 'obs', ...}`; `batch_size=N` yields `CellBatch`es of N cells (the last
+    one of a consumer may be smaller unless `drop_last`)."""
+
+    def __init__(self, corpus_dir: Path, *, split: str = "train", fmt: str | None = None, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, epoch: int = 0, shuffle: bool = True,
+                 block_cells: int = 1024, window_blocks: int = 8, batch_size: int | None = None,
+                 drop_last: bool = False, obs_columns: list[str] | None = None) -> None:
+        super().__init__()
+        if split not in SPLITS:
+            msg = f"split {split!r} not allowed; use one of {list(SPLITS)}."
+            raise ValueError(msg)
+        if not 0 <= rank < world_size:
+            msg = f"rank {rank} must be in [0, world_size={world_size})."
+            raise ValueError(msg)
+        for name, v in (("block_cells", block_cells), ("window_blocks", window_blocks)):
+            if v < 1:
+                msg = f"{name} = {v} must be >= 1."
+                raise ValueError(msg)
+        if batch_size is not None and batch_size < 1:
+            msg = f"batch_size = {batch_size} must be >= 1 or None (one cell at a time)."
+            raise ValueError(msg)
+        self.corpus_dir = Path(corpus_dir)
+        self.fmt, self.split, self.rank, self.world_size = fmt, split, rank, world_size
+        self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
+        self.block_cells, self.window_blocks = block_cells, window_blocks
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self.obs_columns = obs_columns
+        self._corpus: Corpus | None = None
+        self._num_workers = 1
+        self.cursors: dict[int, tuple[int, int]] = {}  # consumer -> cursor to start from (after a restore)
+        self.corpus  # open now: bad corpora fail at construction, not inside a worker
+
+    # -- structure -----------------------------------------------------------------------------------
+    @property
+    def corpus(self) -> Corpus:
+        if self._corpus is None:
+            self._corpus = Corpus(self.corpus_dir, self.fmt)
+        return self._corpus
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_corpus"] = None  # each worker opens its own file handles
+        return state
+
+    def units(self) -> list[tuple[int, int, int]]:
+        """(shard, first cell, stop cell) of every read unit, in storage order."""
+        out = []
+        for k, meta in enumerate(self.corpus.shards_meta):
+            n = meta["n_cells"]
+            if self.corpus.format == "webdataset":
+                step = meta["files"]["webdataset"].get("cells_per_sample") or self._wds_step(k)
+            else:
+                step = self.block_cells
+            out.extend((k, lo, min(lo + step, n)) for lo in range(0, n, step))
+        return out
+
+    def _wds_step(self, k: int) -> int:
+        return self.corpus.shard(k).cells_per_sample
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.cursors = {}
+
+    def consumer_units(self, consumer: int, n_consumers: int) -> list[tuple[int, int, int]]:
+        units = self.units()
+        order = _rng(self.seed, self.epoch).permutation(len(units)) if self.shuffle else np.arange(len(units))
+        return [units[i] for i in order[consumer::n_consumers]]
+
+    def _read_unit(self, unit: tuple[int, int, int]) -> CellBlock:
+        k, lo, hi = unit
+        shard = self.corpus.shard(k)
+        if self.corpus.format == "webdataset":
+            block = shard.read_sample(lo // shard.cells_per_sample)
+        else:
+            block = shard.read_block(lo, hi, with_obs=True)
+        if self.obs_columns is not None:
+            block.obs = {c: block.obs[c] for c in self.obs_columns}
+        return block
+
+    def _window(self, consumer: int, w: int, units: list) -> CellBlock:
+        blocks = [self._read_unit(u) for u in units[w * self.window_blocks : (w + 1) * self.window_blocks]]
+        block = CellBlock.concat(blocks)
+        wanted = SPLITS[self.split]
+        rows = np.arange(block.n_cells) if wanted is None else np.flatnonzero(block.split == wanted)
+        if self.shuffle:
+            rows = rows[_rng(self.seed, self.epoch, consumer, w).permutation(len(rows))]
+        return block.take(rows)
+
+    # -- iteration -----------------------------------------------------------------------------------
+    def _consumer(self) -> tuple[int, int]:
+        info = get_worker_info()
+        workers, worker_id = (1, 0) if info is None else (info.num_workers, info.id)
+        return self.rank * workers + worker_id, self.world_size * workers
+
+    def cell_stream(self, consumer: int, n_consumers: int, start: tuple[int, int] = (0, 0)):
+        """Yield (window, position after the cells, CellBlock of consecutive cells) for one consumer."""
+        units = self.consumer_units(consumer, n_consumers)
+        n_windows = -(-len(units) // self.window_blocks)
+        w0, offset = start
+        for w in range(w0, n_windows):
+            block = self._window(consumer, w, units)
+            first = offset if w == w0 else 0
+            if first < block.n_cells:
+                yield w, first, block
+
+    def __iter__(self) -> Iterator:
+        consumer, n_consumers = self._consumer()
+        start = self.cursors.get(consumer, (0, 0))
+        if self.batch_size is None:
+            yield from self._iter_cells(consumer, n_consumers, start)
+        else:
+            yield from self._iter_batches(consumer, n_consumers, start)
+
+    def _iter_cells(self, consumer, n_consumers, start):
+        for w, first, block in self.cell_stream(consumer, n_consumers, start):
+            for i in range(first, block.n_cells):
+                lo, hi = block.indptr[i], block.indptr[i + 1]
+                yield {"gene_ids": block.gene_ids[lo:hi], "values": block.values[lo:hi],
+                       "cell_id": block.cell_ids[i], "split": int(block.split[i]),
+                       "obs": {k: v[i] for k, v in block.obs.items()}, "consumer": consumer, "cursor": (w, i + 1)}
+
+    def _iter_batches(self, consumer, n_consumers, start):
+        size = self.batch_size
+        pending: list[CellBlock] = []
+        n_pending = 0
+        cursor = start
+        for w, first, block in self.cell_stream(consumer, n_consumers, start):
+            pos = first
+            while pos < block.n_cells:
+                take = min(size - n_pending, block.n_cells - pos)
+                pending.append(slice_block(block, pos, pos + take))
+                n_pending += take
+                pos += take
+                cursor = (w, pos)
+                if n_pending == size:
+                    yield self._batch(pending, consumer, cursor)
+                    pending, n_pending = [], 0
+        if pending and not self.drop_last:
+            yield self._batch(pending, consumer, cursor)
+
+    @staticmethod
+    def _batch(parts: list[CellBlock], consumer: int, cursor: tuple[int, int]) -> CellBatch:
+        b = CellBlock.concat(parts) if len(parts) > 1 else parts[0]
+        gene_ids, values = b.gene_ids, b.values
+        if len(parts) == 1:  # a view into the window: copy so the batch owns its memory
+            gene_ids, values = gene_ids.copy(), values.copy()
+        return CellBatch(b.indptr, gene_ids, values, b.cell_ids, b.split, b.obs, consumer, cursor)
+
+    # -- exact resume --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "split": self.split, "rank": self.rank,
+                "world_size": self.world_size, "num_workers": self._num_workers,
+                "cursors": {str(c): list(v) for c, v in self.cursors.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        mismatch = [f"{k}: saved {state[k]!r}, now {getattr(self, k)!r}"
+                    for k in ("seed", "split", "rank", "world_size") if state[k] != getattr(self, k)]
+        if mismatch:
+            msg = ("loader state does not match this loader (" + "; ".join(mismatch) + "). Resume with the "
+                   "same seed, split, rank and world size, or start the epoch afresh.")
+            raise CorpusError(msg)
+        self.epoch = state["epoch"]
+        self._num_workers = state["num_workers"]
+        self.cursors = {int(c): tuple(v) for c, v in state["cursors"].items()}
+
+
+class StatefulCellLoader:
+    """A torch DataLoader over a `StreamingCellDataset` (batch mode) whose position can be saved and restored.
+
+    Workers run copies of the dataset, so the loader records the cursor carried by every batch it hands out;
+    `state_dict()` is then exact whatever the number of workers (which must stay the same on resume).
+    """
+
+    def __init__(self, dataset: StreamingCellDataset, num_workers: int = 0, **kwargs) -> None:
+        if dataset.batch_size is None:
+            msg = "StatefulCellLoader needs a dataset built with batch_size=N."
+            raise ValueError(msg)
+        self.dataset = dataset
+        self.num_workers = num_workers
+        self.kwargs = kwargs
+        dataset._num_workers = max(1, num_workers)
+
+    def __iter__(self) -> Iterator[CellBatch]:
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                            persistent_workers=False, **self.kwargs)
+        for batch in loader:
+            self.dataset.cursors[batch.consumer] = tuple(batch.cursor)
+            yield batch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["num_workers"] != max(1, self.num_workers):
+            msg = (f"loader state was saved with {state['num_workers']} worker(s) per rank, this loader has "
+                   f"{max(1, self.num_workers)}; resume with the same num_workers.")
+            raise CorpusError(msg)
+        self.dataset.load_state_dict(state)

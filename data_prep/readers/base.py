@@ -1,0 +1,79 @@
+"""What every input reader gives the sharder: row (cell) ranges of a cells x genes matrix, plus cell ids and obs.
+
+Readers are opened from a picklable `InputSpec` inside each worker process, and read any `[start, stop)`
+range of cells, so shards can be written in parallel and redone one by one on `--resume`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How to open one input. Everything here is recorded in the manifest."""
+
+    path: Path
+    layer: str | None = None  # h5ad: read counts from layers[NAME] instead of X
+    obs_columns: tuple[str, ...] = ()  # obs columns to keep (must exist, or the run stops)
+    csv_orientation: str = "genes-by-cells"  # BEELINE's BL--ExpressionData.csv layout
+    spill_dir: Path | None = None  # where gene-major inputs are transposed to cell-major buckets
+    spill_cells: int = 8192  # cells per spill bucket (bounds memory while reading such inputs)
+
+
+@dataclass
+class CellChunk:
+    """Cells `[row_offset, row_offset + n)` of one input, columns in the reader's `gene_names` order."""
+
+    matrix: sp.csr_matrix  # (n_cells, n_input_genes), float64 or integer values
+    cell_ids: np.ndarray  # (n_cells,) str
+    obs: dict[str, np.ndarray] = field(default_factory=dict)  # column -> (n_cells,)
+    row_offset: int = 0
+
+
+class CellReader(ABC):
+    """A cells x genes matrix readable by row range in bounded memory."""
+
+    kind: str = "?"
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+        self.path = Path(spec.path)
+
+    n_cells: int
+    gene_names: np.ndarray  # (n_genes,) str, symbols (or whatever names the input carries)
+    gene_ids: np.ndarray | None = None  # (n_genes,) str, e.g. Ensembl ids when the input has them
+    obs_available: tuple[str, ...] = ()
+
+    def prepare(self) -> None:
+        """One-time work before parallel reads (e.g. transposing a gene-major input). Idempotent."""
+
+    @abstractmethod
+    def read(self, start: int, stop: int) -> CellChunk:
+        """Cells `[start, stop)` with the requested obs columns."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release file handles."""
+
+    def __enter__(self) -> CellReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def check_obs_columns(self) -> None:
+        from data_prep.errors import InputError
+
+        missing = [c for c in self.spec.obs_columns if c not in self.obs_available]
+        if missing:
+            allowed = ", ".join(self.obs_available) or "(none)"
+            msg = (
+                f"{self.path}: obs column(s) {missing} not found; this input has: {allowed}. "
+                "Drop them from --obs-columns or pick existing ones."
+            )
+            raise InputError(msg)

@@ -1,0 +1,147 @@
+"""10x Genomics inputs: a Cell Ranger output directory (Matrix Market) and a `filtered_feature_bc_matrix.h5`.
+
+Directory: `matrix.mtx[.gz]` (genes x cells coordinates), `features.tsv[.gz]` (v3: id, name, type) or
+`genes.tsv[.gz]` (v2: id, name), `barcodes.tsv[.gz]`. The coordinates are streamed in chunks into cell buckets
+(`TransposeSpill`), since Matrix Market has no cell-major index.
+HDF5: the `matrix` group (v3) or a `<genome>` group (v2) is CSC over cells, i.e. each cell's genes are
+contiguous, so cell ranges are read directly.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from data_prep.errors import InputError
+from data_prep.readers.base import CellChunk, CellReader, InputSpec
+from data_prep.readers.spill import TransposeSpill
+
+
+def _first_existing(directory: Path, names: list[str]) -> Path | None:
+    for name in names:
+        if (directory / name).exists():
+            return directory / name
+    return None
+
+
+def _read_tsv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", header=None, dtype=str, compression="infer")
+
+
+class TenxMtxReader(CellReader):
+    kind = "10x-mtx"
+
+    def __init__(self, spec: InputSpec) -> None:
+        super().__init__(spec)
+        d = self.path
+        self._mtx = _first_existing(d, ["matrix.mtx.gz", "matrix.mtx"])
+        features = _first_existing(d, ["features.tsv.gz", "features.tsv", "genes.tsv.gz", "genes.tsv"])
+        barcodes = _first_existing(d, ["barcodes.tsv.gz", "barcodes.tsv"])
+        missing = [
+            n for n, p in [("matrix.mtx[.gz]", self._mtx), ("features.tsv[.gz] or genes.tsv", features),
+                           ("barcodes.tsv[.gz]", barcodes)] if p is None
+        ]
+        if missing:
+            msg = f"{d}: not a 10x matrix directory, missing {', '.join(missing)}."
+            raise InputError(msg)
+        feat = _read_tsv(features)
+        self.gene_ids = feat[0].to_numpy(dtype=object)
+        self.gene_names = (feat[1] if feat.shape[1] > 1 else feat[0]).to_numpy(dtype=object)
+        self._cell_ids = _read_tsv(barcodes)[0].to_numpy(dtype=object)
+        self._header_lines, n_rows, n_cols, self._nnz = self._read_header()
+        if n_rows != len(self.gene_names) or n_cols != len(self._cell_ids):
+            msg = (
+                f"{self._mtx}: matrix is {n_rows} x {n_cols} but {features.name} lists {len(self.gene_names)} "
+                f"genes and {barcodes.name} {len(self._cell_ids)} barcodes; the three files must match."
+            )
+            raise InputError(msg)
+        self.n_cells = n_cols
+        self.obs_available = ()
+        self.check_obs_columns()
+        self._spill: TransposeSpill | None = None
+
+    def _read_header(self) -> tuple[int, int, int, int]:
+        opener = gzip.open if self._mtx.suffix == ".gz" else open
+        with opener(self._mtx, "rt") as f:
+            first = f.readline()
+            if not first.startswith("%%MatrixMarket matrix coordinate"):
+                msg = f"{self._mtx}: not a Matrix Market coordinate file (first line {first.strip()[:60]!r})."
+                raise InputError(msg)
+            n = 1
+            line = f.readline()
+            while line.startswith("%"):
+                n += 1
+                line = f.readline()
+            try:
+                rows, cols, nnz = (int(x) for x in line.split())
+            except ValueError:
+                msg = f"{self._mtx}: line {n + 1} should be 'rows cols entries', got {line.strip()[:60]!r}."
+                raise InputError(msg) from None
+        return n + 1, rows, cols, nnz
+
+    def _triplets(self):
+        reader = pd.read_csv(
+            self._mtx, sep=r"\s+", header=None, skiprows=self._header_lines, chunksize=2_000_000,
+            compression="infer", dtype={0: np.int64, 1: np.int64, 2: np.float64},
+        )
+        for chunk in reader:
+            arr = chunk.to_numpy()
+            yield arr[:, 1].astype(np.int64) - 1, arr[:, 0].astype(np.int64) - 1, arr[:, 2]
+
+    def prepare(self) -> None:
+        if self.spec.spill_dir is None:
+            msg = f"{self.path}: a Matrix Market input needs a spill directory (internal error)."
+            raise InputError(msg)
+        self._spill = TransposeSpill(self.spec.spill_dir, self.n_cells, len(self.gene_names),
+                                     self.spec.spill_cells)
+        self._spill.build(self._triplets())
+
+    def read(self, start: int, stop: int) -> CellChunk:
+        if self._spill is None:
+            self.prepare()
+        return CellChunk(self._spill.read(start, stop), self._cell_ids[start:stop], {}, start)
+
+
+class TenxH5Reader(CellReader):
+    kind = "10x-h5"
+
+    def __init__(self, spec: InputSpec) -> None:
+        super().__init__(spec)
+        self._file = h5py.File(self.path, "r")
+        if "matrix" in self._file:
+            g = self._file["matrix"]
+            feats = g["features"]
+            self.gene_ids = np.asarray([x.decode() for x in feats["id"][:]], dtype=object)
+            self.gene_names = np.asarray([x.decode() for x in feats["name"][:]], dtype=object)
+        else:
+            genomes = [k for k in self._file if isinstance(self._file[k], h5py.Group) and "barcodes" in self._file[k]]
+            if not genomes:
+                msg = f"{self.path}: HDF5 file is neither an .h5ad nor a 10x matrix (no 'matrix' or genome group)."
+                raise InputError(msg)
+            g = self._file[genomes[0]]
+            self.gene_ids = np.asarray([x.decode() for x in g["genes"][:]], dtype=object)
+            self.gene_names = np.asarray([x.decode() for x in g["gene_names"][:]], dtype=object)
+        self._group = g
+        self._cell_ids = np.asarray([x.decode() for x in g["barcodes"][:]], dtype=object)
+        n_genes, self.n_cells = (int(x) for x in g["shape"][:])
+        if n_genes != len(self.gene_names):
+            msg = f"{self.path}: shape says {n_genes} genes but the feature table has {len(self.gene_names)}."
+            raise InputError(msg)
+        self.obs_available = ()
+        self.check_obs_columns()
+
+    def read(self, start: int, stop: int) -> CellChunk:
+        g = self._group
+        indptr = g["indptr"][start : stop + 1].astype(np.int64)
+        lo, hi = int(indptr[0]), int(indptr[-1])
+        m = sp.csr_matrix((g["data"][lo:hi], g["indices"][lo:hi], indptr - lo),
+                          shape=(stop - start, len(self.gene_names)))
+        return CellChunk(m, self._cell_ids[start:stop], {}, start)
+
+    def close(self) -> None:
+        self._file.close()

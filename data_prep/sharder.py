@@ -1,0 +1,243 @@
+"""`scgrn shard`: inputs -> vocab + mapping report -> shards (parallel, resumable) -> manifest (last).
+
+Peak memory is bounded by `workers x cells_per_shard x non-zeros per cell` (each task holds one shard's
+rows) plus the per-gene histograms (vocab x ~530 int64) in the parent, whatever the number of input cells.
+Gene-major inputs (CSC h5ad, Matrix Market, CSV) are first transposed through a disk spill in bounded chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import replace
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data_prep.config import ShardConfig
+from data_prep.errors import CorpusError, InputError
+from data_prep.gene_mapping import check_unique_names, input_keys, load_gene_map, map_genes
+from data_prep.gene_stats import GeneStats
+from data_prep.io_utils import atomic_write_text, sha256_tree
+from data_prep.manifest import CORPUS_FORMAT_VERSION, CORPUS_MAGIC, MANIFEST_NAME, write_manifest
+from data_prep.readers import InputSpec, detect_kind, open_reader
+from data_prep.shard_task import PROGRESS_DIR, ShardTask, TaskContext, run_task, shard_paths
+from data_prep.vocab import GeneVocab
+
+log = logging.getLogger(__name__)
+PLAN_NAME = "plan.json"
+SPILL_DIR = ".spill"
+
+
+def _check_out_dir(cfg: ShardConfig, identity: dict) -> None:
+    """Refuse to touch a directory that holds something else; nothing already written is ever overwritten."""
+    out = cfg.out
+    if not out.exists() or not any(out.iterdir()):
+        if cfg.resume and out.exists():
+            log.info("%s is empty; starting fresh", out)
+        return
+    plan = out / PROGRESS_DIR / PLAN_NAME
+    manifest = out / MANIFEST_NAME
+    existing = None
+    if plan.exists():
+        existing = json.loads(plan.read_text()).get("identity")
+    elif manifest.exists():
+        try:
+            existing = json.loads(manifest.read_text()).get("options")
+        except json.JSONDecodeError:
+            existing = None
+    if existing is None:
+        msg = (
+            f"--out {out}: directory is not empty and holds no scgrn corpus; refusing to write into it. "
+            "Choose an empty or new directory."
+        )
+        raise CorpusError(msg)
+    if existing != identity:
+        diff = sorted(k for k in set(existing) | set(identity) if existing.get(k) != identity.get(k))
+        msg = (
+            f"--out {out}: directory holds a different corpus (options differ in: {', '.join(diff)}). "
+            "Choose another --out, or delete that directory if it is no longer needed."
+        )
+        raise CorpusError(msg)
+    if not cfg.resume:
+        state = "a finished" if manifest.exists() else "an unfinished"
+        msg = f"--out {out}: directory already holds {state} run of this corpus; pass --resume to keep it and continue."
+        raise CorpusError(msg)
+
+
+def _build_vocab(cfg: ShardConfig, readers, gene_map) -> GeneVocab:
+    if cfg.vocab is not None:
+        return GeneVocab.load(cfg.vocab)
+    lists = []
+    for spec, reader in zip(cfg_specs(cfg), readers, strict=True):
+        keys = input_keys(reader.gene_names, reader.gene_ids, cfg.mapping, str(spec.path))
+        keys = [gene_map.get(k, k) for k in keys] if gene_map else keys
+        lists.append([k.upper() for k in keys] if cfg.mapping.case_insensitive else keys)
+    return GeneVocab.from_genes(lists)
+
+
+def cfg_specs(cfg: ShardConfig) -> list[InputSpec]:
+    return [
+        InputSpec(path=p, layer=cfg.layer, obs_columns=tuple(cfg.obs_columns), csv_orientation=cfg.csv_orientation,
+                  spill_dir=cfg.out / SPILL_DIR / f"input-{i:03d}", spill_cells=min(cfg.cells_per_shard, 8192))
+        for i, p in enumerate(cfg.inputs)
+    ]
+
+
+def _shard_ok(out: Path, record: dict) -> bool:
+    for info in record["files"].values():
+        path = out / info["path"]
+        if not path.exists() or sha256_tree(path) != info["sha256"]:
+            return False
+    return (out / PROGRESS_DIR / f"shard-{record['index']:06d}.stats.npz").exists()
+
+
+def shard(cfg: ShardConfig, progress: bool = True) -> dict:
+    """Run the whole sharding job; returns the manifest."""
+    t0 = time.perf_counter()
+    identity = cfg.identity()
+    _check_out_dir(cfg, identity)
+    specs = cfg_specs(cfg)
+    kinds = [detect_kind(s.path) for s in specs]
+    readers = [open_reader(s) for s in specs]
+    gene_map = load_gene_map(cfg.mapping.gene_map) if cfg.mapping.gene_map else None
+    for spec, reader in zip(specs, readers, strict=True):
+        check_unique_names(input_keys(reader.gene_names, reader.gene_ids, cfg.mapping, str(spec.path)),
+                           str(spec.path), cfg.mapping)
+    vocab = _build_vocab(cfg, readers, gene_map)
+    mappings = [
+        map_genes(input_keys(r.gene_names, r.gene_ids, cfg.mapping, str(s.path)), vocab, cfg.mapping, str(s.path),
+                  gene_map)
+        for s, r in zip(specs, readers, strict=True)
+    ]
+    if cfg.unmapped == "refuse":
+        for m in mappings:
+            if m.unmapped:
+                msg = (
+                    f"{m.source}: {len(m.unmapped)} gene(s) are not in the vocabulary ({vocab.source}), e.g. "
+                    f"{m.unmapped[:5]}. Pass --unmapped drop to drop them (listed in unmapped_genes.tsv)."
+                )
+                raise InputError(msg)
+    out = cfg.out
+    (out / PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
+    for fmt in cfg.formats:
+        (out / fmt).mkdir(exist_ok=True)
+    input_hashes = [sha256_tree(s.path) for s in specs]
+    plan_path = out / PROGRESS_DIR / PLAN_NAME
+    if plan_path.exists():
+        old = json.loads(plan_path.read_text())
+        if old["input_sha256"] != input_hashes or old["vocab_sha256"] != vocab.sha256:
+            msg = (
+                f"--out {out}: the inputs or vocabulary changed since this run started (sha256 differs); "
+                "its shards cannot be resumed. Choose another --out or delete this one."
+            )
+            raise CorpusError(msg)
+    atomic_write_text(plan_path, json.dumps({"identity": identity, "input_sha256": input_hashes,
+                                             "vocab_sha256": vocab.sha256}))
+    vocab.save(out / "vocab.json")
+    _write_mapping_report(out, mappings)
+
+    tasks = [
+        ShardTask(0, i, lo, min(lo + cfg.cells_per_shard, r.n_cells))
+        for i, r in enumerate(readers) for lo in range(0, r.n_cells, cfg.cells_per_shard)
+    ]
+    tasks = [replace(t, shard_index=k) for k, t in enumerate(tasks)]
+    records: dict[int, dict] = {}
+    for t in tasks:
+        rec_path = out / PROGRESS_DIR / f"{t.name}.json"
+        if cfg.resume and rec_path.exists():
+            record = json.loads(rec_path.read_text())
+            if record["rows"] == [t.row_start, t.row_stop] and _shard_ok(out, record):
+                records[t.shard_index] = record
+    todo = [t for t in tasks if t.shard_index not in records]
+    if records:
+        log.info("resume: %d shard(s) verified and kept, %d to write", len(records), len(todo))
+    for spec, reader in zip(specs, readers, strict=True):
+        if any(t.input_index == specs.index(spec) for t in todo):
+            reader.prepare()  # one-time transposes (CSC / mtx / CSV) before workers read cell ranges
+        reader.close()
+    ctx = TaskContext(
+        out=out, specs=tuple(specs), column_to_id=tuple(m.column_to_id for m in mappings), vocab_size=vocab.size,
+        vocab_sha256=vocab.sha256, value_kind=cfg.value_kind, formats=tuple(cfg.formats), min_genes=cfg.min_genes,
+        zero_cells=cfg.zero_cells, val_fraction=cfg.val_fraction, cells_per_sample=cfg.cells_per_sample,
+        codec=cfg.codec, codec_level=cfg.codec_level,
+    )
+    total_rows = sum(r.n_cells for r in readers)
+    bar = tqdm(total=total_rows, unit="cell", unit_scale=True, desc="shard", disable=not progress,
+               initial=sum(t.row_stop - t.row_start for t in tasks if t.shard_index in records))
+    _run_tasks(ctx, todo, cfg.workers, records, bar)
+    bar.close()
+    manifest = _finish(cfg, identity, vocab, kinds, readers, specs, input_hashes, mappings, tasks, records,
+                       time.perf_counter() - t0)
+    shutil.rmtree(out / SPILL_DIR, ignore_errors=True)
+    shutil.rmtree(out / PROGRESS_DIR, ignore_errors=True)
+    return manifest
+
+
+def _run_tasks(ctx: TaskContext, todo: list[ShardTask], workers: int, records: dict, bar) -> None:
+    if workers == 1 or len(todo) <= 1:
+        for t in todo:
+            records[t.shard_index] = run_task(ctx, t)
+            bar.update(t.row_stop - t.row_start)
+        return
+    # spawn, not fork: workers open their own HDF5 handles (h5py is not fork-safe with open files).
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(run_task, ctx, t): t for t in todo}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for f in done:
+                t = futures[f]
+                records[t.shard_index] = f.result()  # re-raises a worker's InputError with its message
+                bar.update(t.row_stop - t.row_start)
+
+
+def _write_mapping_report(out: Path, mappings) -> None:
+    lines = ["input\tgene"] + [f"{m.source}\t{g}" for m in mappings for g in m.unmapped]
+    atomic_write_text(out / "unmapped_genes.tsv", "\n".join(lines) + "\n")
+    atomic_write_text(out / "mapping_report.json", json.dumps([m.summary() for m in mappings], indent=1))
+
+
+def _finish(cfg, identity, vocab, kinds, readers, specs, input_hashes, mappings, tasks, records, seconds) -> dict:
+    stats = GeneStats(vocab.size, cfg.value_kind)
+    shards, offset = [], 0
+    for t in tasks:
+        rec = records[t.shard_index]
+        with np.load(cfg.out / PROGRESS_DIR / f"{t.name}.stats.npz", allow_pickle=False) as part:
+            stats.add(dict(part))
+        shards.append({**rec, "cell_offset": offset, "files": rec["files"]})
+        offset += rec["n_cells"]
+    drops = {k: sum(r["dropped"][k] for r in records.values()) for k in ("zero_counts", "min_genes")}
+    totals = {
+        "n_cells": offset, "n_train": sum(s["n_train"] for s in shards), "n_val": sum(s["n_val"] for s in shards),
+        "nnz": sum(s["nnz"] for s in shards), "n_shards": len(shards), "n_genes": vocab.size,
+        "n_genes_expressed": int((stats.n_cells > 0).sum()), "n_input_cells": sum(r.n_cells for r in readers),
+        "cells_dropped": drops,
+    }
+    import data_prep
+
+    manifest = {
+        "magic": CORPUS_MAGIC, "format_version": CORPUS_FORMAT_VERSION, "scgrn_version": data_prep.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": cfg.command,
+        "formats": cfg.formats, "value_kind": cfg.value_kind.value,
+        "vocab": {"file": "vocab.json", "sha256": vocab.sha256, "size": vocab.size, "source": vocab.source},
+        "split": {"val_fraction": cfg.val_fraction, "rule": "blake2b-64(input file name + NUL + cell id) / 2^64 < "
+                  "val_fraction"},
+        "options": identity,
+        "inputs": [
+            {"path": str(s.path), "kind": k, "sha256": h, "n_cells": r.n_cells, "n_genes": len(r.gene_names),
+             "layer": s.layer, "mapping": m.summary()}
+            for s, k, h, r, m in zip(specs, kinds, input_hashes, readers, mappings, strict=True)
+        ],
+        "shards": shards, "totals": totals,
+        "gene_stats": {"n_cells_expressing": stats.n_cells.tolist(), "sum": np.round(stats.total, 6).tolist(),
+                       "nonzero_median": np.round(stats.nonzero_median(), 6).tolist()},
+        "seconds": round(seconds, 3),
+    }
+    write_manifest(cfg.out, manifest)
+    return manifest

@@ -1,0 +1,156 @@
+"""`scgrn`: one command, subcommands per stage. Parsing only; the work lives in data_prep / bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from data_prep.errors import DataPrepError
+
+
+def _add_shard(sub) -> None:
+    p = sub.add_parser("shard", help="stream inputs (.h5ad, 10x dir/.h5, CSV) into zarr v3 / webdataset shards")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+    p.add_argument("--out", required=True, type=Path, help="corpus directory (new, empty, or one to --resume)")
+    p.add_argument("--format", default="both", choices=["zarr", "webdataset", "both"])
+    p.add_argument("--cells-per-shard", type=int, default=10_000)
+    p.add_argument("--workers", type=int, default=1, help="processes writing shards in parallel")
+    p.add_argument("--vocab", type=Path, help="given vocab (scgrn vocab.json, token TSV, {gene: id} JSON)")
+    p.add_argument("--values", default="counts", choices=["counts", "log1p", "normalized"],
+                   help="value kind; non-count inputs must be declared")
+    p.add_argument("--layer", help="h5ad layer holding the counts (default: X)")
+    p.add_argument("--obs-columns", default="", help="comma-separated obs columns to keep, e.g. cell_type")
+    p.add_argument("--min-genes", type=int, default=0, help="drop cells expressing fewer genes")
+    p.add_argument("--zero-cells", default="drop", choices=["drop", "refuse"])
+    p.add_argument("--unmapped", default="drop", choices=["drop", "refuse"],
+                   help="genes not in a given vocab: drop (listed in unmapped_genes.tsv) or refuse")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--cells-per-sample", type=int, default=128, help="webdataset: cells per tar sample")
+    p.add_argument("--codec", default="zstd", choices=["zstd", "lz4"])
+    p.add_argument("--codec-level", type=int, default=3)
+    p.add_argument("--csv-orientation", default="genes-by-cells", choices=["genes-by-cells", "cells-by-genes"])
+    p.add_argument("--match-on", default="symbol", choices=["symbol", "id"],
+                   help="match genes by symbol (var_names) or by gene id column (e.g. Ensembl)")
+    p.add_argument("--gene-map", type=Path, help="TSV: input gene key -> vocab token (e.g. symbol -> Ensembl)")
+    p.add_argument("--case-insensitive", action="store_true", help="match symbols ignoring case (mouse<->human)")
+    p.add_argument("--duplicate-genes", default="refuse", choices=["refuse", "sum"])
+    p.add_argument("--min-mapped-fraction", type=float, default=0.5)
+    p.add_argument("--resume", action="store_true", help="keep verified shards of an interrupted run, redo the rest")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _cmd_shard(args) -> int:
+    from data_prep.config import ShardConfig
+    from data_prep.gene_mapping import MappingOptions
+    from data_prep.sharder import shard
+    from data_prep.summary import corpus_summary, format_summary
+
+    cfg = ShardConfig(
+        inputs=args.inputs, out=args.out, format=args.format, cells_per_shard=args.cells_per_shard,
+        workers=args.workers, vocab=args.vocab, values=args.values, layer=args.layer,
+        obs_columns=[c for c in args.obs_columns.split(",") if c], min_genes=args.min_genes,
+        zero_cells=args.zero_cells, unmapped=args.unmapped, val_fraction=args.val_fraction,
+        cells_per_sample=args.cells_per_sample, codec=args.codec, codec_level=args.codec_level,
+        csv_orientation=args.csv_orientation,
+        mapping=MappingOptions(match_on=args.match_on, gene_map=args.gene_map, case_insensitive=args.case_insensitive,
+                               duplicate_genes=args.duplicate_genes, min_mapped_fraction=args.min_mapped_fraction),
+        resume=args.resume, command=shlex.join(["scgrn", *sys.argv[1:]]),
+    )
+    manifest = shard(cfg, progress=not args.quiet)
+    if not args.quiet:
+        print(format_summary(corpus_summary(cfg.out)))
+        print(f"  wrote in {manifest['seconds']:.1f} s; mapping report: {cfg.out / 'mapping_report.json'}")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from data_prep.summary import corpus_summary, format_summary
+
+    s = corpus_summary(args.dir)
+    print(json.dumps(s, indent=1) if args.json else format_summary(s))
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from data_prep.validate import validate_corpus
+
+    problems = validate_corpus(args.dir, checksums=not args.no_checksums)
+    if problems:
+        print(f"{args.dir}: {len(problems)} problem(s):", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 1
+    print(f"{args.dir}: valid")
+    return 0
+
+
+def _cmd_simulate(args) -> int:
+    from data_prep.simulate import SimulationConfig, write_simulation
+
+    cfg = SimulationConfig(n_cells=args.cells, n_genes=args.genes, n_tfs=args.tfs, seed=args.seed)
+    h5ad, edges = write_simulation(cfg, args.out)
+    print(f"wrote {h5ad} ({args.cells} cells x {args.genes} genes) and ground-truth network {edges}")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    if args.what == "loader":
+        from bench.loader_bench import main as loader_main
+
+        return loader_main(args.rest)
+    from bench.shard_bench import main as shard_main
+
+    return shard_main(args.rest)
+
+
+def _cmd_demo(args) -> int:
+    from launch.demo import run_demo
+
+    return run_demo(args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scgrn", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_shard(sub)
+    p = sub.add_parser("inspect", help="summarize a corpus")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("validate", help="check a corpus's structure and checksums (exit 1 on problems)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--no-checksums", action="store_true")
+    p = sub.add_parser("simulate", help="counts driven by a random TF->target network, + the network as TSV")
+    p.add_argument("--cells", type=int, default=2000)
+    p.add_argument("--genes", type=int, default=500)
+    p.add_argument("--tfs", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("bench", help="benchmarks: loader | shard (see bench/RESULTS.md)")
+    p.add_argument("what", choices=["loader", "shard"])
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("demo", help="the main job end to end on the embedded default (simulated cells)")
+    p.add_argument("--out", type=Path, default=Path("demo_out"))
+    return parser
+
+
+COMMANDS = {"shard": _cmd_shard, "inspect": _cmd_inspect, "validate": _cmd_validate, "simulate": _cmd_simulate,
+            "bench": _cmd_bench, "demo": _cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except DataPrepError as err:
+        print(f"scgrn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
