@@ -44,7 +44,11 @@ class CellBlock:
         # Position of each output entry in the source arrays: start of its cell + offset within the cell.
         gather = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1], dtype=np.int64)
         return CellBlock(
-            indptr, self.gene_ids[gather], self.values[gather], self.cell_ids[rows], self.split[rows],
+            indptr,
+            self.gene_ids[gather],
+            self.values[gather],
+            self.cell_ids[rows],
+            self.split[rows],
             {k: v[rows] for k, v in self.obs.items()},
         )
 
@@ -68,6 +72,10 @@ def slice_block(block: CellBlock, start: int, stop: int) -> CellBlock:
     """Cells [start, stop) as views (no copy of the non-zeros)."""
     lo, hi = int(block.indptr[start]), int(block.indptr[stop])
     return CellBlock(
-        block.indptr[start : stop + 1] - lo, block.gene_ids[lo:hi], block.values[lo:hi],
-        block.cell_ids[start:stop], block.split[start:stop], {k: v[start:stop] for k, v in block.obs.items()},
+        block.indptr[start : stop + 1] - lo,
+        block.gene_ids[lo:hi],
+        block.values[lo:hi],
+        block.cell_ids[start:stop],
+        block.split[start:stop],
+        {k: v[start:stop] for k, v in block.obs.items()},
     )

@@ -117,5 +117,10 @@ class Corpus:
         """One cell by global index: {'gene_ids', 'values', 'cell_id', 'split', 'obs'}; no densifying."""
         k, local = self.locate(index)
         block = self._read_local(k, local, local + 1)
-        return {"gene_ids": block.gene_ids, "values": block.values, "cell_id": str(block.cell_ids[0]),
-                "split": int(block.split[0]), "obs": {c: v[0] for c, v in block.obs.items()}}
+        return {
+            "gene_ids": block.gene_ids,
+            "values": block.values,
+            "cell_id": str(block.cell_ids[0]),
+            "split": int(block.split[0]),
+            "obs": {c: v[0] for c, v in block.obs.items()},
+        }

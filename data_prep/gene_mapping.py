@@ -54,8 +54,11 @@ class InputMapping:
 
     def summary(self) -> dict:
         return {
-            "source": self.source, "n_genes": self.n_genes, "n_mapped": self.n_mapped,
-            "n_unmapped": len(self.unmapped), "n_duplicated_groups": len(self.duplicated),
+            "source": self.source,
+            "n_genes": self.n_genes,
+            "n_mapped": self.n_mapped,
+            "n_unmapped": len(self.unmapped),
+            "n_duplicated_groups": len(self.duplicated),
             "duplicated": self.duplicated,
         }
 
@@ -96,8 +99,9 @@ def check_unique_names(keys: list[str], source: str, options: MappingOptions) ->
         raise InputError(msg)
 
 
-def map_genes(keys: list[str], vocab: GeneVocab, options: MappingOptions, source: str,
-              gene_map: dict[str, str] | None = None) -> InputMapping:
+def map_genes(
+    keys: list[str], vocab: GeneVocab, options: MappingOptions, source: str, gene_map: dict[str, str] | None = None
+) -> InputMapping:
     index = vocab.index()
     if options.case_insensitive:
         upper: dict[str, int] = {}

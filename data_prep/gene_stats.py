@@ -51,8 +51,12 @@ class GeneStats:
         bins = np.clip(np.searchsorted(self.edges, v, side="right") - 1, 0, self.n_bins - 1)
         flat, counts = np.unique(g * self.n_bins + bins, return_counts=True)
         size = len(self.n_cells)
-        return {"n_cells": np.bincount(g, minlength=size), "total": np.bincount(g, weights=v, minlength=size),
-                "hist_index": flat, "hist_count": counts}
+        return {
+            "n_cells": np.bincount(g, minlength=size),
+            "total": np.bincount(g, weights=v, minlength=size),
+            "hist_index": flat,
+            "hist_count": counts,
+        }
 
     def add(self, part: dict[str, np.ndarray]) -> None:
         self.n_cells += part["n_cells"]

@@ -56,10 +56,23 @@ class StreamingCellDataset(IterableDataset):
     `{'gene_ids', 'values', 'cell_id', 'obs', ...}`; `batch_size=N` yields `CellBatch`es of N cells (the last
     one of a consumer may be smaller unless `drop_last`)."""
 
-    def __init__(self, corpus_dir: Path, *, split: str = "train", fmt: str | None = None, rank: int = 0,
-                 world_size: int = 1, seed: int = 0, epoch: int = 0, shuffle: bool = True,
-                 block_cells: int = 1024, window_blocks: int = 8, batch_size: int | None = None,
-                 drop_last: bool = False, obs_columns: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        corpus_dir: Path,
+        *,
+        split: str = "train",
+        fmt: str | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        epoch: int = 0,
+        shuffle: bool = True,
+        block_cells: int = 1024,
+        window_blocks: int = 8,
+        batch_size: int | None = None,
+        drop_last: bool = False,
+        obs_columns: list[str] | None = None,
+    ) -> None:
         super().__init__()
         if split not in SPLITS:
             msg = f"split {split!r} not allowed; use one of {list(SPLITS)}."
@@ -83,7 +96,11 @@ class StreamingCellDataset(IterableDataset):
         self._corpus: Corpus | None = None
         self._num_workers = 1
         self.cursors: dict[int, tuple[int, int]] = {}  # consumer -> cursor to start from (after a restore)
-        self.corpus  # open now: bad corpora fail at construction, not inside a worker
+        self.last_consumer: int | None = None  # consumer of the last batch handed out
+        # DataLoader asks its workers round-robin starting from worker 0; after a restore, worker 0 must play
+        # the consumer whose turn was next, so worker ids are rotated by this much.
+        self.worker_shift = 0
+        _ = self.corpus  # open now: bad corpora fail at construction, not inside a worker
 
     # -- structure -----------------------------------------------------------------------------------
     @property
@@ -115,6 +132,8 @@ class StreamingCellDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.cursors = {}
+        self.worker_shift = 0
+        self.last_consumer: int | None = None
 
     def consumer_units(self, consumer: int, n_consumers: int) -> list[tuple[int, int, int]]:
         units = self.units()
@@ -145,6 +164,7 @@ class StreamingCellDataset(IterableDataset):
     def _consumer(self) -> tuple[int, int]:
         info = get_worker_info()
         workers, worker_id = (1, 0) if info is None else (info.num_workers, info.id)
+        worker_id = (worker_id + self.worker_shift) % workers
         return self.rank * workers + worker_id, self.world_size * workers
 
     def cell_stream(self, consumer: int, n_consumers: int, start: tuple[int, int] = (0, 0)):
@@ -170,9 +190,15 @@ class StreamingCellDataset(IterableDataset):
         for w, first, block in self.cell_stream(consumer, n_consumers, start):
             for i in range(first, block.n_cells):
                 lo, hi = block.indptr[i], block.indptr[i + 1]
-                yield {"gene_ids": block.gene_ids[lo:hi], "values": block.values[lo:hi],
-                       "cell_id": block.cell_ids[i], "split": int(block.split[i]),
-                       "obs": {k: v[i] for k, v in block.obs.items()}, "consumer": consumer, "cursor": (w, i + 1)}
+                yield {
+                    "gene_ids": block.gene_ids[lo:hi],
+                    "values": block.values[lo:hi],
+                    "cell_id": block.cell_ids[i],
+                    "split": int(block.split[i]),
+                    "obs": {k: v[i] for k, v in block.obs.items()},
+                    "consumer": consumer,
+                    "cursor": (w, i + 1),
+                }
 
     def _iter_batches(self, consumer, n_consumers, start):
         size = self.batch_size
@@ -203,20 +229,36 @@ class StreamingCellDataset(IterableDataset):
 
     # -- exact resume --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self.epoch, "split": self.split, "rank": self.rank,
-                "world_size": self.world_size, "num_workers": self._num_workers,
-                "cursors": {str(c): list(v) for c, v in self.cursors.items()}}
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "split": self.split,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "num_workers": self._num_workers,
+            "last_consumer": self.last_consumer,
+            "cursors": {str(c): list(v) for c, v in self.cursors.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        mismatch = [f"{k}: saved {state[k]!r}, now {getattr(self, k)!r}"
-                    for k in ("seed", "split", "rank", "world_size") if state[k] != getattr(self, k)]
+        mismatch = [
+            f"{k}: saved {state[k]!r}, now {getattr(self, k)!r}"
+            for k in ("seed", "split", "rank", "world_size")
+            if state[k] != getattr(self, k)
+        ]
         if mismatch:
-            msg = ("loader state does not match this loader (" + "; ".join(mismatch) + "). Resume with the "
-                   "same seed, split, rank and world size, or start the epoch afresh.")
+            msg = (
+                "loader state does not match this loader (" + "; ".join(mismatch) + "). Resume with the "
+                "same seed, split, rank and world size, or start the epoch afresh."
+            )
             raise CorpusError(msg)
         self.epoch = state["epoch"]
         self._num_workers = state["num_workers"]
         self.cursors = {int(c): tuple(v) for c, v in state["cursors"].items()}
+        self.last_consumer = state.get("last_consumer")
+        if self.last_consumer is not None:
+            local = self.last_consumer - self.rank * self._num_workers
+            self.worker_shift = (local + 1) % self._num_workers
 
 
 class StatefulCellLoader:
@@ -236,10 +278,12 @@ class StatefulCellLoader:
         dataset._num_workers = max(1, num_workers)
 
     def __iter__(self) -> Iterator[CellBatch]:
-        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                            persistent_workers=False, **self.kwargs)
+        loader = DataLoader(
+            self.dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=False, **self.kwargs
+        )
         for batch in loader:
             self.dataset.cursors[batch.consumer] = tuple(batch.cursor)
+            self.dataset.last_consumer = batch.consumer
             yield batch
 
     def set_epoch(self, epoch: int) -> None:
@@ -250,7 +294,9 @@ class StatefulCellLoader:
 
     def load_state_dict(self, state: dict) -> None:
         if state["num_workers"] != max(1, self.num_workers):
-            msg = (f"loader state was saved with {state['num_workers']} worker(s) per rank, this loader has "
-                   f"{max(1, self.num_workers)}; resume with the same num_workers.")
+            msg = (
+                f"loader state was saved with {state['num_workers']} worker(s) per rank, this loader has "
+                f"{max(1, self.num_workers)}; resume with the same num_workers."
+            )
             raise CorpusError(msg)
         self.dataset.load_state_dict(state)

@@ -74,19 +74,28 @@ def validation_mask(source_name: str, cell_ids: np.ndarray, fraction: float) -> 
         return np.zeros(len(cell_ids), dtype=bool)
     prefix = source_name.encode() + b"\x00"
     u = np.fromiter(
-        (int.from_bytes(hashlib.blake2b(prefix + str(c).encode(), digest_size=8).digest(), "little")
-         for c in cell_ids), dtype=np.uint64, count=len(cell_ids),
+        (int.from_bytes(hashlib.blake2b(prefix + str(c).encode(), digest_size=8).digest(), "little") for c in cell_ids),
+        dtype=np.uint64,
+        count=len(cell_ids),
     )
     return u < np.uint64(int(fraction * 2.0**64))
 
 
-_READERS: dict[int, CellReader] = {}
+_READERS: dict[InputSpec, CellReader] = {}  # per process: a worker reads many shards of the same inputs
 
 
 def _reader(ctx: TaskContext, i: int) -> CellReader:
-    if i not in _READERS:
-        _READERS[i] = open_reader(ctx.specs[i])
-    return _READERS[i]
+    spec = ctx.specs[i]
+    if spec not in _READERS:
+        _READERS[spec] = open_reader(spec)
+    return _READERS[spec]
+
+
+def close_readers() -> None:
+    """Drop cached readers (end of a run: the same path may hold another file next time)."""
+    for reader in _READERS.values():
+        reader.close()
+    _READERS.clear()
 
 
 def build_block(ctx: TaskContext, task: ShardTask) -> tuple[CellBlock, dict]:
@@ -94,8 +103,15 @@ def build_block(ctx: TaskContext, task: ShardTask) -> tuple[CellBlock, dict]:
     chunk = reader.read(task.row_start, task.row_stop)
     m = chunk.matrix.tocoo()
     source = str(ctx.specs[task.input_index].path)
-    validate_values(ctx.value_kind, m.data, source=source, row_of=m.row, col_of=m.col,
-                    row_offset=task.row_start, gene_names=reader.gene_names)
+    validate_values(
+        ctx.value_kind,
+        m.data,
+        source=source,
+        row_of=m.row,
+        col_of=m.col,
+        row_offset=task.row_start,
+        gene_names=reader.gene_names,
+    )
     ids = ctx.column_to_id[task.input_index][m.col]
     keep = (ids >= 0) & (m.data != 0)
     n_rows = task.row_stop - task.row_start
@@ -121,8 +137,11 @@ def build_block(ctx: TaskContext, task: ShardTask) -> tuple[CellBlock, dict]:
     cell_ids = np.asarray(chunk.cell_ids, dtype=object)[keep_rows]
     val = validation_mask(ctx.specs[task.input_index].path.name, cell_ids, ctx.val_fraction)
     block = CellBlock(
-        csr.indptr.astype(np.int64), csr.indices.astype(smallest_index_dtype(ctx.vocab_size)), values,
-        cell_ids, np.where(val, SPLIT_VAL, SPLIT_TRAIN).astype(np.uint8),
+        csr.indptr.astype(np.int64),
+        csr.indices.astype(smallest_index_dtype(ctx.vocab_size)),
+        values,
+        cell_ids,
+        np.where(val, SPLIT_VAL, SPLIT_TRAIN).astype(np.uint8),
         {k: np.asarray(v)[keep_rows] for k, v in chunk.obs.items()},
     )
     drops = {"zero_counts": int(zero.sum()), "min_genes": int(few.sum())}
@@ -139,17 +158,27 @@ def run_task(ctx: TaskContext, task: ShardTask) -> dict:
         files["zarr"] = {"path": str(paths["zarr"].relative_to(ctx.out)), "sha256": sha256_tree(paths["zarr"])}
     if "webdataset" in paths:
         n_samples = write_wds_shard(paths["webdataset"], block, task.shard_index, ctx.cells_per_sample, attrs)
-        files["webdataset"] = {"path": str(paths["webdataset"].relative_to(ctx.out)),
-                               "sha256": sha256_tree(paths["webdataset"]), "n_samples": n_samples}
+        files["webdataset"] = {
+            "path": str(paths["webdataset"].relative_to(ctx.out)),
+            "sha256": sha256_tree(paths["webdataset"]),
+            "n_samples": n_samples,
+        }
     stats = GeneStats(ctx.vocab_size, ctx.value_kind).partial(block.gene_ids, block.values)
     progress = ctx.out / PROGRESS_DIR
     np.savez(progress / f"{task.name}.stats.npz", **stats)
     n_val = int((block.split == SPLIT_VAL).sum())
     record = {
-        "index": task.shard_index, "input": task.input_index, "rows": [task.row_start, task.row_stop],
-        "n_cells": block.n_cells, "n_train": block.n_cells - n_val, "n_val": n_val, "nnz": block.nnz,
-        "value_dtype": str(block.values.dtype), "gene_id_dtype": str(block.gene_ids.dtype),
-        "dropped": drops, "files": files,
+        "index": task.shard_index,
+        "input": task.input_index,
+        "rows": [task.row_start, task.row_stop],
+        "n_cells": block.n_cells,
+        "n_train": block.n_cells - n_val,
+        "n_val": n_val,
+        "nnz": block.nnz,
+        "value_dtype": str(block.values.dtype),
+        "gene_id_dtype": str(block.gene_ids.dtype),
+        "dropped": drops,
+        "files": files,
     }
     atomic_write_text(progress / f"{task.name}.json", json.dumps(record))
     return record

@@ -26,7 +26,7 @@ from data_prep.gene_stats import GeneStats
 from data_prep.io_utils import atomic_write_text, sha256_tree
 from data_prep.manifest import CORPUS_FORMAT_VERSION, CORPUS_MAGIC, MANIFEST_NAME, write_manifest
 from data_prep.readers import InputSpec, detect_kind, open_reader
-from data_prep.shard_task import PROGRESS_DIR, ShardTask, TaskContext, run_task, shard_paths
+from data_prep.shard_task import PROGRESS_DIR, ShardTask, TaskContext, close_readers, run_task
 from data_prep.vocab import GeneVocab
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,14 @@ def _build_vocab(cfg: ShardConfig, readers, gene_map) -> GeneVocab:
 
 def cfg_specs(cfg: ShardConfig) -> list[InputSpec]:
     return [
-        InputSpec(path=p, layer=cfg.layer, obs_columns=tuple(cfg.obs_columns), csv_orientation=cfg.csv_orientation,
-                  spill_dir=cfg.out / SPILL_DIR / f"input-{i:03d}", spill_cells=min(cfg.cells_per_shard, 8192))
+        InputSpec(
+            path=p,
+            layer=cfg.layer,
+            obs_columns=tuple(cfg.obs_columns),
+            csv_orientation=cfg.csv_orientation,
+            spill_dir=cfg.out / SPILL_DIR / f"input-{i:03d}",
+            spill_cells=min(cfg.cells_per_shard, 8192),
+        )
         for i, p in enumerate(cfg.inputs)
     ]
 
@@ -107,12 +113,14 @@ def shard(cfg: ShardConfig, progress: bool = True) -> dict:
     readers = [open_reader(s) for s in specs]
     gene_map = load_gene_map(cfg.mapping.gene_map) if cfg.mapping.gene_map else None
     for spec, reader in zip(specs, readers, strict=True):
-        check_unique_names(input_keys(reader.gene_names, reader.gene_ids, cfg.mapping, str(spec.path)),
-                           str(spec.path), cfg.mapping)
+        check_unique_names(
+            input_keys(reader.gene_names, reader.gene_ids, cfg.mapping, str(spec.path)), str(spec.path), cfg.mapping
+        )
     vocab = _build_vocab(cfg, readers, gene_map)
     mappings = [
-        map_genes(input_keys(r.gene_names, r.gene_ids, cfg.mapping, str(s.path)), vocab, cfg.mapping, str(s.path),
-                  gene_map)
+        map_genes(
+            input_keys(r.gene_names, r.gene_ids, cfg.mapping, str(s.path)), vocab, cfg.mapping, str(s.path), gene_map
+        )
         for s, r in zip(specs, readers, strict=True)
     ]
     if cfg.unmapped == "refuse":
@@ -137,14 +145,16 @@ def shard(cfg: ShardConfig, progress: bool = True) -> dict:
                 "its shards cannot be resumed. Choose another --out or delete this one."
             )
             raise CorpusError(msg)
-    atomic_write_text(plan_path, json.dumps({"identity": identity, "input_sha256": input_hashes,
-                                             "vocab_sha256": vocab.sha256}))
+    atomic_write_text(
+        plan_path, json.dumps({"identity": identity, "input_sha256": input_hashes, "vocab_sha256": vocab.sha256})
+    )
     vocab.save(out / "vocab.json")
     _write_mapping_report(out, mappings)
 
     tasks = [
         ShardTask(0, i, lo, min(lo + cfg.cells_per_shard, r.n_cells))
-        for i, r in enumerate(readers) for lo in range(0, r.n_cells, cfg.cells_per_shard)
+        for i, r in enumerate(readers)
+        for lo in range(0, r.n_cells, cfg.cells_per_shard)
     ]
     tasks = [replace(t, shard_index=k) for k, t in enumerate(tasks)]
     records: dict[int, dict] = {}
@@ -162,18 +172,37 @@ def shard(cfg: ShardConfig, progress: bool = True) -> dict:
             reader.prepare()  # one-time transposes (CSC / mtx / CSV) before workers read cell ranges
         reader.close()
     ctx = TaskContext(
-        out=out, specs=tuple(specs), column_to_id=tuple(m.column_to_id for m in mappings), vocab_size=vocab.size,
-        vocab_sha256=vocab.sha256, value_kind=cfg.value_kind, formats=tuple(cfg.formats), min_genes=cfg.min_genes,
-        zero_cells=cfg.zero_cells, val_fraction=cfg.val_fraction, cells_per_sample=cfg.cells_per_sample,
-        codec=cfg.codec, codec_level=cfg.codec_level,
+        out=out,
+        specs=tuple(specs),
+        column_to_id=tuple(m.column_to_id for m in mappings),
+        vocab_size=vocab.size,
+        vocab_sha256=vocab.sha256,
+        value_kind=cfg.value_kind,
+        formats=tuple(cfg.formats),
+        min_genes=cfg.min_genes,
+        zero_cells=cfg.zero_cells,
+        val_fraction=cfg.val_fraction,
+        cells_per_sample=cfg.cells_per_sample,
+        codec=cfg.codec,
+        codec_level=cfg.codec_level,
     )
     total_rows = sum(r.n_cells for r in readers)
-    bar = tqdm(total=total_rows, unit="cell", unit_scale=True, desc="shard", disable=not progress,
-               initial=sum(t.row_stop - t.row_start for t in tasks if t.shard_index in records))
-    _run_tasks(ctx, todo, cfg.workers, records, bar)
-    bar.close()
-    manifest = _finish(cfg, identity, vocab, kinds, readers, specs, input_hashes, mappings, tasks, records,
-                       time.perf_counter() - t0)
+    bar = tqdm(
+        total=total_rows,
+        unit="cell",
+        unit_scale=True,
+        desc="shard",
+        disable=not progress,
+        initial=sum(t.row_stop - t.row_start for t in tasks if t.shard_index in records),
+    )
+    try:
+        _run_tasks(ctx, todo, cfg.workers, records, bar)
+    finally:
+        bar.close()
+        close_readers()
+    manifest = _finish(
+        cfg, identity, vocab, kinds, readers, specs, input_hashes, mappings, tasks, records, time.perf_counter() - t0
+    )
     shutil.rmtree(out / SPILL_DIR, ignore_errors=True)
     shutil.rmtree(out / PROGRESS_DIR, ignore_errors=True)
     return manifest
@@ -214,29 +243,51 @@ def _finish(cfg, identity, vocab, kinds, readers, specs, input_hashes, mappings,
         offset += rec["n_cells"]
     drops = {k: sum(r["dropped"][k] for r in records.values()) for k in ("zero_counts", "min_genes")}
     totals = {
-        "n_cells": offset, "n_train": sum(s["n_train"] for s in shards), "n_val": sum(s["n_val"] for s in shards),
-        "nnz": sum(s["nnz"] for s in shards), "n_shards": len(shards), "n_genes": vocab.size,
-        "n_genes_expressed": int((stats.n_cells > 0).sum()), "n_input_cells": sum(r.n_cells for r in readers),
+        "n_cells": offset,
+        "n_train": sum(s["n_train"] for s in shards),
+        "n_val": sum(s["n_val"] for s in shards),
+        "nnz": sum(s["nnz"] for s in shards),
+        "n_shards": len(shards),
+        "n_genes": vocab.size,
+        "n_genes_expressed": int((stats.n_cells > 0).sum()),
+        "n_input_cells": sum(r.n_cells for r in readers),
         "cells_dropped": drops,
     }
     import data_prep
 
     manifest = {
-        "magic": CORPUS_MAGIC, "format_version": CORPUS_FORMAT_VERSION, "scgrn_version": data_prep.__version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": cfg.command,
-        "formats": cfg.formats, "value_kind": cfg.value_kind.value,
+        "magic": CORPUS_MAGIC,
+        "format_version": CORPUS_FORMAT_VERSION,
+        "scgrn_version": data_prep.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": cfg.command,
+        "formats": cfg.formats,
+        "value_kind": cfg.value_kind.value,
         "vocab": {"file": "vocab.json", "sha256": vocab.sha256, "size": vocab.size, "source": vocab.source},
-        "split": {"val_fraction": cfg.val_fraction, "rule": "blake2b-64(input file name + NUL + cell id) / 2^64 < "
-                  "val_fraction"},
+        "split": {
+            "val_fraction": cfg.val_fraction,
+            "rule": "blake2b-64(input file name + NUL + cell id) / 2^64 < val_fraction",
+        },
         "options": identity,
         "inputs": [
-            {"path": str(s.path), "kind": k, "sha256": h, "n_cells": r.n_cells, "n_genes": len(r.gene_names),
-             "layer": s.layer, "mapping": m.summary()}
+            {
+                "path": str(s.path),
+                "kind": k,
+                "sha256": h,
+                "n_cells": r.n_cells,
+                "n_genes": len(r.gene_names),
+                "layer": s.layer,
+                "mapping": m.summary(),
+            }
             for s, k, h, r, m in zip(specs, kinds, input_hashes, readers, mappings, strict=True)
         ],
-        "shards": shards, "totals": totals,
-        "gene_stats": {"n_cells_expressing": stats.n_cells.tolist(), "sum": np.round(stats.total, 6).tolist(),
-                       "nonzero_median": np.round(stats.nonzero_median(), 6).tolist()},
+        "shards": shards,
+        "totals": totals,
+        "gene_stats": {
+            "n_cells_expressing": stats.n_cells.tolist(),
+            "sum": np.round(stats.total, 6).tolist(),
+            "nonzero_median": np.round(stats.nonzero_median(), 6).tolist(),
+        },
         "seconds": round(seconds, 3),
     }
     write_manifest(cfg.out, manifest)

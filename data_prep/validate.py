@@ -27,15 +27,18 @@ def validate_corpus(directory: Path, checksums: bool = True) -> list[str]:
     try:
         vocab = GeneVocab.load(directory / manifest["vocab"]["file"])
         if vocab.sha256 != manifest["vocab"]["sha256"]:
-            problems.append(f"{directory / 'vocab.json'}: sha256 {vocab.sha256[:16]}… != manifest "
-                            f"{manifest['vocab']['sha256'][:16]}…; the vocab was changed after sharding.")
+            problems.append(
+                f"{directory / 'vocab.json'}: sha256 {vocab.sha256[:16]}… != manifest "
+                f"{manifest['vocab']['sha256'][:16]}…; the vocab was changed after sharding."
+            )
     except (CorpusError, ValueError, OSError) as err:
         problems.append(f"{directory / manifest['vocab']['file']}: {err}")
     offset = 0
     for shard in manifest["shards"]:
         if shard["cell_offset"] != offset:
-            problems.append(f"shard {shard['index']}: cell_offset {shard['cell_offset']} != {offset} (sum of "
-                            "previous shards)")
+            problems.append(
+                f"shard {shard['index']}: cell_offset {shard['cell_offset']} != {offset} (sum of previous shards)"
+            )
         offset += shard["n_cells"]
         for fmt, info in shard["files"].items():
             path = directory / info["path"]
@@ -43,8 +46,10 @@ def validate_corpus(directory: Path, checksums: bool = True) -> list[str]:
                 problems.append(f"{path}: missing (shard {shard['index']}, {fmt}).")
                 continue
             if checksums and sha256_tree(path) != info["sha256"]:
-                problems.append(f"{path}: sha256 does not match the manifest; the shard is corrupt or was "
-                                "modified. Re-create it: delete it and run `scgrn shard ... --resume`.")
+                problems.append(
+                    f"{path}: sha256 does not match the manifest; the shard is corrupt or was "
+                    "modified. Re-create it: delete it and run `scgrn shard ... --resume`."
+                )
                 continue
             try:
                 problems += _check_shard(path, fmt, shard, vocab_size)
@@ -73,8 +78,10 @@ def _check_shard(path: Path, fmt: str, meta: dict, vocab_size: int) -> list[str]
         if block is None:
             return [f"{path}: no samples."] if meta["n_cells"] else []
     if block.n_cells != meta["n_cells"] or block.nnz != meta["nnz"]:
-        out.append(f"{path}: holds {block.n_cells} cells / {block.nnz} non-zeros, manifest says "
-                   f"{meta['n_cells']} / {meta['nnz']}.")
+        out.append(
+            f"{path}: holds {block.n_cells} cells / {block.nnz} non-zeros, manifest says "
+            f"{meta['n_cells']} / {meta['nnz']}."
+        )
     if np.any(np.diff(block.indptr) < 0):
         out.append(f"{path}: indptr is not non-decreasing.")
     if block.nnz and int(block.gene_ids.max()) >= vocab_size:

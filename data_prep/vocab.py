@@ -114,6 +114,12 @@ class GeneVocab:
         raise InputError(msg)
 
     def save(self, path: Path) -> None:
-        obj = {"format": VOCAB_FORMAT, "version": VOCAB_VERSION, "sha256": self.sha256, "source": self.source,
-               "special_tokens": list(SPECIAL_TOKENS), "tokens": list(self.tokens)}
+        obj = {
+            "format": VOCAB_FORMAT,
+            "version": VOCAB_VERSION,
+            "sha256": self.sha256,
+            "source": self.source,
+            "special_tokens": list(SPECIAL_TOKENS),
+            "tokens": list(self.tokens),
+        }
         atomic_write_text(path, json.dumps(obj))

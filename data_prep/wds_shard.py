@@ -45,14 +45,25 @@ def write_wds_shard(path: Path, block: CellBlock, shard_index: int, cells_per_sa
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     n_samples = 0
-    with open(tmp, "wb") as stream, wds.TarWriter(stream) as sink:
-        header = {"magic": WDS_MAGIC, "format_version": WDS_FORMAT_VERSION, "n_cells": block.n_cells,
-                  "nnz": block.nnz, "cells_per_sample": cells_per_sample, "obs_columns": list(block.obs), **attrs}
+    # Fixed mtime: the same cells give byte-identical tars, so resumed and uninterrupted runs hash alike.
+    with open(tmp, "wb") as stream, wds.TarWriter(stream, mtime=0.0, encoder=False) as sink:
+        header = {
+            "magic": WDS_MAGIC,
+            "format_version": WDS_FORMAT_VERSION,
+            "n_cells": block.n_cells,
+            "nnz": block.nnz,
+            "cells_per_sample": cells_per_sample,
+            "obs_columns": list(block.obs),
+            **attrs,
+        }
         sink.write({"__key__": f"{shard_index:06d}_header", "json": json.dumps(header).encode()})
         for start in range(0, block.n_cells, cells_per_sample):
             part = block.take(np.arange(start, min(start + cells_per_sample, block.n_cells)))
-            meta = {"first_cell": start, "cell_ids": part.cell_ids.astype(str).tolist(),
-                    "obs": {k: np.asarray(v).tolist() for k, v in part.obs.items()}}
+            meta = {
+                "first_cell": start,
+                "cell_ids": part.cell_ids.astype(str).tolist(),
+                "obs": {k: np.asarray(v).tolist() for k, v in part.obs.items()},
+            }
             sample = {"__key__": sample_key(shard_index, n_samples), "meta.json": json.dumps(meta).encode()}
             for name in _ARRAYS:
                 sample[f"{name}.npy"] = _npy(getattr(part, name))
@@ -93,7 +104,7 @@ class WdsShard:
         self.sample_keys = sorted(k for k in self._members if not k.endswith("_header"))
         self.n_cells = int(self.header["n_cells"])
         self.cells_per_sample = int(self.header["cells_per_sample"])
-        self._file = open(self.path, "rb")
+        self._file = open(self.path, "rb")  # noqa: SIM115 - held for seeks, closed in close()
 
     def _read(self, key: str, ext: str) -> bytes:
         try:
@@ -118,9 +129,14 @@ class WdsShard:
         key = self.sample_keys[sample_index]
         arrays = {n: np.load(io.BytesIO(self._read(key, f"{n}.npy")), allow_pickle=False) for n in _ARRAYS}
         meta = json.loads(self._read(key, "meta.json"))
-        return CellBlock(arrays["indptr"], arrays["gene_ids"], arrays["values"],
-                         np.asarray(meta["cell_ids"], dtype=object), arrays["split"],
-                         {k: np.asarray(v) for k, v in meta["obs"].items()})
+        return CellBlock(
+            arrays["indptr"],
+            arrays["gene_ids"],
+            arrays["values"],
+            np.asarray(meta["cell_ids"], dtype=object),
+            arrays["split"],
+            {k: np.asarray(v) for k, v in meta["obs"].items()},
+        )
 
     def close(self) -> None:
         self._file.close()

@@ -55,8 +55,9 @@ def _write_array(group, name: str, values: np.ndarray, chunk: int, shard: int | 
     dtype = values.dtype
     if values.dtype.kind in "UO":  # strings: zarr v3 vlen-utf8 (fixed-width numpy strings have no v3 spec)
         dtype, values = str, values.astype(object)
-    arr = group.create_array(name, shape=values.shape, dtype=dtype, chunks=chunks, shards=shards,
-                             compressors=compressors)
+    arr = group.create_array(
+        name, shape=values.shape, dtype=dtype, chunks=chunks, shards=shards, compressors=compressors
+    )
     if len(values):
         arr[:] = values
 
@@ -68,8 +69,16 @@ def write_zarr_shard(path: Path, block: CellBlock, attrs: dict, codec: str = "zs
     shutil.rmtree(tmp, ignore_errors=True)
     comp = _compressors(codec, level)
     group = zarr.open_group(tmp, mode="w")
-    group.attrs.update({"magic": SHARD_MAGIC, "format_version": SHARD_FORMAT_VERSION, "n_cells": block.n_cells,
-                        "nnz": block.nnz, "obs_columns": list(block.obs), **attrs})
+    group.attrs.update(
+        {
+            "magic": SHARD_MAGIC,
+            "format_version": SHARD_FORMAT_VERSION,
+            "n_cells": block.n_cells,
+            "nnz": block.nnz,
+            "obs_columns": list(block.obs),
+            **attrs,
+        }
+    )
     _write_array(group, "indptr", block.indptr.astype(np.int64), CELL_CHUNK, None, comp)
     _write_array(group, "gene_ids", block.gene_ids, INNER_CHUNK, OUTER_SHARD, comp)
     _write_array(group, "values", block.values, INNER_CHUNK, OUTER_SHARD, comp)
@@ -128,6 +137,10 @@ class ZarrShard:
         lo, hi = int(indptr[0]), int(indptr[-1])
         obs = {c: self.per_cell(f"obs/{c}")[start:stop] for c in self.obs_columns} if with_obs else {}
         return CellBlock(
-            indptr - lo, self.group["gene_ids"][lo:hi], self.group["values"][lo:hi],
-            self.per_cell("cell_id")[start:stop], self.per_cell("split")[start:stop], obs,
+            indptr - lo,
+            self.group["gene_ids"][lo:hi],
+            self.group["values"][lo:hi],
+            self.per_cell("cell_id")[start:stop],
+            self.per_cell("split")[start:stop],
+            obs,
         )

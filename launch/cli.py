@@ -20,21 +20,33 @@ def _add_shard(sub) -> None:
     p.add_argument("--cells-per-shard", type=int, default=10_000)
     p.add_argument("--workers", type=int, default=1, help="processes writing shards in parallel")
     p.add_argument("--vocab", type=Path, help="given vocab (scgrn vocab.json, token TSV, {gene: id} JSON)")
-    p.add_argument("--values", default="counts", choices=["counts", "log1p", "normalized"],
-                   help="value kind; non-count inputs must be declared")
+    p.add_argument(
+        "--values",
+        default="counts",
+        choices=["counts", "log1p", "normalized"],
+        help="value kind; non-count inputs must be declared",
+    )
     p.add_argument("--layer", help="h5ad layer holding the counts (default: X)")
     p.add_argument("--obs-columns", default="", help="comma-separated obs columns to keep, e.g. cell_type")
     p.add_argument("--min-genes", type=int, default=0, help="drop cells expressing fewer genes")
     p.add_argument("--zero-cells", default="drop", choices=["drop", "refuse"])
-    p.add_argument("--unmapped", default="drop", choices=["drop", "refuse"],
-                   help="genes not in a given vocab: drop (listed in unmapped_genes.tsv) or refuse")
+    p.add_argument(
+        "--unmapped",
+        default="drop",
+        choices=["drop", "refuse"],
+        help="genes not in a given vocab: drop (listed in unmapped_genes.tsv) or refuse",
+    )
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--cells-per-sample", type=int, default=128, help="webdataset: cells per tar sample")
     p.add_argument("--codec", default="zstd", choices=["zstd", "lz4"])
     p.add_argument("--codec-level", type=int, default=3)
     p.add_argument("--csv-orientation", default="genes-by-cells", choices=["genes-by-cells", "cells-by-genes"])
-    p.add_argument("--match-on", default="symbol", choices=["symbol", "id"],
-                   help="match genes by symbol (var_names) or by gene id column (e.g. Ensembl)")
+    p.add_argument(
+        "--match-on",
+        default="symbol",
+        choices=["symbol", "id"],
+        help="match genes by symbol (var_names) or by gene id column (e.g. Ensembl)",
+    )
     p.add_argument("--gene-map", type=Path, help="TSV: input gene key -> vocab token (e.g. symbol -> Ensembl)")
     p.add_argument("--case-insensitive", action="store_true", help="match symbols ignoring case (mouse<->human)")
     p.add_argument("--duplicate-genes", default="refuse", choices=["refuse", "sum"])
@@ -50,15 +62,32 @@ def _cmd_shard(args) -> int:
     from data_prep.summary import corpus_summary, format_summary
 
     cfg = ShardConfig(
-        inputs=args.inputs, out=args.out, format=args.format, cells_per_shard=args.cells_per_shard,
-        workers=args.workers, vocab=args.vocab, values=args.values, layer=args.layer,
-        obs_columns=[c for c in args.obs_columns.split(",") if c], min_genes=args.min_genes,
-        zero_cells=args.zero_cells, unmapped=args.unmapped, val_fraction=args.val_fraction,
-        cells_per_sample=args.cells_per_sample, codec=args.codec, codec_level=args.codec_level,
+        inputs=args.inputs,
+        out=args.out,
+        format=args.format,
+        cells_per_shard=args.cells_per_shard,
+        workers=args.workers,
+        vocab=args.vocab,
+        values=args.values,
+        layer=args.layer,
+        obs_columns=[c for c in args.obs_columns.split(",") if c],
+        min_genes=args.min_genes,
+        zero_cells=args.zero_cells,
+        unmapped=args.unmapped,
+        val_fraction=args.val_fraction,
+        cells_per_sample=args.cells_per_sample,
+        codec=args.codec,
+        codec_level=args.codec_level,
         csv_orientation=args.csv_orientation,
-        mapping=MappingOptions(match_on=args.match_on, gene_map=args.gene_map, case_insensitive=args.case_insensitive,
-                               duplicate_genes=args.duplicate_genes, min_mapped_fraction=args.min_mapped_fraction),
-        resume=args.resume, command=shlex.join(["scgrn", *sys.argv[1:]]),
+        mapping=MappingOptions(
+            match_on=args.match_on,
+            gene_map=args.gene_map,
+            case_insensitive=args.case_insensitive,
+            duplicate_genes=args.duplicate_genes,
+            min_mapped_fraction=args.min_mapped_fraction,
+        ),
+        resume=args.resume,
+        command=shlex.join(["scgrn", *sys.argv[1:]]),
     )
     manifest = shard(cfg, progress=not args.quiet)
     if not args.quiet:
@@ -138,8 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"shard": _cmd_shard, "inspect": _cmd_inspect, "validate": _cmd_validate, "simulate": _cmd_simulate,
-            "bench": _cmd_bench, "demo": _cmd_demo}
+COMMANDS = {
+    "shard": _cmd_shard,
+    "inspect": _cmd_inspect,
+    "validate": _cmd_validate,
+    "simulate": _cmd_simulate,
+    "bench": _cmd_bench,
+    "demo": _cmd_demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,7 +50,7 @@ class CellReader(ABC):
     gene_ids: np.ndarray | None = None  # (n_genes,) str, e.g. Ensembl ids when the input has them
     obs_available: tuple[str, ...] = ()
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 - optional hook, most readers need nothing
         """One-time work before parallel reads (e.g. transposing a gene-major input). Idempotent."""
 
     @abstractmethod

@@ -122,8 +122,7 @@ class CsvReader(CellReader):
         if self.spec.spill_dir is None:
             msg = f"{self.path}: a text input needs a spill directory (internal error)."
             raise InputError(msg)
-        self._spill = TransposeSpill(self.spec.spill_dir, self.n_cells, len(self.gene_names),
-                                     self.spec.spill_cells)
+        self._spill = TransposeSpill(self.spec.spill_dir, self.n_cells, len(self.gene_names), self.spec.spill_cells)
         self._spill.build(self._triplets())
 
     def read(self, start: int, stop: int) -> CellChunk:

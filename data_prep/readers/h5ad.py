@@ -82,9 +82,7 @@ class H5adReader(CellReader):
         if self.spec.spill_dir is None:
             msg = f"{self.path}: a CSC matrix needs a spill directory to be read by cells (internal error)."
             raise InputError(msg)
-        self._spill = TransposeSpill(
-            self.spec.spill_dir, self.n_cells, len(self.gene_names), self.spec.spill_cells
-        )
+        self._spill = TransposeSpill(self.spec.spill_dir, self.n_cells, len(self.gene_names), self.spec.spill_cells)
         self._spill.build(self._csc_triplets())
 
     def _csc_triplets(self):

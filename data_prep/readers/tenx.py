@@ -43,8 +43,13 @@ class TenxMtxReader(CellReader):
         features = _first_existing(d, ["features.tsv.gz", "features.tsv", "genes.tsv.gz", "genes.tsv"])
         barcodes = _first_existing(d, ["barcodes.tsv.gz", "barcodes.tsv"])
         missing = [
-            n for n, p in [("matrix.mtx[.gz]", self._mtx), ("features.tsv[.gz] or genes.tsv", features),
-                           ("barcodes.tsv[.gz]", barcodes)] if p is None
+            n
+            for n, p in [
+                ("matrix.mtx[.gz]", self._mtx),
+                ("features.tsv[.gz] or genes.tsv", features),
+                ("barcodes.tsv[.gz]", barcodes),
+            ]
+            if p is None
         ]
         if missing:
             msg = f"{d}: not a 10x matrix directory, missing {', '.join(missing)}."
@@ -86,8 +91,13 @@ class TenxMtxReader(CellReader):
 
     def _triplets(self):
         reader = pd.read_csv(
-            self._mtx, sep=r"\s+", header=None, skiprows=self._header_lines, chunksize=2_000_000,
-            compression="infer", dtype={0: np.int64, 1: np.int64, 2: np.float64},
+            self._mtx,
+            sep=r"\s+",
+            header=None,
+            skiprows=self._header_lines,
+            chunksize=2_000_000,
+            compression="infer",
+            dtype={0: np.int64, 1: np.int64, 2: np.float64},
         )
         for chunk in reader:
             arr = chunk.to_numpy()
@@ -97,8 +107,7 @@ class TenxMtxReader(CellReader):
         if self.spec.spill_dir is None:
             msg = f"{self.path}: a Matrix Market input needs a spill directory (internal error)."
             raise InputError(msg)
-        self._spill = TransposeSpill(self.spec.spill_dir, self.n_cells, len(self.gene_names),
-                                     self.spec.spill_cells)
+        self._spill = TransposeSpill(self.spec.spill_dir, self.n_cells, len(self.gene_names), self.spec.spill_cells)
         self._spill.build(self._triplets())
 
     def read(self, start: int, stop: int) -> CellChunk:
@@ -139,8 +148,9 @@ class TenxH5Reader(CellReader):
         g = self._group
         indptr = g["indptr"][start : stop + 1].astype(np.int64)
         lo, hi = int(indptr[0]), int(indptr[-1])
-        m = sp.csr_matrix((g["data"][lo:hi], g["indices"][lo:hi], indptr - lo),
-                          shape=(stop - start, len(self.gene_names)))
+        m = sp.csr_matrix(
+            (g["data"][lo:hi], g["indices"][lo:hi], indptr - lo), shape=(stop - start, len(self.gene_names))
+        )
         return CellChunk(m, self._cell_ids[start:stop], {}, start)
 
     def close(self) -> None:

@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny seeded AnnData inputs, the shared real data (skip, or fail under CI), CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def require_shared(*parts: str) -> Path:
+    """Path under ../shared/data; skip with a reason when absent, fail when CI=true."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        reason = f"real data not found at {path} (../shared/data sits beside the repo)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+    return path
+
+
+def make_counts(n_cells: int = 300, n_genes: int = 60, density: float = 0.2, seed: int = 0) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    m = sp.random(
+        n_cells, n_genes, density=density, format="csr", random_state=rng, data_rvs=lambda n: rng.integers(1, 50, n)
+    ).astype(np.int32)
+    # Every cell expresses at least one gene, so none is dropped as empty unless a test wants that.
+    lil = m.tolil()
+    for i in np.flatnonzero(np.diff(m.indptr) == 0):
+        lil[i, i % n_genes] = 1
+    return lil.tocsr()
+
+
+def make_adata(n_cells: int = 300, n_genes: int = 60, seed: int = 0, density: float = 0.2) -> ad.AnnData:
+    x = make_counts(n_cells, n_genes, density, seed)
+    rng = np.random.default_rng(seed + 1)
+    obs = pd.DataFrame(
+        {"cell_type": pd.Categorical(rng.choice(["T", "B", "NK"], n_cells)), "n_counts": np.asarray(x.sum(1)).ravel()},
+        index=[f"cell{i:05d}" for i in range(n_cells)],
+    )
+    var = pd.DataFrame(
+        {"gene_ids": [f"ENSG{i:011d}" for i in range(n_genes)]}, index=[f"GENE{i}" for i in range(n_genes)]
+    )
+    return ad.AnnData(X=x, obs=obs, var=var)
+
+
+@pytest.fixture
+def tiny_adata() -> ad.AnnData:
+    return make_adata()
+
+
+@pytest.fixture
+def tiny_h5ad(tmp_path: Path, tiny_adata: ad.AnnData) -> Path:
+    path = tmp_path / "tiny.h5ad"
+    tiny_adata.write_h5ad(path)
+    return path
+
+
+def run_cli(*args: str, check: bool = False, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `scgrn ARGS` in a subprocess (the real entry point), capturing output."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"scgrn {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def cli():
+    return run_cli
