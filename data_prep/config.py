@@ -31,8 +31,8 @@ class ShardConfig:
     unmapped: str = "drop"  # genes not in a given vocab: drop (listed in a file) or refuse
     val_fraction: float = 0.05  # share of cells in the validation split (by cell hash)
     cells_per_sample: int = 128  # webdataset: cells per tar sample
-    codec: str = "zstd"  # zarr compressor: zstd or lz4 (blosc)
-    codec_level: int = 3
+    codec: str = "lz4"  # zarr compressor: lz4 (blosc, byte shuffle; fastest to read) or zstd (smaller)
+    codec_level: int = 5
     csv_orientation: str = "genes-by-cells"
     mapping: MappingOptions = field(default_factory=MappingOptions)
     resume: bool = False

@@ -113,6 +113,24 @@ class Corpus:
         first = (lo // per) * per
         return slice_block(whole, lo - first, hi - first)
 
+    def take(self, indices: np.ndarray) -> CellBlock:
+        """Cells at global `indices` (any order), one batched read per shard touched (zarr format)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and (indices.min() < 0 or indices.max() >= self.n_cells):
+            msg = f"cell indices must be in [0, {self.n_cells}); got min {indices.min()}, max {indices.max()}."
+            raise IndexError(msg)
+        if self.format != "zarr":
+            msg = f"{self.directory}: random access needs the zarr format; this Corpus reads {self.format}."
+            raise CorpusError(msg)
+        shard_of = np.searchsorted(self.cell_offsets, indices, side="right") - 1
+        order = np.argsort(shard_of, kind="stable")
+        parts = []
+        for k in np.unique(shard_of):
+            sel = order[shard_of[order] == k]
+            parts.append(self.shard(int(k)).read_cells(indices[sel] - self.cell_offsets[k]))
+        block = CellBlock.concat(parts)
+        return block.take(np.argsort(order, kind="stable"))  # back to the requested order
+
     def cell(self, index: int) -> dict:
         """One cell by global index: {'gene_ids', 'values', 'cell_id', 'split', 'obs'}; no densifying."""
         k, local = self.locate(index)

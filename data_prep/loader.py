@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data_prep.cell_block import SPLIT_TRAIN, SPLIT_VAL, CellBlock, slice_block
+from data_prep.cell_block import SPLIT_TRAIN, SPLIT_VAL, CellBlock
 from data_prep.corpus import Corpus
 from data_prep.errors import CorpusError
 
@@ -67,8 +67,8 @@ class StreamingCellDataset(IterableDataset):
         seed: int = 0,
         epoch: int = 0,
         shuffle: bool = True,
-        block_cells: int = 1024,
-        window_blocks: int = 8,
+        block_cells: int = 4096,
+        window_blocks: int = 4,
         batch_size: int | None = None,
         drop_last: bool = False,
         obs_columns: list[str] | None = None,
@@ -151,14 +151,19 @@ class StreamingCellDataset(IterableDataset):
             block.obs = {c: block.obs[c] for c in self.obs_columns}
         return block
 
-    def _window(self, consumer: int, w: int, units: list) -> CellBlock:
+    def _window(self, consumer: int, w: int, units: list) -> tuple[CellBlock, np.ndarray]:
+        """The window's cells (storage order) and the order to emit them in (split kept, shuffled).
+
+        The window is not permuted as a whole: each batch gathers its own rows, so every non-zero is copied
+        once, in cache-sized pieces.
+        """
         blocks = [self._read_unit(u) for u in units[w * self.window_blocks : (w + 1) * self.window_blocks]]
         block = CellBlock.concat(blocks)
         wanted = SPLITS[self.split]
         rows = np.arange(block.n_cells) if wanted is None else np.flatnonzero(block.split == wanted)
         if self.shuffle:
             rows = rows[_rng(self.seed, self.epoch, consumer, w).permutation(len(rows))]
-        return block.take(rows)
+        return block, rows
 
     # -- iteration -----------------------------------------------------------------------------------
     def _consumer(self) -> tuple[int, int]:
@@ -168,15 +173,15 @@ class StreamingCellDataset(IterableDataset):
         return self.rank * workers + worker_id, self.world_size * workers
 
     def cell_stream(self, consumer: int, n_consumers: int, start: tuple[int, int] = (0, 0)):
-        """Yield (window, position after the cells, CellBlock of consecutive cells) for one consumer."""
+        """Yield (window, first position to emit, window block, emission order) for one consumer."""
         units = self.consumer_units(consumer, n_consumers)
         n_windows = -(-len(units) // self.window_blocks)
         w0, offset = start
         for w in range(w0, n_windows):
-            block = self._window(consumer, w, units)
+            block, rows = self._window(consumer, w, units)
             first = offset if w == w0 else 0
-            if first < block.n_cells:
-                yield w, first, block
+            if first < len(rows):
+                yield w, first, block, rows
 
     def __iter__(self) -> Iterator:
         consumer, n_consumers = self._consumer()
@@ -187,8 +192,9 @@ class StreamingCellDataset(IterableDataset):
             yield from self._iter_batches(consumer, n_consumers, start)
 
     def _iter_cells(self, consumer, n_consumers, start):
-        for w, first, block in self.cell_stream(consumer, n_consumers, start):
-            for i in range(first, block.n_cells):
+        for w, first, block, rows in self.cell_stream(consumer, n_consumers, start):
+            for pos in range(first, len(rows)):
+                i = rows[pos]
                 lo, hi = block.indptr[i], block.indptr[i + 1]
                 yield {
                     "gene_ids": block.gene_ids[lo:hi],
@@ -197,19 +203,19 @@ class StreamingCellDataset(IterableDataset):
                     "split": int(block.split[i]),
                     "obs": {k: v[i] for k, v in block.obs.items()},
                     "consumer": consumer,
-                    "cursor": (w, i + 1),
+                    "cursor": (w, pos + 1),
                 }
 
     def _iter_batches(self, consumer, n_consumers, start):
         size = self.batch_size
-        pending: list[CellBlock] = []
+        pending: list[CellBlock] = []  # the start of a batch whose cells continue in the next window
         n_pending = 0
         cursor = start
-        for w, first, block in self.cell_stream(consumer, n_consumers, start):
+        for w, first, block, rows in self.cell_stream(consumer, n_consumers, start):
             pos = first
-            while pos < block.n_cells:
-                take = min(size - n_pending, block.n_cells - pos)
-                pending.append(slice_block(block, pos, pos + take))
+            while pos < len(rows):
+                take = min(size - n_pending, len(rows) - pos)
+                pending.append(block.take(rows[pos : pos + take]))
                 n_pending += take
                 pos += take
                 cursor = (w, pos)
@@ -221,11 +227,8 @@ class StreamingCellDataset(IterableDataset):
 
     @staticmethod
     def _batch(parts: list[CellBlock], consumer: int, cursor: tuple[int, int]) -> CellBatch:
-        b = CellBlock.concat(parts) if len(parts) > 1 else parts[0]
-        gene_ids, values = b.gene_ids, b.values
-        if len(parts) == 1:  # a view into the window: copy so the batch owns its memory
-            gene_ids, values = gene_ids.copy(), values.copy()
-        return CellBatch(b.indptr, gene_ids, values, b.cell_ids, b.split, b.obs, consumer, cursor)
+        b = CellBlock.concat(parts)
+        return CellBatch(b.indptr, b.gene_ids, b.values, b.cell_ids, b.split, b.obs, consumer, cursor)
 
     # -- exact resume --------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from data_prep.cell_block import CellBlock
 from data_prep.config import ShardConfig
 from data_prep.errors import CorpusError, InputError
 from data_prep.gene_mapping import check_unique_names, input_keys, load_gene_map, map_genes
@@ -28,19 +29,25 @@ from data_prep.manifest import CORPUS_FORMAT_VERSION, CORPUS_MAGIC, MANIFEST_NAM
 from data_prep.readers import InputSpec, detect_kind, open_reader
 from data_prep.shard_task import PROGRESS_DIR, ShardTask, TaskContext, close_readers, run_task
 from data_prep.vocab import GeneVocab
+from data_prep.wds_shard import WdsShard
+from data_prep.zarr_shard import ZarrShard
 
 log = logging.getLogger(__name__)
 PLAN_NAME = "plan.json"
 SPILL_DIR = ".spill"
 
 
-def _check_out_dir(cfg: ShardConfig, identity: dict) -> None:
-    """Refuse to touch a directory that holds something else; nothing already written is ever overwritten."""
+def _check_out_dir(cfg: ShardConfig, identity: dict) -> str:
+    """Refuse to touch a directory that holds something else; nothing already written is ever overwritten.
+
+    Returns the state of `--out`: "fresh", "unfinished" (a run to resume) or "finished" (a manifest exists).
+    """
     out = cfg.out
+    if out.exists() and not out.is_dir():
+        msg = f"--out {out}: exists and is not a directory; choose a directory path for the corpus."
+        raise CorpusError(msg)
     if not out.exists() or not any(out.iterdir()):
-        if cfg.resume and out.exists():
-            log.info("%s is empty; starting fresh", out)
-        return
+        return "fresh"
     plan = out / PROGRESS_DIR / PLAN_NAME
     manifest = out / MANIFEST_NAME
     existing = None
@@ -64,10 +71,55 @@ def _check_out_dir(cfg: ShardConfig, identity: dict) -> None:
             "Choose another --out, or delete that directory if it is no longer needed."
         )
         raise CorpusError(msg)
+    state = "finished" if manifest.exists() else "unfinished"
     if not cfg.resume:
-        state = "a finished" if manifest.exists() else "an unfinished"
-        msg = f"--out {out}: directory already holds {state} run of this corpus; pass --resume to keep it and continue."
+        msg = (
+            f"--out {out}: directory already holds {'a' if state == 'finished' else 'an'} {state} run of this corpus; "
+            "pass --resume to verify it and complete what is missing."
+        )
         raise CorpusError(msg)
+    return state
+
+
+def _check_same_content(out: Path, input_hashes: list[str], vocab_sha256: str, source: str) -> None:
+    """Input files or vocab changed in place since `source` was written: resuming would mix two corpora."""
+    if source == "plan":
+        old = json.loads((out / PROGRESS_DIR / PLAN_NAME).read_text())
+        old_inputs, old_vocab = old["input_sha256"], old["vocab_sha256"]
+    else:
+        old = json.loads((out / MANIFEST_NAME).read_text())
+        old_inputs, old_vocab = [i["sha256"] for i in old["inputs"]], old["vocab"]["sha256"]
+    changed = [str(i) for i, (a, b) in enumerate(zip(old_inputs, input_hashes, strict=True)) if a != b]
+    if changed or old_vocab != vocab_sha256:
+        what = f"input(s) #{', #'.join(changed)}" if changed else "the vocabulary"
+        msg = (
+            f"--out {out}: {what} changed since this corpus was written (sha256 differs), so it cannot be resumed; "
+            "nothing was modified. Shard into another --out, or delete this one to rebuild it."
+        )
+        raise CorpusError(msg)
+
+
+def _records_from_manifest(out: Path, vocab_size: int, kind) -> None:
+    """Re-create `.progress` records of a finished corpus so a resume keeps its verified shards."""
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    for shard_meta in manifest["shards"]:
+        name = f"shard-{shard_meta['index']:06d}"
+        record = {k: v for k, v in shard_meta.items() if k != "cell_offset"}
+        if not _shard_ok(out, record, need_stats=False):
+            continue
+        fmt, info = next(iter(record["files"].items()))
+        path = out / info["path"]
+        if fmt == "zarr":
+            block = ZarrShard(path).read_block(0, record["n_cells"], with_obs=False)
+        else:
+            shard_file = WdsShard(path)
+            block = CellBlock.concat([shard_file.read_sample(i) for i in range(len(shard_file.sample_keys))])
+            shard_file.close()
+        np.savez(
+            out / PROGRESS_DIR / f"{name}.stats.npz",
+            **GeneStats(vocab_size, kind).partial(block.gene_ids, block.values),
+        )
+        atomic_write_text(out / PROGRESS_DIR / f"{name}.json", json.dumps(record))
 
 
 def _build_vocab(cfg: ShardConfig, readers, gene_map) -> GeneVocab:
@@ -95,19 +147,19 @@ def cfg_specs(cfg: ShardConfig) -> list[InputSpec]:
     ]
 
 
-def _shard_ok(out: Path, record: dict) -> bool:
+def _shard_ok(out: Path, record: dict, need_stats: bool = True) -> bool:
     for info in record["files"].values():
         path = out / info["path"]
         if not path.exists() or sha256_tree(path) != info["sha256"]:
             return False
-    return (out / PROGRESS_DIR / f"shard-{record['index']:06d}.stats.npz").exists()
+    return not need_stats or (out / PROGRESS_DIR / f"shard-{record['index']:06d}.stats.npz").exists()
 
 
 def shard(cfg: ShardConfig, progress: bool = True) -> dict:
     """Run the whole sharding job; returns the manifest."""
     t0 = time.perf_counter()
     identity = cfg.identity()
-    _check_out_dir(cfg, identity)
+    state = _check_out_dir(cfg, identity)
     specs = cfg_specs(cfg)
     kinds = [detect_kind(s.path) for s in specs]
     readers = [open_reader(s) for s in specs]
@@ -132,19 +184,22 @@ def shard(cfg: ShardConfig, progress: bool = True) -> dict:
                 )
                 raise InputError(msg)
     out = cfg.out
+    input_hashes = [sha256_tree(s.path) for s in specs]
+    plan_path = out / PROGRESS_DIR / PLAN_NAME
+    if state != "fresh":
+        _check_same_content(out, input_hashes, vocab.sha256, "plan" if plan_path.exists() else "manifest")
+    if state == "finished":
+        manifest = json.loads((out / MANIFEST_NAME).read_text())
+        if all(_shard_ok(out, s, need_stats=False) for s in manifest["shards"]):
+            log.info("%s: corpus already complete; every shard verified, nothing to do", out)
+            for r in readers:
+                r.close()
+            return manifest
+        (out / PROGRESS_DIR).mkdir(exist_ok=True)
+        _records_from_manifest(out, vocab.size, cfg.value_kind)
     (out / PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
     for fmt in cfg.formats:
         (out / fmt).mkdir(exist_ok=True)
-    input_hashes = [sha256_tree(s.path) for s in specs]
-    plan_path = out / PROGRESS_DIR / PLAN_NAME
-    if plan_path.exists():
-        old = json.loads(plan_path.read_text())
-        if old["input_sha256"] != input_hashes or old["vocab_sha256"] != vocab.sha256:
-            msg = (
-                f"--out {out}: the inputs or vocabulary changed since this run started (sha256 differs); "
-                "its shards cannot be resumed. Choose another --out or delete this one."
-            )
-            raise CorpusError(msg)
     atomic_write_text(
         plan_path, json.dumps({"identity": identity, "input_sha256": input_hashes, "vocab_sha256": vocab.sha256})
     )

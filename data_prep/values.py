@@ -57,17 +57,21 @@ def validate_values(
     first = int(np.flatnonzero(bad)[0])
     row = row_offset + int(row_of[first])
     gene = gene_names[int(col_of[first])]
-    hint = {
-        ValueKind.COUNTS: (
-            "If the input is already normalized, declare it with --values log1p or --values normalized; "
-            "if it holds raw counts in a layer, pick it with --layer NAME."
-        ),
-        ValueKind.LOG1P: "Declare --values normalized for values that may be negative (e.g. z-scores).",
-        ValueKind.NORMALIZED: "Remove or impute non-finite values before sharding.",
-    }[kind]
+    hint = (
+        "Remove or impute non-finite values before sharding."
+        if problem == "is NaN or infinite"
+        else {
+            ValueKind.COUNTS: (
+                "If the input is already normalized, declare it with --values log1p or --values normalized; "
+                "if it holds raw counts in a layer, pick it with --layer NAME."
+            ),
+            ValueKind.LOG1P: "Declare --values normalized for values that may be negative (e.g. z-scores).",
+            ValueKind.NORMALIZED: "Remove or impute non-finite values before sharding.",
+        }[kind]
+    )
     n_bad = int(bad.sum())
     msg = (
-        f"{source}: cell row {row}, gene {gene!r}: value {data[first]!r} {problem} "
+        f"{source}: cell row {row}, gene {gene!r}: value {float(data[first])!r} {problem} "
         f"(--values {kind.value}; {n_bad} such value(s) in this chunk). {hint}"
     )
     raise InputError(msg)

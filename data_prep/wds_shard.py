@@ -104,6 +104,14 @@ class WdsShard:
         self.sample_keys = sorted(k for k in self._members if not k.endswith("_header"))
         self.n_cells = int(self.header["n_cells"])
         self.cells_per_sample = int(self.header["cells_per_sample"])
+        expected = -(-self.n_cells // self.cells_per_sample)
+        if len(self.sample_keys) != expected:
+            msg = (
+                f"{self.path}: holds {len(self.sample_keys)} sample(s), its header promises {expected} "
+                f"({self.n_cells} cells / {self.cells_per_sample} per sample); the tar is truncated. "
+                "Run `scgrn validate` and re-create the shard with `scgrn shard ... --resume`."
+            )
+            raise CorpusError(msg)
         self._file = open(self.path, "rb")  # noqa: SIM115 - held for seeks, closed in close()
 
     def _read(self, key: str, ext: str) -> bytes:

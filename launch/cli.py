@@ -38,8 +38,13 @@ def _add_shard(sub) -> None:
     )
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--cells-per-sample", type=int, default=128, help="webdataset: cells per tar sample")
-    p.add_argument("--codec", default="zstd", choices=["zstd", "lz4"])
-    p.add_argument("--codec-level", type=int, default=3)
+    p.add_argument(
+        "--codec",
+        default="lz4",
+        choices=["lz4", "zstd"],
+        help="zarr compressor: lz4 (blosc, fastest reads) or zstd (~10%% smaller)",
+    )
+    p.add_argument("--codec-level", type=int, default=5)
     p.add_argument("--csv-orientation", default="genes-by-cells", choices=["genes-by-cells", "cells-by-genes"])
     p.add_argument(
         "--match-on",

@@ -38,9 +38,19 @@ def detect_kind(path: Path) -> str:
                 f"(first bytes {head!r}). Is it truncated, or another format renamed?"
             )
             raise InputError(msg)
-        with h5py.File(path, "r") as f:
-            if "matrix" in f or any(isinstance(f[k], h5py.Group) and "barcodes" in f[k] for k in f):
-                return "10x-h5"
+        try:
+            with h5py.File(path, "r") as f:
+                if "matrix" in f or any(isinstance(f[k], h5py.Group) and "barcodes" in f[k] for k in f):
+                    return "10x-h5"
+                if not {"X", "obs", "var"} <= set(f.keys()) and "layers" not in f:
+                    msg = (
+                        f"{path}: HDF5 file is neither AnnData (needs X, obs, var) nor a 10x matrix "
+                        f"(top-level keys: {sorted(f.keys())[:8]}). Export it with anndata.write_h5ad."
+                    )
+                    raise InputError(msg)
+        except OSError as err:
+            msg = f"{path}: cannot be opened as HDF5 ({err}); the file is probably truncated. Copy it again."
+            raise InputError(msg) from None
         return "h5ad"
     stripped = name[:-3] if name.endswith(".gz") else name
     if stripped.endswith(_TEXT_SUFFIXES):
@@ -70,6 +80,9 @@ def open_reader(spec: InputSpec) -> CellReader:
     reader = _READERS[detect_kind(spec.path)](spec)
     if reader.n_cells == 0 or len(reader.gene_names) == 0:
         reader.close()
-        msg = f"{spec.path}: empty matrix ({reader.n_cells} cells x {len(reader.gene_names)} genes)."
+        msg = (
+            f"{spec.path}: empty matrix ({reader.n_cells} cells x {len(reader.gene_names)} genes); nothing to shard. "
+            "Remove it from the inputs or check that the right file / layer was exported."
+        )
         raise InputError(msg)
     return reader

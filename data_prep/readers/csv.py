@@ -62,6 +62,8 @@ class CsvReader(CellReader):
                     raise InputError(msg)
                 names = []
                 for line_no, row in enumerate(reader, start=2):
+                    if not row or (len(row) == 1 and not row[0].strip()):
+                        continue  # blank line (e.g. a trailing newline); the data pass skips it too
                     if len(row) != len(header):
                         msg = (
                             f"{self.path}: line {line_no} has {len(row)} fields but the header has {len(header)}; "
@@ -83,13 +85,22 @@ class CsvReader(CellReader):
         if blank:
             msg = f"{self.path}: malformed header: column(s) {blank[:5]} have no name; every column needs an id."
             raise InputError(msg)
-        counts = pd.Series(labels).value_counts()
+        # Cell ids must be unique (they key the split and the corpus); duplicate *genes* are left to
+        # --duplicate-genes, as for every other input kind.
+        if self.spec.csv_orientation == "genes-by-cells":
+            where, cell_ids = "header (cell ids)", labels
+        else:
+            where, cell_ids = "first column (cell ids)", names
+        counts = pd.Series(cell_ids).value_counts()
         dups = sorted(counts[counts > 1].index)
         if dups:
-            msg = f"{self.path}: malformed header: duplicated column id(s) {dups[:5]}; ids must be unique."
+            msg = (
+                f"{self.path}: malformed {where}: duplicated cell id(s) {dups[:5]}; cell ids must be unique. "
+                "Rename or remove the repeated cells."
+            )
             raise InputError(msg)
         if not names:
-            msg = f"{self.path}: empty matrix: a header but no data rows."
+            msg = f"{self.path}: empty matrix: a header but no data rows. Remove it from the inputs or re-export it."
             raise InputError(msg)
         return header, names
 

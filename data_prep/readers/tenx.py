@@ -21,6 +21,8 @@ from data_prep.errors import InputError
 from data_prep.readers.base import CellChunk, CellReader, InputSpec
 from data_prep.readers.spill import TransposeSpill
 
+GENE_EXPRESSION = "Gene Expression"
+
 
 def _first_existing(directory: Path, names: list[str]) -> Path | None:
     for name in names:
@@ -55,13 +57,17 @@ class TenxMtxReader(CellReader):
             msg = f"{d}: not a 10x matrix directory, missing {', '.join(missing)}."
             raise InputError(msg)
         feat = _read_tsv(features)
+        self._n_features = len(feat)
+        # v3 feature tables also list antibody / CRISPR features; only gene expression is kept.
+        self._keep = (feat[2] == GENE_EXPRESSION).to_numpy() if feat.shape[1] > 2 else np.ones(len(feat), bool)
+        feat = feat[self._keep]
         self.gene_ids = feat[0].to_numpy(dtype=object)
         self.gene_names = (feat[1] if feat.shape[1] > 1 else feat[0]).to_numpy(dtype=object)
         self._cell_ids = _read_tsv(barcodes)[0].to_numpy(dtype=object)
         self._header_lines, n_rows, n_cols, self._nnz = self._read_header()
-        if n_rows != len(self.gene_names) or n_cols != len(self._cell_ids):
+        if n_rows != self._n_features or n_cols != len(self._cell_ids):
             msg = (
-                f"{self._mtx}: matrix is {n_rows} x {n_cols} but {features.name} lists {len(self.gene_names)} "
+                f"{self._mtx}: matrix is {n_rows} x {n_cols} but {features.name} lists {self._n_features} "
                 f"genes and {barcodes.name} {len(self._cell_ids)} barcodes; the three files must match."
             )
             raise InputError(msg)
@@ -107,13 +113,13 @@ class TenxMtxReader(CellReader):
         if self.spec.spill_dir is None:
             msg = f"{self.path}: a Matrix Market input needs a spill directory (internal error)."
             raise InputError(msg)
-        self._spill = TransposeSpill(self.spec.spill_dir, self.n_cells, len(self.gene_names), self.spec.spill_cells)
+        self._spill = TransposeSpill(self.spec.spill_dir, self.n_cells, self._n_features, self.spec.spill_cells)
         self._spill.build(self._triplets())
 
     def read(self, start: int, stop: int) -> CellChunk:
         if self._spill is None:
             self.prepare()
-        return CellChunk(self._spill.read(start, stop), self._cell_ids[start:stop], {}, start)
+        return CellChunk(self._spill.read(start, stop)[:, self._keep], self._cell_ids[start:stop], {}, start)
 
 
 class TenxH5Reader(CellReader):
@@ -122,11 +128,14 @@ class TenxH5Reader(CellReader):
     def __init__(self, spec: InputSpec) -> None:
         super().__init__(spec)
         self._file = h5py.File(self.path, "r")
+        self._keep: np.ndarray | None = None
         if "matrix" in self._file:
             g = self._file["matrix"]
             feats = g["features"]
             self.gene_ids = np.asarray([x.decode() for x in feats["id"][:]], dtype=object)
             self.gene_names = np.asarray([x.decode() for x in feats["name"][:]], dtype=object)
+            if "feature_type" in feats:
+                self._keep = np.asarray([x.decode() == GENE_EXPRESSION for x in feats["feature_type"][:]])
         else:
             genomes = [k for k in self._file if isinstance(self._file[k], h5py.Group) and "barcodes" in self._file[k]]
             if not genomes:
@@ -141,6 +150,10 @@ class TenxH5Reader(CellReader):
         if n_genes != len(self.gene_names):
             msg = f"{self.path}: shape says {n_genes} genes but the feature table has {len(self.gene_names)}."
             raise InputError(msg)
+        self._n_features = n_genes
+        if self._keep is None:
+            self._keep = np.ones(n_genes, dtype=bool)
+        self.gene_ids, self.gene_names = self.gene_ids[self._keep], self.gene_names[self._keep]
         self.obs_available = ()
         self.check_obs_columns()
 
@@ -148,10 +161,8 @@ class TenxH5Reader(CellReader):
         g = self._group
         indptr = g["indptr"][start : stop + 1].astype(np.int64)
         lo, hi = int(indptr[0]), int(indptr[-1])
-        m = sp.csr_matrix(
-            (g["data"][lo:hi], g["indices"][lo:hi], indptr - lo), shape=(stop - start, len(self.gene_names))
-        )
-        return CellChunk(m, self._cell_ids[start:stop], {}, start)
+        m = sp.csr_matrix((g["data"][lo:hi], g["indices"][lo:hi], indptr - lo), shape=(stop - start, self._n_features))
+        return CellChunk(m[:, self._keep] if not self._keep.all() else m, self._cell_ids[start:stop], {}, start)
 
     def close(self) -> None:
         self._file.close()

@@ -175,3 +175,17 @@ def test_beeline_expression_csv_shards_and_validates(tmp_path, cli):
     assert cli("validate", out).returncode == 0
     corpus = Corpus(out)
     assert corpus.n_cells == 383 and corpus.value_kind.value == "log1p"
+
+
+def test_take_random_cells_in_requested_order(tmp_path):
+    adata = make_adata(180, 25, seed=8)
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    _shard([tmp_path / "a.h5ad"], tmp_path / "c", cells_per_shard=50)
+    corpus = Corpus(tmp_path / "c", "zarr")
+    idx = np.random.default_rng(0).permutation(180)[:77]
+    block = corpus.take(idx)
+    expected = corpus.read_cells(0, 180)
+    np.testing.assert_array_equal(block.cell_ids, expected.cell_ids[idx])
+    for i, j in enumerate(idx):
+        for a, b in zip(block.cell(i), expected.cell(int(j)), strict=True):
+            np.testing.assert_array_equal(a, b)
