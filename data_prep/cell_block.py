@@ -80,3 +80,48 @@ def slice_block(block: CellBlock, start: int, stop: int) -> CellBlock:
         block.split[start:stop],
         {k: v[start:stop] for k, v in block.obs.items()},
     )
+
+
+class BlockList:
+    """Several blocks seen as one run of cells, without concatenating their non-zeros.
+
+    The loader's shuffle window is a few read units; batches gather their cells straight from the units'
+    arrays, so each non-zero is copied once (into its batch) instead of twice.
+    """
+
+    def __init__(self, blocks: list[CellBlock]) -> None:
+        self.blocks = blocks
+        self.offsets = np.cumsum([0] + [b.n_cells for b in blocks])
+        self.split = np.concatenate([b.split for b in blocks]) if blocks else np.zeros(0, np.uint8)
+        self.n_cells = int(self.offsets[-1])
+
+    def take(self, rows: np.ndarray) -> CellBlock:
+        rows = np.asarray(rows, dtype=np.int64)
+        unit = np.searchsorted(self.offsets, rows, side="right") - 1
+        local = rows - self.offsets[unit]
+        starts = np.empty(len(rows), dtype=np.int64)
+        stops = np.empty(len(rows), dtype=np.int64)
+        for k in np.unique(unit):
+            sel = unit == k
+            ptr = self.blocks[k].indptr
+            starts[sel] = ptr[local[sel]]
+            stops[sel] = ptr[local[sel] + 1]
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(stops - starts, out=indptr[1:])
+        spans = list(zip(unit.tolist(), starts.tolist(), stops.tolist(), strict=True))
+        first = self.blocks[0]
+        gene_ids = np.concatenate([self.blocks[k].gene_ids[a:b] for k, a, b in spans]) if spans else first.gene_ids[:0]
+        values = np.concatenate([self.blocks[k].values[a:b] for k, a, b in spans]) if spans else first.values[:0]
+        cell_ids = np.empty(len(rows), dtype=object)
+        obs = {c: np.empty(len(rows), dtype=first.obs[c].dtype) for c in first.obs}
+        for k in np.unique(unit):
+            sel = unit == k
+            cell_ids[sel] = self.blocks[k].cell_ids[local[sel]]
+            for c in obs:
+                obs[c][sel] = self.blocks[k].obs[c][local[sel]]
+        return CellBlock(indptr, gene_ids, values, cell_ids, self.split[rows], obs)
+
+    def cell(self, row: int) -> tuple[CellBlock, int]:
+        """The block holding global `row`, and the row's index inside it."""
+        k = int(np.searchsorted(self.offsets, row, side="right") - 1)
+        return self.blocks[k], row - int(self.offsets[k])

@@ -17,6 +17,7 @@ stream; `StatefulCellLoader` tracks the cursors of batches the training loop has
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data_prep.cell_block import SPLIT_TRAIN, SPLIT_VAL, CellBlock
+from data_prep.cell_block import SPLIT_TRAIN, SPLIT_VAL, BlockList, CellBlock
 from data_prep.corpus import Corpus
 from data_prep.errors import CorpusError
 
@@ -67,10 +68,11 @@ class StreamingCellDataset(IterableDataset):
         seed: int = 0,
         epoch: int = 0,
         shuffle: bool = True,
-        block_cells: int = 4096,
-        window_blocks: int = 4,
+        block_cells: int = 8192,
+        window_blocks: int = 2,
         batch_size: int | None = None,
         drop_last: bool = False,
+        prefetch: bool | None = None,
         obs_columns: list[str] | None = None,
     ) -> None:
         super().__init__()
@@ -93,6 +95,9 @@ class StreamingCellDataset(IterableDataset):
         self.block_cells, self.window_blocks = block_cells, window_blocks
         self.batch_size, self.drop_last = batch_size, drop_last
         self.obs_columns = obs_columns
+        # Read the next window on a thread while this one is emitted. Default: on for zarr (zarrs decodes outside
+        # the GIL: 1.3x measured), off for webdataset (.npy parsing holds the GIL: 0.7x measured).
+        self.prefetch = prefetch
         self._corpus: Corpus | None = None
         self._num_workers = 1
         self.cursors: dict[int, tuple[int, int]] = {}  # consumer -> cursor to start from (after a restore)
@@ -151,14 +156,13 @@ class StreamingCellDataset(IterableDataset):
             block.obs = {c: block.obs[c] for c in self.obs_columns}
         return block
 
-    def _window(self, consumer: int, w: int, units: list) -> tuple[CellBlock, np.ndarray]:
+    def _window(self, consumer: int, w: int, units: list) -> tuple[BlockList, np.ndarray]:
         """The window's cells (storage order) and the order to emit them in (split kept, shuffled).
 
         The window is not permuted as a whole: each batch gathers its own rows, so every non-zero is copied
         once, in cache-sized pieces.
         """
-        blocks = [self._read_unit(u) for u in units[w * self.window_blocks : (w + 1) * self.window_blocks]]
-        block = CellBlock.concat(blocks)
+        block = BlockList([self._read_unit(u) for u in units[w * self.window_blocks : (w + 1) * self.window_blocks]])
         wanted = SPLITS[self.split]
         rows = np.arange(block.n_cells) if wanted is None else np.flatnonzero(block.split == wanted)
         if self.shuffle:
@@ -177,11 +181,24 @@ class StreamingCellDataset(IterableDataset):
         units = self.consumer_units(consumer, n_consumers)
         n_windows = -(-len(units) // self.window_blocks)
         w0, offset = start
-        for w in range(w0, n_windows):
-            block, rows = self._window(consumer, w, units)
-            first = offset if w == w0 else 0
-            if first < len(rows):
-                yield w, first, block, rows
+        # Read window w+1 on a thread while window w is being emitted: decoding (zarrs / zlib-free npy reads)
+        # runs outside the GIL, so reading and gathering overlap. The order of cells does not change.
+        prefetch = self.prefetch if self.prefetch is not None else self.corpus.format == "zarr"
+        if not prefetch:
+            for w in range(w0, n_windows):
+                block, rows = self._window(consumer, w, units)
+                first = offset if w == w0 else 0
+                if first < len(rows):
+                    yield w, first, block, rows
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scgrn-prefetch") as pool:
+            ahead = pool.submit(self._window, consumer, w0, units) if w0 < n_windows else None
+            for w in range(w0, n_windows):
+                block, rows = ahead.result()
+                ahead = pool.submit(self._window, consumer, w + 1, units) if w + 1 < n_windows else None
+                first = offset if w == w0 else 0
+                if first < len(rows):
+                    yield w, first, block, rows
 
     def __iter__(self) -> Iterator:
         consumer, n_consumers = self._consumer()
@@ -194,14 +211,14 @@ class StreamingCellDataset(IterableDataset):
     def _iter_cells(self, consumer, n_consumers, start):
         for w, first, block, rows in self.cell_stream(consumer, n_consumers, start):
             for pos in range(first, len(rows)):
-                i = rows[pos]
-                lo, hi = block.indptr[i], block.indptr[i + 1]
+                unit, i = block.cell(int(rows[pos]))
+                lo, hi = unit.indptr[i], unit.indptr[i + 1]
                 yield {
-                    "gene_ids": block.gene_ids[lo:hi],
-                    "values": block.values[lo:hi],
-                    "cell_id": block.cell_ids[i],
-                    "split": int(block.split[i]),
-                    "obs": {k: v[i] for k, v in block.obs.items()},
+                    "gene_ids": unit.gene_ids[lo:hi],
+                    "values": unit.values[lo:hi],
+                    "cell_id": unit.cell_ids[i],
+                    "split": int(unit.split[i]),
+                    "obs": {k: v[i] for k, v in unit.obs.items()},
                     "consumer": consumer,
                     "cursor": (w, pos + 1),
                 }

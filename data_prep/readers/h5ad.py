@@ -34,7 +34,10 @@ class H5adReader(CellReader):
         f = self._file
         missing = [k for k in ("obs", "var") if k not in f]
         if missing:
-            msg = f"{self.path}: not an AnnData file (no {' or '.join(missing)} group). Export it with anndata.write_h5ad."
+            msg = (
+                f"{self.path}: not an AnnData file (no {' or '.join(missing)} group). "
+                "Export it with anndata.write_h5ad."
+            )
             raise InputError(msg)
         if "X" not in f and not spec.layer:
             msg = f"{self.path}: this .h5ad has no X matrix; pick a layer with --layer NAME."
