@@ -47,15 +47,25 @@ class GeneStats:
     def partial(self, gene_ids: np.ndarray, values: np.ndarray) -> dict[str, np.ndarray]:
         """A shard's contribution, sparse, so workers send little back to the parent."""
         g = gene_ids.astype(np.int64)
-        v = values.astype(np.float64)
-        bins = np.clip(np.searchsorted(self.edges, v, side="right") - 1, 0, self.n_bins - 1)
-        flat, counts = np.unique(g * self.n_bins + bins, return_counts=True)
         size = len(self.n_cells)
+        if self.kind is ValueKind.COUNTS and values.dtype.kind in "ui":
+            # Integer counts: bin = count - 1 below _EXACT, so almost no value needs a search.
+            bins = values.astype(np.int64) - 1
+            big = bins >= _EXACT
+            if big.any():
+                bins[big] = np.searchsorted(self.edges, values[big].astype(np.float64), side="right") - 1
+        else:
+            bins = np.searchsorted(self.edges, values.astype(np.float64), side="right") - 1
+        np.clip(bins, 0, self.n_bins - 1, out=bins)
+        # A dense count over (gene, bin) is one pass (bincount) where np.unique would sort; only its non-zeros
+        # travel back to the parent.
+        dense = np.bincount(g * self.n_bins + bins, minlength=size * self.n_bins)
+        flat = np.flatnonzero(dense)
         return {
             "n_cells": np.bincount(g, minlength=size),
-            "total": np.bincount(g, weights=v, minlength=size),
+            "total": np.bincount(g, weights=values.astype(np.float64), minlength=size),
             "hist_index": flat,
-            "hist_count": counts,
+            "hist_count": dense[flat],
         }
 
     def add(self, part: dict[str, np.ndarray]) -> None:

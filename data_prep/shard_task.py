@@ -98,27 +98,47 @@ def close_readers() -> None:
     _READERS.clear()
 
 
+def remap_columns(m: sp.csr_matrix, column_to_id: np.ndarray, vocab_size: int) -> sp.csr_matrix:
+    """Input columns -> vocab ids (dropping unmapped genes and stored zeros), sorted within each cell.
+
+    Fast path (the common case: canonical CSR and a mapping that keeps column order, e.g. a vocab built from
+    this input): relabel `indices`, no sort. Otherwise through COO, which also sums genes that map onto one id
+    (reached only with --duplicate-genes sum; refused earlier otherwise).
+    """
+    ids = column_to_id[m.indices]
+    keep = (ids >= 0) & (m.data != 0)
+    mapped = column_to_id[column_to_id >= 0]
+    order_kept = len(mapped) < 2 or bool(np.all(np.diff(mapped) > 0))
+    if order_kept and m.has_canonical_format:
+        dropped = np.flatnonzero(~keep)
+        if len(dropped) == 0:
+            return sp.csr_matrix((m.data, ids, m.indptr), shape=(m.shape[0], vocab_size))
+        row_of_dropped = np.searchsorted(m.indptr, dropped, side="right") - 1
+        indptr = m.indptr.astype(np.int64)
+        indptr[1:] -= np.cumsum(np.bincount(row_of_dropped, minlength=m.shape[0]))
+        return sp.csr_matrix((m.data[keep], ids[keep], indptr), shape=(m.shape[0], vocab_size))
+    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    csr = sp.csr_matrix((m.data[keep], (rows[keep], ids[keep])), shape=(m.shape[0], vocab_size))
+    csr.sum_duplicates()
+    csr.sort_indices()
+    return csr
+
+
 def build_block(ctx: TaskContext, task: ShardTask) -> tuple[CellBlock, dict]:
     reader = _reader(ctx, task.input_index)
     chunk = reader.read(task.row_start, task.row_stop)
-    m = chunk.matrix.tocoo()
     source = str(ctx.specs[task.input_index].path)
+    m = sp.csr_matrix(chunk.matrix)
     validate_values(
         ctx.value_kind,
         m.data,
         source=source,
-        row_of=m.row,
-        col_of=m.col,
+        row_of=np.repeat(np.arange(m.shape[0]), np.diff(m.indptr)),
+        col_of=m.indices,
         row_offset=task.row_start,
         gene_names=reader.gene_names,
     )
-    ids = ctx.column_to_id[task.input_index][m.col]
-    keep = (ids >= 0) & (m.data != 0)
-    n_rows = task.row_stop - task.row_start
-    # Remap columns to vocab ids; duplicates mapped onto one id are summed here (refused earlier if asked).
-    csr = sp.csr_matrix((m.data[keep], (m.row[keep], ids[keep])), shape=(n_rows, ctx.vocab_size))
-    csr.sum_duplicates()
-    csr.sort_indices()
+    csr = remap_columns(m, ctx.column_to_id[task.input_index], ctx.vocab_size)
     genes_per_cell = np.diff(csr.indptr)
     zero = genes_per_cell == 0
     if zero.any() and ctx.zero_cells == "refuse":

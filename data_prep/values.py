@@ -43,6 +43,8 @@ def validate_values(
 
     `row_of`/`col_of` give, for each entry of `data`, its row within the chunk and its column (gene index).
     """
+    if data.dtype.kind in "ui" and (data.dtype.kind == "u" or not (data < 0).any()):
+        return  # integers are finite and integral: only the sign can be wrong
     bad = ~np.isfinite(data)
     problem = "is NaN or infinite"
     if not bad.any():

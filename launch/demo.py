@@ -27,16 +27,24 @@ def _step(title: str) -> float:
 def run_demo(out: Path) -> int:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    t = _step(f"simulate {DEMO_SIMULATION.n_cells:,} cells x {DEMO_SIMULATION.n_genes:,} genes "
-              f"({DEMO_SIMULATION.n_tfs} TFs)")
+    t = _step(
+        f"simulate {DEMO_SIMULATION.n_cells:,} cells x {DEMO_SIMULATION.n_genes:,} genes ({DEMO_SIMULATION.n_tfs} TFs)"
+    )
     h5ad, edges = write_simulation(DEMO_SIMULATION, out / "simulated.h5ad")
     print(f"wrote {h5ad} and the ground-truth network {edges} ({time.perf_counter() - t:.1f} s)")
 
     t = _step("shard -> zarr v3 + webdataset")
     corpus = out / "corpus"
     shutil.rmtree(corpus, ignore_errors=True)  # the demo always rebuilds its own corpus
-    cfg = ShardConfig(inputs=[h5ad], out=corpus, format="both", cells_per_shard=5_000, workers=2,
-                      obs_columns=["cell_type"], command=f"scgrn shard {h5ad} --out {corpus} --workers 2")
+    cfg = ShardConfig(
+        inputs=[h5ad],
+        out=corpus,
+        format="both",
+        cells_per_shard=5_000,
+        workers=2,
+        obs_columns=["cell_type"],
+        command=f"scgrn shard {h5ad} --out {corpus} --workers 2",
+    )
     shard(cfg)
     print(f"sharded in {time.perf_counter() - t:.1f} s")
 
