@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import resource
 import statistics
 import time
@@ -29,9 +30,7 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def measure(
-    corpus: Path, workdir: Path, names: list[str], repeats: int, batch_size: int
-) -> list[dict[str, object]]:
+def measure(corpus: Path, workdir: Path, names: list[str], repeats: int, batch_size: int) -> list[dict[str, object]]:
     """Run each baseline ``repeats`` times warm then cold; one summary row per (baseline, cache state)."""
     rows = []
     for name in names:
@@ -50,6 +49,9 @@ def measure(
                     "min_cells_per_s": min(rates),
                     "max_cells_per_s": max(rates),
                     "note": runs[0].note,
+                    # 1-min load average after the runs: ~1.0 is this process alone on the machine;
+                    # clearly above means something else competed for the cores.
+                    "load_avg_1min": round(os.getloadavg()[0], 2),
                 }
             )
             logging.getLogger(__name__).info("%s", rows[-1])
@@ -57,9 +59,7 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="PBMC h5ad to replicate")
     parser.add_argument("--n-cells", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=0)
@@ -91,13 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     n_cells, nnz_per_cell = corpus_facts["n_cells"], corpus_facts["mean_nnz_per_cell"]
     print(f"corpus {corpus}: {n_cells} cells, {nnz_per_cell:.1f} nnz/cell")
     print(f"build: {build}")
-    print("| baseline | cache | cells/s (median) | min-max | cells/run | note |")
-    print("|---|---|---:|---|---:|---|")
+    print("| baseline | cache | cells/s (median) | min-max | cells/run | load | note |")
+    print("|---|---|---:|---|---:|---:|---|")
     for row in rows:
         spread = f"{row['min_cells_per_s']:,.0f}-{row['max_cells_per_s']:,.0f}"
         print(
             f"| {row['baseline']} | {row['cache']} | {row['median_cells_per_s']:,.0f} | {spread} "
-            f"| {row['cells_per_run']:,} | {row['note']} |"
+            f"| {row['cells_per_run']:,} | {row['load_avg_1min']} | {row['note']} |"
         )
     if args.json:
         context = {"corpus": corpus_facts, "build": build, "versions": library_versions()}
