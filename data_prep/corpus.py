@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.cell_block import CellBlock
+from data_prep.cell_block import CellBlock, slice_block
 from data_prep.errors import CorpusError
 from data_prep.manifest import read_manifest
 from data_prep.values import ValueKind
@@ -107,8 +107,6 @@ class Corpus:
             return shard.read_block(lo, hi)
         per = shard.cells_per_sample
         parts = [shard.read_sample(s) for s in range(lo // per, (hi - 1) // per + 1)]
-        from data_prep.cell_block import slice_block
-
         whole = CellBlock.concat(parts)
         first = (lo // per) * per
         return slice_block(whole, lo - first, hi - first)

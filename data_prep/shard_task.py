@@ -182,6 +182,7 @@ def run_task(ctx: TaskContext, task: ShardTask) -> dict:
             "path": str(paths["webdataset"].relative_to(ctx.out)),
             "sha256": sha256_tree(paths["webdataset"]),
             "n_samples": n_samples,
+            "cells_per_sample": ctx.cells_per_sample,
         }
     stats = GeneStats(ctx.vocab_size, ctx.value_kind).partial(block.gene_ids, block.values)
     progress = ctx.out / PROGRESS_DIR

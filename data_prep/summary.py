@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,6 @@ def corpus_summary(directory: Path) -> dict:
     vocab_tokens = None
     top = np.argsort(-expressing)[:10]
     try:
-        import json
-
         vocab_tokens = json.loads((Path(directory) / m["vocab"]["file"]).read_text())["tokens"]
     except (OSError, ValueError, KeyError):
         vocab_tokens = None

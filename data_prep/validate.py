@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.cell_block import CellBlock
+
 from data_prep.errors import CorpusError
 from data_prep.io_utils import sha256_tree
 from data_prep.manifest import read_manifest
@@ -71,8 +73,6 @@ def _check_shard(path: Path, fmt: str, meta: dict, vocab_size: int) -> list[str]
         block = z.read_block(0, z.n_cells)
     else:
         w = WdsShard(path)
-        from data_prep.cell_block import CellBlock
-
         block = CellBlock.concat([w.read_sample(i) for i in range(len(w.sample_keys))]) if w.sample_keys else None
         w.close()
         if block is None:
