@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.cell_block import CellBlock
-
 from data_prep.errors import CorpusError
 from data_prep.io_utils import sha256_tree
 from data_prep.manifest import read_manifest
