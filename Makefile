@@ -3,6 +3,8 @@ VENV        ?= .venv
 PY          := $(VENV)/bin/python
 # A GPU box overrides this (e.g. TORCH_SPEC="torch==2.11.0"); torch goes in first so no resolver pulls another.
 TORCH_SPEC  ?= torch==2.13.0
+# DeepSpeed ships only an sdist: built against the installed torch (no isolated build env, which would fetch one).
+DEEPSPEED_SPEC ?= deepspeed==0.19.8
 STAMP       := $(VENV)/.scgrn-installed
 DEMO_DIR    ?= demo_out
 PYTEST_ARGS ?=
@@ -14,6 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -c "import deepspeed" 2>/dev/null || $(PY) -m pip install -q --no-build-isolation "$(DEEPSPEED_SPEC)"
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	touch $(STAMP)
 

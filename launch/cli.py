@@ -141,6 +141,25 @@ def _cmd_bench(args) -> int:
     return shard_main(args.rest)
 
 
+def _cmd_pretrain(args) -> int:
+    from pretrain.__main__ import main as pretrain_main
+
+    return pretrain_main(["--config", str(args.config), *args.overrides])
+
+
+def _cmd_export(args) -> int:
+    from pretrain.config import ConfigError
+    from pretrain.release import export_release
+
+    try:
+        out = export_release(args.run_dir, args.out, args.tag)
+    except ConfigError as err:
+        print(f"scgrn export: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote release {out} (model.safetensors, config.json, vocab.json, training_summary.json, README.md)")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from launch.demo import run_demo
 
@@ -167,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks: loader | shard (see bench/RESULTS.md)")
     p.add_argument("what", choices=["loader", "shard"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("pretrain", help="pretrain a model (one process; see README for deepspeed / torchrun)")
+    p.add_argument("--config", required=True, type=Path)
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=20")
+    p = sub.add_parser("export", help="consolidate a run's checkpoint into a release (safetensors + config + vocab)")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--tag", help="checkpoint tag (default: latest complete)")
     p = sub.add_parser("demo", help="the main job end to end on the embedded default (simulated cells)")
     p.add_argument("--out", type=Path, default=Path("demo_out"))
     return parser
@@ -179,6 +205,8 @@ COMMANDS = {
     "simulate": _cmd_simulate,
     "bench": _cmd_bench,
     "demo": _cmd_demo,
+    "pretrain": _cmd_pretrain,
+    "export": _cmd_export,
 }
 
 

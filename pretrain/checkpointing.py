@@ -1,0 +1,84 @@
+"""Checkpoint bookkeeping around DeepSpeed's `save_checkpoint`: complete markers, rotation, per-rank state.
+
+Layout of a run directory:
+    RUN/config.yaml, RUN/tensorboard/, RUN/checkpoints/step00000050/  (DeepSpeed files for that tag)
+        loader_rank{r}.json   each rank's data-loader cursor (StreamingCellDataset.state_dict)
+        rng_rank{r}.pt        each rank's masking generator + torch RNG (tensors only; loaded weights_only=True)
+        COMPLETE              written by rank 0 after every rank finished: only such checkpoints are resumed from
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from data_prep.io_utils import atomic_write_text
+from pretrain.config import ConfigError
+
+COMPLETE = "COMPLETE"
+
+
+def tag_for(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    root = checkpoint_root(run_dir)
+    if not root.exists():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / COMPLETE).exists())
+
+
+def resolve_resume(resume: str, run_dir: Path) -> Path | None:
+    """'none' -> None; 'auto' -> latest complete checkpoint (or None); a path -> that checkpoint, checked."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not path.is_dir():
+        msg = f"train.resume = {resume!r}: no such checkpoint directory; use 'auto', 'none' or a path."
+        raise ConfigError(msg)
+    if not (path / COMPLETE).exists():
+        msg = (
+            f"train.resume = {resume!r}: checkpoint is partial (no {COMPLETE} marker: a rank died while saving). "
+            f"Resume from an earlier one: {[p.name for p in complete_checkpoints(path.parent.parent)]}."
+        )
+        raise ConfigError(msg)
+    return path
+
+
+def save_rank_state(directory: Path, rank: int, loader_state: dict, generator: torch.Generator) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(directory / f"loader_rank{rank}.json", json.dumps(loader_state))
+    torch.save({"generator": generator.get_state(), "torch": torch.get_rng_state()}, directory / f"rng_rank{rank}.pt")
+
+
+def load_rank_state(directory: Path, rank: int) -> tuple[dict, dict]:
+    loader = directory / f"loader_rank{rank}.json"
+    rng = directory / f"rng_rank{rank}.pt"
+    if not loader.exists() or not rng.exists():
+        msg = (
+            f"{directory}: no state for rank {rank} (was it saved with fewer ranks?). Resume with the world size "
+            "it was saved with; changing the number of ranks mid-run is refused because each rank's data cursor "
+            "is exact only for its own shard of the stream."
+        )
+        raise ConfigError(msg)
+    return json.loads(loader.read_text()), torch.load(rng, weights_only=True)
+
+
+def mark_complete(directory: Path, info: dict) -> None:
+    atomic_write_text(directory / COMPLETE, json.dumps(info))
+
+
+def prune(run_dir: Path, keep_last: int) -> None:
+    for old in complete_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,186 @@
+"""`PretrainConfig`: one typed config for a pretraining run, loaded from YAML with `key=value` overrides.
+
+Sections: `model` (family + that family's typed config), `data` (corpus and loader), `train` (optimizer,
+schedule, precision, checkpoints, logging), `parallel` (DeepSpeed ZeRO JSON and batch arithmetic). Every field is
+checked in `__post_init__`; all problems are reported at once, each with the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FAMILIES = ("scbert", "exceiver")
+PRECISIONS = ("fp32", "bf16")
+OPTIMIZERS = ("adamw", "fused_adam")
+
+
+class ConfigError(ValueError):
+    """A configuration problem (or several), with the fix for each."""
+
+
+@dataclass
+class DataConfig:
+    corpus: str = ""  # corpus directory written by `scgrn shard`
+    micro_batch_cells: int = 16  # cells per rank per micro step (packed, no padding)
+    num_workers: int = 0  # DataLoader workers per rank
+    block_cells: int = 1024  # loader read unit (cells)
+    window_blocks: int = 4  # loader shuffle window (units)
+    eval_batches: int = 8  # validation batches per evaluation
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100  # optimizer steps (the LR schedule spans them)
+    stop_after: int = 0  # end this invocation after this step (0: at `steps`); for preemptible jobs, stop-and-go
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 10
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    precision: str = "fp32"  # fp32 | bf16 (fp16 is not supported: DeepSpeed's CPU path lacks it)
+    optimizer: str = "adamw"  # adamw (torch, no JIT build) | fused_adam (DeepSpeed, GPU)
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 50
+    save_every: int = 50
+    keep_last: int = 2  # checkpoints kept (older complete ones are deleted)
+    out_dir: str = "runs/pretrain"
+    resume: str = "none"  # none | auto (latest complete checkpoint in out_dir) | a checkpoint directory
+    peak_tflops: float = 0.0  # device peak for the MFU estimate (0: not logged)
+
+
+@dataclass
+class ParallelConfig:
+    zero_stage: int = 2  # 0, 1, 2, 3
+    deepspeed_config: str = ""  # ZeRO JSON (default: launch/configs/deepspeed/zero{stage}.json)
+    train_batch_size: int = 0  # global cells per optimizer step; 0 = world x micro x accum
+
+
+@dataclass
+class PretrainConfig:
+    family: str = "scbert"
+    model: dict[str, Any] = field(default_factory=dict)  # the family's config fields (vocab_size from the corpus)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    def __post_init__(self) -> None:
+        problems = []
+        t, d, p = self.train, self.data, self.parallel
+        checks = [
+            (self.family in FAMILIES, "family", self.family, f"one of {FAMILIES}"),
+            (t.steps >= 1, "train.steps", t.steps, ">= 1"),
+            (0 <= t.stop_after <= t.steps, "train.stop_after", t.stop_after, f"in [0, train.steps={t.steps}]"),
+            (t.lr > 0, "train.lr", t.lr, "> 0"),
+            (0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", t.min_lr_ratio, "in [0, 1]"),
+            (0 <= t.warmup_steps <= t.steps, "train.warmup_steps", t.warmup_steps, f"in [0, train.steps={t.steps}]"),
+            (t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0"),
+            (t.grad_clip >= 0, "train.grad_clip", t.grad_clip, ">= 0 (0 disables clipping)"),
+            (t.grad_accum >= 1, "train.grad_accum", t.grad_accum, ">= 1"),
+            (t.precision in PRECISIONS, "train.precision", t.precision, f"one of {PRECISIONS}"),
+            (t.optimizer in OPTIMIZERS, "train.optimizer", t.optimizer, f"one of {OPTIMIZERS}"),
+            (t.log_every >= 1, "train.log_every", t.log_every, ">= 1"),
+            (t.eval_every >= 1, "train.eval_every", t.eval_every, ">= 1"),
+            (t.save_every >= 1, "train.save_every", t.save_every, ">= 1"),
+            (t.keep_last >= 1, "train.keep_last", t.keep_last, ">= 1"),
+            (t.peak_tflops >= 0, "train.peak_tflops", t.peak_tflops, ">= 0"),
+            (d.micro_batch_cells >= 1, "data.micro_batch_cells", d.micro_batch_cells, ">= 1"),
+            (d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0"),
+            (d.block_cells >= 1, "data.block_cells", d.block_cells, ">= 1"),
+            (d.window_blocks >= 1, "data.window_blocks", d.window_blocks, ">= 1"),
+            (d.eval_batches >= 1, "data.eval_batches", d.eval_batches, ">= 1"),
+            (p.zero_stage in (0, 1, 2, 3), "parallel.zero_stage", p.zero_stage, "0, 1, 2 or 3"),
+            (p.train_batch_size >= 0, "parallel.train_batch_size", p.train_batch_size, ">= 0 (0 = derived)"),
+        ]
+        problems += [f"{name} = {value!r}: must be {allowed}" for ok, name, value, allowed in checks if not ok]
+        if problems:
+            raise ConfigError("invalid pretrain config:\n  - " + "\n  - ".join(problems))
+
+    # -- loading -------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "config") -> PretrainConfig:
+        problems = []
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            problems.append(f"unknown top-level key(s) {unknown}; allowed: {sorted(known)}")
+        sections = {}
+        for name, kind in (("data", DataConfig), ("train", TrainConfig), ("parallel", ParallelConfig)):
+            values = dict(raw.get(name) or {})
+            allowed = {f.name for f in fields(kind)}
+            bad = sorted(set(values) - allowed)
+            if bad:
+                problems.append(f"unknown key(s) {bad} in '{name}'; allowed: {sorted(allowed)}")
+                values = {k: v for k, v in values.items() if k in allowed}
+            for f in fields(kind):
+                if f.name in values:
+                    values[f.name] = _coerce(values[f.name], f, f"{name}.{f.name}", problems)
+            sections[name] = kind(**values)
+        if problems:
+            raise ConfigError(f"{source}: invalid pretrain config:\n  - " + "\n  - ".join(problems))
+        return cls(family=raw.get("family", "scbert"), model=dict(raw.get("model") or {}), **sections)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> PretrainConfig:
+        path = Path(path)
+        if not path.exists():
+            msg = f"--config {path}: no such file."
+            raise ConfigError(msg)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            msg = f"{path}: not valid YAML ({err})."
+            raise ConfigError(msg) from None
+        for item in overrides or []:
+            apply_override(raw, item)
+        return cls.from_dict(raw, str(path))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _coerce(value, f: dataclasses.Field, name: str, problems: list[str]):
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "str":
+            return str(value)
+        if kind.startswith("tuple"):
+            return tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        problems.append(f"{name} = {value!r}: must be {kind}")
+        return value
+    return value
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """`train.lr=3e-4` -> raw['train']['lr'] = 3e-4 (value parsed as YAML)."""
+    if "=" not in item:
+        msg = f"override {item!r}: expected key=value, e.g. train.lr=3e-4 or model.n_layers=2"
+        raise ConfigError(msg)
+    key, _, text = item.partition("=")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            msg = f"override {item!r}: {part!r} is not a section"
+            raise ConfigError(msg)
+    value = yaml.safe_load(text)
+    if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    node[parts[-1]] = value

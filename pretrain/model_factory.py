@@ -1,0 +1,58 @@
+"""Build a model of a family from its config fields, and check it fits a corpus (value kind, vocab)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from pretrain.config import ConfigError
+
+
+def families() -> dict[str, tuple[type, type]]:
+    from pretrain.models.exceiver import Exceiver, ExceiverConfig
+    from pretrain.models.scbert import ScBert, ScBertConfig
+
+    return {"scbert": (ScBertConfig, ScBert), "exceiver": (ExceiverConfig, Exceiver)}
+
+
+def model_config(family: str, fields: dict, vocab_size: int):
+    config_cls, _ = families()[family]
+    allowed = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        msg = f"model: unknown field(s) {unknown} for family {family!r}; allowed: {sorted(allowed)}"
+        raise ConfigError(msg)
+    values = {**fields, "vocab_size": vocab_size}
+    try:
+        return config_cls(**values)
+    except (TypeError, ValueError) as err:
+        msg = f"model ({family}): {err}"
+        raise ConfigError(msg) from None
+
+
+def build_model(family: str, config) -> nn.Module:
+    _, model_cls = families()[family]
+    return model_cls(config)
+
+
+def required_value_kind(model: nn.Module) -> str:
+    return str(getattr(model, "required_value_kind", "counts"))
+
+
+def check_corpus(model: nn.Module, value_kind: str, vocab_sha256: str, expected_vocab_sha256: str | None) -> None:
+    """Refuse a corpus the model was not built for: wrong value kind, or another vocabulary."""
+    problems = []
+    need = required_value_kind(model)
+    if str(value_kind) != need:
+        problems.append(
+            f"the corpus holds {value_kind!r} values but this model needs {need!r}; re-shard raw counts "
+            "(scgrn shard ... without --values), or pick a model/objective for this kind"
+        )
+    if expected_vocab_sha256 and expected_vocab_sha256 != vocab_sha256:
+        problems.append(
+            f"the corpus vocabulary (sha256 {vocab_sha256[:12]}…) differs from the model's "
+            f"({expected_vocab_sha256[:12]}…); shard the corpus with --vocab set to the model's vocab.json"
+        )
+    if problems:
+        raise ConfigError("corpus does not fit the model:\n  - " + "\n  - ".join(problems))

@@ -1,0 +1,1 @@
+"""Parallelism for pretraining. `engine.py` is the only module in scgrn that imports DeepSpeed."""

@@ -1,0 +1,271 @@
+"""The pretraining loop: resume, stream batches, train_step, evaluate, log, checkpoint (torchtitan's Trainer).
+
+Runs the same code in one process (`scgrn pretrain`), under `deepspeed --num_gpus N --module pretrain` and under
+`torchrun --nproc_per_node N -m pretrain`: the launcher only decides how many ranks there are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from data_prep.corpus import Corpus
+from data_prep.io_utils import atomic_write_text, sha256_file
+from data_prep.loader import StatefulCellLoader, StreamingCellDataset
+from pretrain import checkpointing as ckpt
+from pretrain.config import ConfigError, PretrainConfig
+from pretrain.metrics import MetricsLogger, memory_gb
+from pretrain.model_factory import build_model, check_corpus, model_config
+from pretrain.parallel import engine as dist
+
+log = logging.getLogger("scgrn.pretrain")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped on a NaN/inf loss; a checkpoint of the last good state was written."""
+
+
+class Trainer:
+    def __init__(self, cfg: PretrainConfig) -> None:
+        self.cfg = cfg
+        self.rank, self.world_size, local_rank = dist.init_distributed()
+        self.device = dist.device_for(local_rank)
+        self.run_dir = Path(cfg.train.out_dir)
+        if not cfg.data.corpus:
+            msg = "data.corpus is empty: point it at a directory written by `scgrn shard`."
+            raise ConfigError(msg)
+        self.corpus = Corpus(Path(cfg.data.corpus))
+        torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
+        self.model_config = model_config(cfg.family, cfg.model, self.corpus.manifest["vocab"]["size"])
+        model = build_model(cfg.family, self.model_config)
+        check_corpus(model, self.corpus.value_kind.value, self.corpus.vocab_sha256, cfg.model.get("vocab_sha256"))
+        model.to(self.device)
+        self.ds_config = dist.build_ds_config(cfg, self.world_size)
+        self.engine = dist.create_engine(model, cfg, self.ds_config)
+        # Masking/sampling randomness per rank, saved and restored with each checkpoint.
+        self.generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + self.rank)
+        d = cfg.data
+        self.train_data = StatefulCellLoader(
+            StreamingCellDataset(
+                self.corpus.directory,
+                split="train",
+                rank=self.rank,
+                world_size=self.world_size,
+                seed=cfg.train.seed,
+                batch_size=d.micro_batch_cells,
+                block_cells=d.block_cells,
+                window_blocks=d.window_blocks,
+                obs_columns=[],
+            ),
+            num_workers=d.num_workers,
+        )
+        self.step = 0
+        self.tokens_seen = 0
+        self.last_losses: dict[str, float] = {}
+
+    # -- data ----------------------------------------------------------------------------------------
+    def _batches(self):
+        """Endless stream of this rank's micro batches; a new epoch (reshuffled) when one ends."""
+        while True:
+            yielded = False
+            for batch in self.train_data:
+                yielded = True
+                yield batch
+            if not yielded:
+                msg = (
+                    f"{self.corpus.directory}: rank {self.rank} received no training cells; "
+                    "the corpus has fewer train cells than ranks x workers need."
+                )
+                raise ConfigError(msg)
+            self.train_data.set_epoch(self.train_data.dataset.epoch + 1)
+
+    def _to_device(self, batch) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.to_torch().items()}
+
+    # -- steps ---------------------------------------------------------------------------------------
+    def train_step(self, batches) -> dict[str, float]:
+        total_loss, tokens, cells = 0.0, 0, 0
+        for _ in range(self.cfg.train.grad_accum):
+            batch = next(batches)
+            inputs = self._to_device(batch)
+            out = self.engine(inputs, generator=self.generator)
+            loss = out["loss"]
+            # One host sync per micro step: every rank must agree to stop before anyone runs backward.
+            if dist.all_reduce_max(0.0 if torch.isfinite(loss).item() else 1.0, self.device) > 0:
+                self._save(reason="non-finite loss")
+                msg = (
+                    f"loss became {loss.item()} at step {self.step} (rank {self.rank} or another); stopped. The last "
+                    f"good state is saved in {ckpt.checkpoint_root(self.run_dir)}. Lower train.lr, enable "
+                    "train.grad_clip, or check the corpus values."
+                )
+                raise NonFiniteLossError(msg)
+            self.engine.backward(loss)
+            self.engine.step()
+            total_loss += float(loss.detach())
+            tokens += int(inputs["gene_ids"].numel())
+            cells += batch.n_cells
+        self.step += 1
+        self.tokens_seen += tokens
+        return {"loss": total_loss / self.cfg.train.grad_accum, "tokens": tokens, "cells": cells}
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Masked loss on the validation split (first `data.eval_batches` batches of every rank), averaged."""
+        self.engine.eval()
+        data = StreamingCellDataset(
+            self.corpus.directory,
+            split="val",
+            rank=self.rank,
+            world_size=self.world_size,
+            seed=self.cfg.train.seed,
+            shuffle=False,
+            batch_size=self.cfg.data.micro_batch_cells,
+            obs_columns=[],
+        )
+        gen = torch.Generator().manual_seed(12345 + self.rank)  # the same masks at every evaluation
+        loss_sum, n = 0.0, 0
+        for i, batch in enumerate(data):
+            if i >= self.cfg.data.eval_batches:
+                break
+            out = self.engine(self._to_device(batch), generator=gen)
+            m = int(out.get("n_masked", 1))
+            loss_sum += float(out["loss"]) * m
+            n += m
+        total, count = dist.all_reduce_sum([loss_sum, float(n)], self.device)
+        self.engine.train()
+        return total / count if count else float("nan")
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def _client_state(self) -> dict:
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "world_size": self.world_size,
+            "config": self.cfg.to_dict(),
+            "vocab_sha256": self.corpus.vocab_sha256,
+            "value_kind": self.corpus.value_kind.value,
+            "losses": self.last_losses,
+        }
+
+    def _save(self, reason: str = "periodic") -> Path:
+        tag = ckpt.tag_for(self.step)
+        root = ckpt.checkpoint_root(self.run_dir)
+        dist.save_checkpoint(self.engine, root, tag, self._client_state())
+        ckpt.save_rank_state(root / tag, self.rank, self.train_data.state_dict(), self.generator)
+        dist.barrier()
+        if self.rank == 0:
+            ckpt.mark_complete(
+                root / tag,
+                {
+                    "step": self.step,
+                    "reason": reason,
+                    "time": time.time(),
+                    "world_size": self.world_size,
+                    "vocab_sha256": self.corpus.vocab_sha256,
+                },
+            )
+            ckpt.prune(self.run_dir, self.cfg.train.keep_last)
+        dist.barrier()
+        return root / tag
+
+    def _resume(self) -> None:
+        path = ckpt.resolve_resume(self.cfg.train.resume, self.run_dir)
+        if path is None:
+            return
+        # Check what the marker records before DeepSpeed reads anything (its own errors are less clear).
+        marker = json.loads((path / ckpt.COMPLETE).read_text())
+        problems = []
+        if marker["world_size"] != self.world_size:
+            problems.append(
+                f"it was saved by {marker['world_size']} rank(s), this run has {self.world_size}; resume "
+                "with the same number of ranks (each rank's data cursor and ZeRO partition are exact only "
+                "for its own rank)"
+            )
+        if marker["vocab_sha256"] != self.corpus.vocab_sha256:
+            problems.append("the corpus vocabulary differs from the one it was trained on")
+        if problems:
+            raise ConfigError(f"cannot resume from {path}:\n  - " + "\n  - ".join(problems))
+        state = dist.load_checkpoint(self.engine, path.parent, path.name)
+        loader_state, rng = ckpt.load_rank_state(path, self.rank)
+        self.train_data.load_state_dict(loader_state)
+        self.generator.set_state(rng["generator"])
+        torch.set_rng_state(rng["torch"])
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.last_losses = state.get("losses", {})
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def train(self) -> dict:
+        cfg = self.cfg
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        self._resume()
+        metrics = MetricsLogger(self.run_dir, self.rank, cfg.train.steps, self.step)
+        batches = self._batches()
+        flops_per_token = float(self.engine.module.flops_per_token())
+        window = {"loss": 0.0, "n": 0, "tokens": 0, "cells": 0, "t0": time.perf_counter()}
+        history = []
+        last = cfg.train.stop_after or cfg.train.steps
+        try:
+            while self.step < last:
+                out = self.train_step(batches)
+                history.append(out["loss"])
+                window["loss"] += out["loss"]
+                window["n"] += 1
+                window["tokens"] += out["tokens"]
+                window["cells"] += out["cells"]
+                metrics.advance()
+                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                    seconds = time.perf_counter() - window["t0"]
+                    tokens_s = window["tokens"] * self.world_size / seconds  # all ranks stream similar amounts
+                    scalars = {
+                        "train/loss": window["loss"] / window["n"],
+                        "train/lr": self.engine.get_lr()[0],
+                        "train/grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+                        "perf/tokens_per_s": tokens_s,
+                        "perf/cells_per_s": window["cells"] * self.world_size / seconds,
+                        "perf/memory_gb": memory_gb(self.device),
+                    }
+                    if cfg.train.peak_tflops > 0:
+                        scalars["perf/mfu"] = (
+                            tokens_s * flops_per_token / (cfg.train.peak_tflops * 1e12 * self.world_size)
+                        )
+                    metrics.scalars(self.step, scalars)
+                    self.last_losses["train"] = scalars["train/loss"]
+                    window = {"loss": 0.0, "n": 0, "tokens": 0, "cells": 0, "t0": time.perf_counter()}
+                if self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps:
+                    val = self.evaluate()
+                    self.last_losses["val"] = val
+                    metrics.scalars(self.step, {"val/loss": val})
+                if self.step % cfg.train.save_every == 0 or self.step in (cfg.train.steps, last):
+                    self._save()
+        finally:
+            metrics.close()
+        summary = {
+            "steps": self.step,
+            "tokens": self.tokens_seen,
+            "world_size": self.world_size,
+            "family": cfg.family,
+            "final_losses": self.last_losses,
+            "loss_history": history,
+            "corpus": str(self.corpus.directory),
+            "corpus_manifest_sha256": sha256_file(self.corpus.directory / "manifest.json"),
+            "vocab_sha256": self.corpus.vocab_sha256,
+            "value_kind": self.corpus.value_kind.value,
+            "config_sha256": hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest(),
+        }
+        if self.rank == 0:
+            atomic_write_text(self.run_dir / "run_summary.json", json.dumps(summary, indent=1))
+        return summary
+
+
+def run(config_path: str, overrides: list[str]) -> dict:
+    cfg = PretrainConfig.load(config_path, overrides)
+    return Trainer(cfg).train()
