@@ -20,13 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from pretrain.config import ConfigError
-    from pretrain.trainer import run
+    from pretrain.trainer import NonFiniteLossError, run
 
     try:
         run(args.config, args.overrides)
     except ConfigError as err:
         print(f"pretrain: error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as err:
+        print(f"pretrain: stopped: {err}", file=sys.stderr)
+        return 3
     return 0
 
 
