@@ -136,6 +136,10 @@ def _cmd_bench(args) -> int:
         from bench.loader_bench import main as loader_main
 
         return loader_main(args.rest)
+    if args.what == "train":
+        from bench.train_bench import main as train_main
+
+        return train_main(args.rest)
     from bench.shard_bench import main as shard_main
 
     return shard_main(args.rest)
@@ -183,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tfs", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
-    p = sub.add_parser("bench", help="benchmarks: loader | shard (see bench/RESULTS.md)")
-    p.add_argument("what", choices=["loader", "shard"])
+    p = sub.add_parser("bench", help="benchmarks: loader | shard | train (see bench/RESULTS.md)")
+    p.add_argument("what", choices=["loader", "shard", "train"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p = sub.add_parser("pretrain", help="pretrain a model (one process; see README for deepspeed / torchrun)")
     p.add_argument("--config", required=True, type=Path)

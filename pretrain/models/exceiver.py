@@ -1,0 +1,511 @@
+"""Exceiver: a Perceiver IO masked-expression model over packed single cells.
+
+Connell et al. 2022, "A single-cell gene expression language model" (arXiv:2210.14330), built on Perceiver IO
+(Jaegle et al. 2021, arXiv:2107.14795). Reference implementation: github.com/keiserlab/exceiver.
+
+One training step, for a packed batch of B cells (T expressed genes in all):
+
+1. Gene sampling: a cell with more than `max_genes` expressed genes keeps `max_genes` of them ("random" or the
+   "topk" highest counts). Library sizes are taken *before* sampling, so normalization sees the whole cell.
+2. Masking: `mask_prob` of each cell's expressed genes are hidden (at least 1 in a cell with >= 2 genes, never all).
+3. Encoder: every unmasked gene becomes the token  e_g · x_g,  its gene embedding scaled by its log1p-normalized
+   value (as in the paper). L learned latents, the same L for every cell, cross-attend into their own cell's tokens
+   (varlen attention), then `n_self_layers` pre-LN transformer blocks run over each cell's (L, D) latents.
+4. Decoder: the masked genes' bare embeddings e_g are queries that cross-attend into their cell's latents; a linear
+   head reads one number per masked gene: the log1p value (mse) or the log expression per 1e4 counts (poisson, nb).
+
+Masked genes are *removed* from the encoder's input rather than replaced by a [MASK] token, as in the reference
+implementation (its key padding mask hides them): the latents never see the masked genes at all, and the decoder
+query (the gene's own embedding) says which gene to predict. So the vocab's <mask> id is not used here, and
+`encode` on an unmasked cell runs exactly the encoder that training ran.
+
+The encoder's keys/values are *not* layer-normed (Perceiver IO normalizes its inputs; the reference code does too):
+LayerNorm(x_g · e_g) = LayerNorm(e_g) for any x_g > 0, which would erase the expression value from the input.
+
+Shapes: B cells, T packed genes, L latents, D model width, H heads, N masked genes in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from pretrain.models.attention import BACKENDS
+from pretrain.models.common import (
+    GENE_SAMPLING_MODES,
+    MLP,
+    MultiheadAttention,
+    cu_seqlens_from_lengths,
+    init_transformer_weights,
+    sample_genes,
+    seqlens,
+)
+from pretrain.models.objectives import (
+    TARGET_SUM,
+    cell_library_size,
+    mse_loss,
+    negative_binomial_nll,
+    normalize_log1p,
+    poisson_nll,
+    token_cell_index,
+)
+
+OBJECTIVES = ("mse", "poisson", "nb")
+ATTENTION = ("auto", *BACKENDS)
+import os
+GENE_BIAS = os.environ.get("GB", "0") == "1"
+QRES = os.environ.get("QRES", "1") == "1"
+EMB_STD = float(os.environ.get("EMB_STD", "1"))
+TOK = os.environ.get("TOK", "mul")
+NORMKV = os.environ.get("NORMKV", "0") == "1"
+N_SPECIAL_TOKENS = 4  # <pad>=0, <mask>=1, <cls>=2, <unk>=3 (data_prep.vocab.SPECIAL_TOKENS)
+
+
+@dataclass
+class ExceiverConfig:
+    """Hyperparameters of an `Exceiver`; all problems are reported at once by `__post_init__`."""
+
+    vocab_size: int
+    """Rows of the gene embedding: the corpus vocab's size, 4 special tokens included."""
+    d_model: int = 128
+    """Width D of gene embeddings, latents and every block."""
+    n_latents: int = 64
+    """Latent vectors L per cell (the Perceiver bottleneck); every cell uses the same L learned queries."""
+    n_heads: int = 4
+    """Attention heads in every block; must divide `d_model`."""
+    n_self_layers: int = 4
+    """Pre-LN self-attention blocks over each cell's L latents (0 = encoder cross-attention only)."""
+    d_ff: int = 512
+    """Hidden width of every block's MLP."""
+    dropout: float = 0.0
+    """Dropout on attention probabilities and residual branches, in [0, 1)."""
+    max_genes: int = 2048
+    """Most expressed genes a cell keeps per step; longer cells are subsampled by `gene_sampling`."""
+    gene_sampling: str = "random"
+    """How a cell longer than `max_genes` is cut: "random" genes or the "topk" highest counts."""
+    mask_prob: float = 0.15
+    """Fraction of each cell's expressed genes hidden from the encoder and predicted, in (0, 1)."""
+    objective: str = "mse"
+    """"mse" on log1p(CP10k) values (the paper), or "poisson" / "nb" likelihoods of the raw counts with the
+    cell's library size as offset (see `pretrain.models.objectives`)."""
+    attention: str = "auto"
+    """Varlen attention backend: "auto" (flash on CUDA when flash-attn imports, else sdpa), "flash", "sdpa",
+    "reference"."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass (torch.utils.checkpoint, non-reentrant)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+
+        def positive_int(name: str, minimum: int = 1) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                problems.append(f"{name}={value!r} must be an integer >= {minimum}")
+
+        positive_int("vocab_size", N_SPECIAL_TOKENS + 1)
+        for name in ("d_model", "n_latents", "n_heads", "d_ff", "max_genes"):
+            positive_int(name)
+        positive_int("n_self_layers", 0)
+        if (
+            all(isinstance(getattr(self, n), int) and getattr(self, n) >= 1 for n in ("d_model", "n_heads"))
+            and self.d_model % self.n_heads
+        ):
+            problems.append(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads} "
+                f"(d_model % n_heads = {self.d_model % self.n_heads}); pick n_heads among the divisors of d_model"
+            )
+        if not (isinstance(self.dropout, int | float) and 0.0 <= self.dropout < 1.0):
+            problems.append(f"dropout={self.dropout!r} must be in [0, 1)")
+        if not (isinstance(self.mask_prob, int | float) and 0.0 < self.mask_prob < 1.0):
+            problems.append(f"mask_prob={self.mask_prob!r} must be in (0, 1)")
+        for name, allowed in (("gene_sampling", GENE_SAMPLING_MODES), ("objective", OBJECTIVES), ("attention", ATTENTION)):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
+        if not isinstance(self.activation_checkpointing, bool):
+            problems.append(f"activation_checkpointing={self.activation_checkpointing!r} must be true or false")
+        if problems:
+            msg = f"invalid ExceiverConfig ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems)
+            raise ValueError(msg)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# blocks
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-LN cross-attention + MLP over packed sequences (a Perceiver IO encode / decode block):
+
+        y = q + Attn(LN(q), kv');   out = y + MLP(LN(y))
+
+    with kv' = LN(kv) if `norm_kv` else kv. Query sequence i attends only to key/value sequence i.
+
+    Shapes: q (Tq, D), kv (Tk, D), cu_seqlens_q / cu_seqlens_k (B+1,) int32 -> (Tq, D).
+    """
+
+    def __init__(
+        self, d_model: int, n_heads: int, d_ff: int, dropout: float, backend: str, *, norm_kv: bool, query_residual: bool
+    ) -> None:
+        super().__init__()
+        self.query_residual = query_residual
+        self.norm_q = nn.LayerNorm(d_model)
+        self.norm_kv = nn.LayerNorm(d_model) if norm_kv else nn.Identity()
+        self.attn = MultiheadAttention(d_model, n_heads, dropout=dropout, backend=backend)
+        self.norm_mlp = nn.LayerNorm(d_model)
+        self.mlp = MLP(d_model, d_ff, dropout=dropout)
+
+    def forward(
+        self, q: Tensor, kv: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int
+    ) -> Tensor:
+        y = self.attn(
+            self.norm_q(q),
+            cu_seqlens_q,
+            max_seqlen_q,
+            context=self.norm_kv(kv),
+            cu_seqlens_context=cu_seqlens_k,
+            max_seqlen_context=max_seqlen_k,
+        )  # (Tq, D)
+        if self.query_residual:
+            y = q + y
+        return y + self.mlp(self.norm_mlp(y))
+
+
+class LatentSelfAttentionBlock(nn.Module):
+    """Pre-LN transformer block over each cell's latents. Every cell has exactly L latents, so this is dense batched
+    SDPA on (B, L, D), no varlen needed:  x = x + Attn(LN(x));  x = x + MLP(LN(x)).
+
+    Shapes: x (B, L, D) -> (B, L, D).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.norm_attn = nn.LayerNorm(d_model)
+        self.qkv_proj = nn.Linear(d_model, 3 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.out_dropout = nn.Dropout(dropout)
+        self.norm_mlp = nn.LayerNorm(d_model)
+        self.mlp = MLP(d_model, d_ff, dropout=dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n_cells, n_latents, d_model = x.shape
+        qkv = self.qkv_proj(self.norm_attn(x)).view(n_cells, n_latents, 3, self.n_heads, d_model // self.n_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, L, hd)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)  # (B, H, L, hd)
+        y = y.transpose(1, 2).reshape(n_cells, n_latents, d_model)  # (B, L, D)
+        x = x + self.out_dropout(self.out_proj(y))
+        return x + self.mlp(self.norm_mlp(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# masking and packing helpers
+
+
+def sample_mask(
+    cu_seqlens: Tensor, total: int, mask_prob: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """Choose the genes to hide: (B+1,) boundaries of cells holding `total` genes -> (T,) bool, True = masked.
+
+    A cell of n genes gets m = floor(n · mask_prob + u) masked genes, u ~ U[0, 1) (stochastic rounding, so the
+    expected fraction is exactly `mask_prob`), clamped to [1, n − 1] when n >= 2 and 0 when n < 2: every cell that
+    can spare one gets a target, and no cell loses all of its encoder input. Which m genes: the m smallest of
+    uniform scores within the cell. Deterministic given `generator` (two draws: (B,) then (T,)).
+    """
+    device = cu_seqlens.device
+    cu = cu_seqlens.long()
+    lengths = cu[1:] - cu[:-1]  # (B,)
+    u_cell = torch.rand(lengths.shape, generator=generator, device=device)  # (B,)
+    n_masked = torch.floor(lengths * mask_prob + u_cell).long()  # (B,)
+    n_masked = torch.minimum(n_masked.clamp_min(1), lengths - 1).clamp_min(0)
+    cell = token_cell_index(cu, total)  # (T,)
+    scores = torch.rand(total, generator=generator, device=device)  # (T,)
+    order = scores.argsort()  # (T,) by score ...
+    order = order[cell[order].argsort(stable=True)]  # ... then grouped by cell: order lists cell 0's tokens first
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(total, device=device) - cu[cell]  # (T,) rank of each token's score in its cell
+    return rank < n_masked[cell]  # (T,)
+
+
+def _subset_cu_seqlens(cell_of_token: Tensor, selected: Tensor, n_cells: int) -> tuple[Tensor, Tensor]:
+    """Boundaries of the selected tokens, still packed per cell: -> cu_seqlens (B+1,) int32, counts (B,) int64."""
+    counts = torch.zeros(n_cells, dtype=torch.long, device=selected.device)
+    counts.index_add_(0, cell_of_token, selected.long())  # (B,)
+    return cu_seqlens_from_lengths(counts), counts
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# model
+
+
+class Exceiver(nn.Module):
+    """Exceiver masked-expression model (see the module docstring for the data flow and design choices).
+
+    Shapes: batch["gene_ids"] (T,) int64, batch["values"] (T,) raw counts, batch["cu_seqlens"] (B+1,) int32;
+    `encode` -> (B, L, D); `forward` -> per-masked-gene predictions (N,).
+    """
+
+    def __init__(self, config: ExceiverConfig) -> None:
+        super().__init__()
+        self.config = config
+        d_model, n_heads, d_ff, dropout = config.d_model, config.n_heads, config.d_ff, config.dropout
+        self.gene_embedding = nn.Embedding(config.vocab_size, d_model)  # e_g
+        self.latents = nn.Parameter(torch.empty(config.n_latents, d_model))  # (L, D) learned queries, shared by cells
+        # keys are x_g · e_g, deliberately not layer-normed (LN would cancel x_g; see module docstring)
+        self.encoder = CrossAttentionBlock(d_model, n_heads, d_ff, dropout, config.attention, norm_kv=NORMKV, query_residual=True)
+        self.self_blocks = nn.ModuleList(
+            LatentSelfAttentionBlock(d_model, n_heads, d_ff, dropout) for _ in range(config.n_self_layers)
+        )
+        self.norm_latents = nn.LayerNorm(d_model)
+        # kv: the latents, already normed by norm_latents
+        self.decoder = CrossAttentionBlock(
+            d_model, n_heads, d_ff, dropout, config.attention, norm_kv=False, query_residual=QRES
+        )
+        self.norm_out = nn.LayerNorm(d_model)
+        self.readout = nn.Linear(d_model, d_model)
+        self.value_vec = nn.Parameter(torch.randn(d_model))
+        self.value_bias = nn.Parameter(torch.zeros(1))  # (1,): DeepSpeed cannot broadcast 0-dim parameters
+        self.gene_bias = nn.Embedding(config.vocab_size, 1) if GENE_BIAS else None
+        # log θ_g, the NB inverse dispersion of each gene (scVI's per-gene "px_r"); 0 -> θ = 1
+        self.log_theta = nn.Embedding(config.vocab_size, 1) if config.objective == "nb" else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        init_transformer_weights(self, n_layers=self.config.n_self_layers + 2)  # + encoder and decoder blocks
+        # unit-variance gene embeddings: token x_g · e_g then has a norm that tracks the expression value
+        nn.init.normal_(self.gene_embedding.weight, std=EMB_STD)
+        if self.gene_bias is not None:
+            nn.init.zeros_(self.gene_bias.weight)
+        if self.log_theta is not None:
+            nn.init.zeros_(self.log_theta.weight)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # values
+
+    @property
+    def required_value_kind(self) -> str:
+        """The `data_prep.values.ValueKind` this model's input must have: always "counts".
+
+        poisson / nb are likelihoods of integer counts with the library size as offset. mse regresses
+        log1p(CP10k) values, but computes them itself from counts, normalizing with each *whole* cell's total
+        before gene sampling and masking; a corpus already stored as log1p has lost its library sizes and cannot be
+        renormalized that way, so it is refused too.
+        """
+        return "counts"
+
+    def check_value_kind(self, value_kind: str) -> None:
+        """Raise if a corpus whose manifest declares `value_kind` cannot feed this model."""
+        if str(value_kind) != self.required_value_kind:
+            msg = (
+                f"objective {self.config.objective!r} needs values of kind {self.required_value_kind!r} (raw "
+                f"counts), but the corpus holds {str(value_kind)!r}. Re-shard the corpus from raw counts "
+                f"(data_prep, --values counts); Exceiver normalizes counts itself (log1p of counts per 1e4)."
+            )
+            raise ValueError(msg)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # encoder / decoder
+
+    def _maybe_checkpoint(self, block: nn.Module, *args) -> Tensor:
+        if self.config.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def _encode_tokens(self, gene_ids: Tensor, log_values: Tensor, cu_seqlens: Tensor, max_genes: int) -> Tensor:
+        """Packed genes of B cells with log1p values -> latents (B, L, D), final LayerNorm applied."""
+        n_cells = cu_seqlens.numel() - 1
+        n_latents, d_model = self.latents.shape
+        if TOK == "add":
+            tokens = self.gene_embedding(gene_ids) + log_values.unsqueeze(-1) * self.value_vec
+        else:
+            tokens = self.gene_embedding(gene_ids) * log_values.unsqueeze(-1).to(self.gene_embedding.weight.dtype)  # (T, D)
+        queries = self.latents.expand(n_cells, n_latents, d_model).reshape(n_cells * n_latents, d_model)  # (B·L, D)
+        cu_latents = torch.arange(n_cells + 1, device=gene_ids.device, dtype=torch.int32) * n_latents  # (B+1,)
+        latents = self._maybe_checkpoint(
+            self.encoder, queries, tokens, cu_latents, cu_seqlens, n_latents, max_genes
+        )  # (B·L, D)
+        latents = latents.view(n_cells, n_latents, d_model)  # (B, L, D)
+        for block in self.self_blocks:
+            latents = self._maybe_checkpoint(block, latents)  # (B, L, D)
+        return self.norm_latents(latents)
+
+    def _decode(self, latents: Tensor, query_gene_ids: Tensor, cu_seqlens_q: Tensor, max_queries: int) -> Tensor:
+        """Latents (B, L, D) and packed query genes (N,) -> one prediction per query gene (N,)."""
+        n_cells, n_latents, d_model = latents.shape
+        queries = self.gene_embedding(query_gene_ids)  # (N, D)
+        cu_latents = torch.arange(n_cells + 1, device=latents.device, dtype=torch.int32) * n_latents  # (B+1,)
+        out = self._maybe_checkpoint(
+            self.decoder,
+            queries,
+            latents.reshape(n_cells * n_latents, d_model),
+            cu_seqlens_q,
+            cu_latents,
+            max_queries,
+            n_latents,
+        )  # (N, D)
+        readout = self.readout(queries)  # (N, D) per-gene readout weights, from the same gene embedding
+        pred = (self.norm_out(out) * readout).sum(-1) + self.value_bias  # (N,)
+        if self.gene_bias is not None:
+            pred = pred + self.gene_bias(query_gene_ids).squeeze(-1)
+        return pred
+
+    def _sample(
+        self, gene_ids: Tensor, values: Tensor, cu_seqlens: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        return sample_genes(
+            gene_ids, values, cu_seqlens, self.config.max_genes, self.config.gene_sampling, generator
+        )
+
+    @staticmethod
+    def _check_packed(gene_ids: Tensor, values: Tensor, cu_seqlens: Tensor) -> None:
+        if gene_ids.dim() != 1 or values.shape != gene_ids.shape or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+            msg = (
+                "expected packed cells: gene_ids (T,), values (T,), cu_seqlens (B+1,) with B >= 1; got "
+                f"gene_ids {tuple(gene_ids.shape)}, values {tuple(values.shape)}, cu_seqlens {tuple(cu_seqlens.shape)}"
+            )
+            raise ValueError(msg)
+
+    @staticmethod
+    def _raise_empty(counts: Tensor, what: str) -> None:
+        empty = (counts == 0).nonzero().flatten().tolist()  # error path only: the sync happens once
+        msg = (
+            f"cell(s) {empty[:10]} of the batch have no {what}; every cell needs >= 1 expressed gene "
+            "(data_prep drops empty cells; check the batch's cu_seqlens)"
+        )
+        raise ValueError(msg)
+
+    @torch.no_grad()
+    def _lengths_stats(self, *counts: Tensor) -> list[int]:
+        # max of each count vector plus the min of the first, in one device->host copy (a sync on GPU)
+        stats = torch.stack([c.max() if c.numel() else c.new_zeros(()) for c in counts] + [counts[0].min()])
+        return stats.tolist()
+
+    def encode(
+        self, gene_ids: Tensor, values: Tensor, cu_seqlens: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Latent summary of each cell from all of its expressed genes (no masking): -> (B, L, D).
+
+        Args:
+            gene_ids: (T,) vocab ids, packed.
+            values: (T,) raw counts.
+            cu_seqlens: (B+1,) int32 cell boundaries.
+            generator: drives "random" gene sampling of cells longer than `max_genes` (use "topk" sampling or
+                a seeded generator for reproducible embeddings).
+        """
+        self._check_packed(gene_ids, values, cu_seqlens)
+        library = cell_library_size(values, cu_seqlens)  # (B,) whole-cell totals, before sampling
+        gene_ids, values, cu_seqlens = self._sample(gene_ids, values, cu_seqlens, generator)
+        log_values = normalize_log1p(values, cu_seqlens, library_size=library)  # (T',)
+        lengths = seqlens(cu_seqlens)  # (B,)
+        max_genes, min_genes = self._lengths_stats(lengths)
+        if min_genes == 0:
+            self._raise_empty(lengths, "expressed genes")
+        return self._encode_tokens(gene_ids, log_values, cu_seqlens, max_genes)
+
+    def gene_embeddings(self) -> Tensor:
+        """(vocab_size, D) learned gene embeddings e_g (detached; row i is vocab id i)."""
+        return self.gene_embedding.weight.detach()
+
+    def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor | int]:
+        """One masked-expression step.
+
+        Args:
+            batch: packed cells, `data_prep.loader.CellBatch.to_torch()`: "gene_ids" (T,), "values" (T,) raw counts,
+                "cu_seqlens" (B+1,). Optional "mask" (T,) bool (True = hide and predict): then the tokens are used
+                as given, with no gene sampling, and the caller is responsible for `max_genes`.
+            generator: drives gene sampling and masking; the same seed gives the same step.
+
+        Returns:
+            loss: scalar, mean over the N masked genes (mse, Poisson or NB negative log-likelihood).
+            pred: (N,) the head's output: log1p(CP10k) (mse) or log expression per 1e4 counts (poisson, nb).
+            target: (N,) log1p(CP10k) values (mse) or raw counts (poisson, nb).
+            n_masked: N, a Python int.
+            mask: (T',) bool over the tokens after gene sampling; masked_gene_ids: (N,).
+        """
+        gene_ids, values, cu_seqlens = batch["gene_ids"], batch["values"], batch["cu_seqlens"]
+        self._check_packed(gene_ids, values, cu_seqlens)
+        n_cells = cu_seqlens.numel() - 1
+        library = cell_library_size(values, cu_seqlens)  # (B,) whole-cell totals, before sampling
+        mask = batch.get("mask")
+        if mask is None:
+            gene_ids, values, cu_seqlens = self._sample(gene_ids, values, cu_seqlens, generator)
+            mask = sample_mask(cu_seqlens, gene_ids.shape[0], self.config.mask_prob, generator)  # (T',)
+        elif mask.shape != gene_ids.shape or mask.dtype != torch.bool:
+            msg = f"batch['mask'] must be bool {tuple(gene_ids.shape)} like gene_ids; got {mask.dtype} {tuple(mask.shape)}"
+            raise ValueError(msg)
+
+        cell = token_cell_index(cu_seqlens, gene_ids.shape[0])  # (T',)
+        log_values = normalize_log1p(values, cu_seqlens, library_size=library)  # (T',)
+        keep = ~mask
+        cu_keep, n_keep = _subset_cu_seqlens(cell, keep, n_cells)  # (B+1,), (B,)
+        cu_masked, n_masked_per_cell = _subset_cu_seqlens(cell, mask, n_cells)
+        max_keep, max_masked, min_keep = self._lengths_stats(n_keep, n_masked_per_cell)
+        if min_keep == 0:
+            self._raise_empty(n_keep, "unmasked genes for the encoder")
+
+        # boolean indexing keeps tokens in order, so both subsets stay packed cell by cell (a sync on GPU)
+        latents = self._encode_tokens(gene_ids[keep], log_values[keep], cu_keep, max_keep)  # (B, L, D)
+        masked_gene_ids = gene_ids[mask]  # (N,)
+        pred = self._decode(latents, masked_gene_ids, cu_masked, max_masked)  # (N,)
+
+        objective = self.config.objective
+        if objective == "mse":
+            target = log_values[mask]
+            loss = mse_loss(pred, target)
+        else:
+            target = values[mask]
+            library_per_gene = library[cell[mask]]  # (N,)
+            if objective == "poisson":
+                loss = poisson_nll(pred, target, library_per_gene, TARGET_SUM)
+            else:
+                log_theta = self.log_theta(masked_gene_ids).squeeze(-1)  # (N,)
+                loss = negative_binomial_nll(pred, log_theta, target, library_per_gene, TARGET_SUM)
+        return {
+            "loss": loss,
+            "pred": pred,
+            "target": target,
+            "n_masked": int(pred.shape[0]),
+            "mask": mask,
+            "masked_gene_ids": masked_gene_ids,
+        }
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # accounting
+
+    def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
+        """Parameter count; `exclude_embeddings` leaves out the gene embedding (and NB log θ) tables."""
+        total = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            total -= self.gene_embedding.weight.numel()
+            if self.log_theta is not None:
+                total -= self.log_theta.weight.numel()
+        return total
+
+    def flops_per_token(self, genes_per_cell: int | None = None) -> float:
+        """Training FLOPs (forward + backward ≈ 3 × forward) per expressed gene, for cells of `genes_per_cell`
+        genes (default `max_genes`, the length cells are cut to).
+
+        Counts matrix multiplies only (2 FLOPs per multiply-add); LayerNorm, softmax, GELU, embedding lookups and
+        the loss are left out. With n genes, m = mask_prob · n masked, n − m encoder inputs, L latents, D width,
+        F MLP width, forward FLOPs per cell are
+
+            encoder cross-attn   4(n−m)D²  [k, v of genes]   + 4L(n−m)D [scores, AV]  + 4LD² [q, out] + 4LDF
+            each self block      8LD²      [qkv, out]        + 4L²D     [scores, AV]  + 4LDF
+            decoder cross-attn   4mD²      [q, out]          + 4LD²     [k, v]        + 4mLD + 4mDF + 2mD [head]
+
+        and the result is 3 × that / n. Because the latent part does not grow with n, short cells cost more per
+        gene.
+        """
+        c = self.config
+        n = float(genes_per_cell if genes_per_cell is not None else c.max_genes)
+        m, L, D, F_ = c.mask_prob * n, float(c.n_latents), float(c.d_model), float(c.d_ff)  # noqa: N806
+        encoder = 4 * (n - m) * D * D + 4 * L * (n - m) * D + 4 * L * D * D + 4 * L * D * F_
+        self_blocks = c.n_self_layers * (8 * L * D * D + 4 * L * L * D + 4 * L * D * F_)
+        decoder = 4 * m * D * D + 4 * L * D * D + 4 * m * L * D + 4 * m * D * F_ + 2 * m * D
+        return 3.0 * (encoder + self_blocks + decoder) / n
+
+
+__all__ = ["ATTENTION", "GENE_SAMPLING", "OBJECTIVES", "Exceiver", "ExceiverConfig", "sample_mask"]
