@@ -11,22 +11,32 @@ One training step, for a packed batch of B cells (T expressed genes in all):
 3. Encoder: every unmasked gene becomes the token  e_g · x_g,  its gene embedding scaled by its log1p-normalized
    value (as in the paper). L learned latents, the same L for every cell, cross-attend into their own cell's tokens
    (varlen attention), then `n_self_layers` pre-LN transformer blocks run over each cell's (L, D) latents.
-4. Decoder: the masked genes' bare embeddings e_g are queries that cross-attend into their cell's latents; a linear
-   head reads one number per masked gene: the log1p value (mse) or the log expression per 1e4 counts (poisson, nb).
+4. Decoder: the masked genes' bare embeddings e_g are queries that cross-attend into their cell's latents, and the
+   result h_g is read out with the same embedding:  ŷ_g = ⟨LN(h_g), e_g⟩ / √D + b_g + b  — the log1p value (mse)
+   or the log expression per 1e4 counts (poisson, nb).
 
-Masked genes are *removed* from the encoder's input rather than replaced by a [MASK] token, as in the reference
-implementation (its key padding mask hides them): the latents never see the masked genes at all, and the decoder
-query (the gene's own embedding) says which gene to predict. So the vocab's <mask> id is not used here, and
-`encode` on an unmasked cell runs exactly the encoder that training ran.
+Design choices, and where they depart from the reference code:
 
-The encoder's keys/values are *not* layer-normed (Perceiver IO normalizes its inputs; the reference code does too):
-LayerNorm(x_g · e_g) = LayerNorm(e_g) for any x_g > 0, which would erase the expression value from the input.
+- Mask handling. Masked genes are *removed* from the encoder's input rather than replaced by a [MASK] token or a
+  learned mask value, as in the reference implementation (its key padding mask hides them): the latents never see a
+  masked gene, and the decoder query (the gene's own embedding) says which gene to predict. So the vocab's <mask> id
+  is unused here, and `encode` on an unmasked cell runs exactly the encoder that training ran.
+- No LayerNorm on the encoder's keys/values. Perceiver IO (and the reference code) layer-norm their inputs, but
+  LayerNorm(x_g · e_g) = LayerNorm(e_g) for any x_g > 0: it would erase the expression value from the input.
+  Gene embeddings start at unit variance and the latents at std 0.02 (GPT-2 init), so what the latents receive
+  from the genes dominates their initial value.
+- Decoder without a query residual, with a tied readout, as Perceiver IO's masked-language-model decoder (no query
+  residual; logits read with the input embedding matrix plus a per-token bias). With the reference's residual
+  h_g = e_g + Attn(...) and a shared Linear(D, 1) head, the unit-size query swamps the cell-dependent part of h_g
+  at initialization (about 1e-3 of it) and training sat at the per-gene-mean predictor on the synthetic task of
+  `tests/pretrain/test_exceiver.py`; without the residual, with e_g as the gene's own readout weights, it learns.
 
 Shapes: B cells, T packed genes, L latents, D model width, H heads, N masked genes in the batch.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -56,12 +66,6 @@ from pretrain.models.objectives import (
 
 OBJECTIVES = ("mse", "poisson", "nb")
 ATTENTION = ("auto", *BACKENDS)
-import os
-GENE_BIAS = os.environ.get("GB", "0") == "1"
-QRES = os.environ.get("QRES", "1") == "1"
-EMB_STD = float(os.environ.get("EMB_STD", "1"))
-TOK = os.environ.get("TOK", "mul")
-NORMKV = os.environ.get("NORMKV", "0") == "1"
 N_SPECIAL_TOKENS = 4  # <pad>=0, <mask>=1, <cls>=2, <unk>=3 (data_prep.vocab.SPECIAL_TOKENS)
 
 
@@ -122,7 +126,8 @@ class ExceiverConfig:
             problems.append(f"dropout={self.dropout!r} must be in [0, 1)")
         if not (isinstance(self.mask_prob, int | float) and 0.0 < self.mask_prob < 1.0):
             problems.append(f"mask_prob={self.mask_prob!r} must be in (0, 1)")
-        for name, allowed in (("gene_sampling", GENE_SAMPLING_MODES), ("objective", OBJECTIVES), ("attention", ATTENTION)):
+        choices = (("gene_sampling", GENE_SAMPLING_MODES), ("objective", OBJECTIVES), ("attention", ATTENTION))
+        for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 problems.append(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
         if not isinstance(self.activation_checkpointing, bool):
@@ -139,15 +144,24 @@ class ExceiverConfig:
 class CrossAttentionBlock(nn.Module):
     """Pre-LN cross-attention + MLP over packed sequences (a Perceiver IO encode / decode block):
 
-        y = q + Attn(LN(q), kv');   out = y + MLP(LN(y))
+        y = [q +] Attn(LN(q), kv');   out = y + MLP(LN(y))
 
-    with kv' = LN(kv) if `norm_kv` else kv. Query sequence i attends only to key/value sequence i.
+    with kv' = LN(kv) if `norm_kv` else kv, and the query residual [q +] if `query_residual`. Query sequence i
+    attends only to key/value sequence i.
 
     Shapes: q (Tq, D), kv (Tk, D), cu_seqlens_q / cu_seqlens_k (B+1,) int32 -> (Tq, D).
     """
 
     def __init__(
-        self, d_model: int, n_heads: int, d_ff: int, dropout: float, backend: str, *, norm_kv: bool, query_residual: bool
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float,
+        backend: str,
+        *,
+        norm_kv: bool,
+        query_residual: bool,
     ) -> None:
         super().__init__()
         self.query_residual = query_residual
@@ -205,24 +219,30 @@ class LatentSelfAttentionBlock(nn.Module):
 # masking and packing helpers
 
 
-def sample_mask(
-    cu_seqlens: Tensor, total: int, mask_prob: float, generator: torch.Generator | None = None
-) -> Tensor:
+def _uniform(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """n U[0, 1) draws, made on the generator's own device (a trainer's CPU generator may drive a CUDA model)."""
+    if generator is None:
+        return torch.rand(n, device=device)
+    return torch.rand(n, generator=generator, device=generator.device).to(device)
+
+
+def sample_mask(cu_seqlens: Tensor, total: int, mask_prob: float, generator: torch.Generator | None = None) -> Tensor:
     """Choose the genes to hide: (B+1,) boundaries of cells holding `total` genes -> (T,) bool, True = masked.
 
     A cell of n genes gets m = floor(n · mask_prob + u) masked genes, u ~ U[0, 1) (stochastic rounding, so the
     expected fraction is exactly `mask_prob`), clamped to [1, n − 1] when n >= 2 and 0 when n < 2: every cell that
     can spare one gets a target, and no cell loses all of its encoder input. Which m genes: the m smallest of
-    uniform scores within the cell. Deterministic given `generator` (two draws: (B,) then (T,)).
+    uniform scores within the cell. Deterministic given `generator` (two draws: (B,) then (T,)); vectorized with two
+    sorts, no loop over cells.
     """
     device = cu_seqlens.device
     cu = cu_seqlens.long()
     lengths = cu[1:] - cu[:-1]  # (B,)
-    u_cell = torch.rand(lengths.shape, generator=generator, device=device)  # (B,)
+    u_cell = _uniform(lengths.numel(), generator, device)  # (B,)
     n_masked = torch.floor(lengths * mask_prob + u_cell).long()  # (B,)
     n_masked = torch.minimum(n_masked.clamp_min(1), lengths - 1).clamp_min(0)
     cell = token_cell_index(cu, total)  # (T,)
-    scores = torch.rand(total, generator=generator, device=device)  # (T,)
+    scores = _uniform(total, generator, device)  # (T,)
     order = scores.argsort()  # (T,) by score ...
     order = order[cell[order].argsort(stable=True)]  # ... then grouped by cell: order lists cell 0's tokens first
     rank = torch.empty_like(order)
@@ -255,20 +275,22 @@ class Exceiver(nn.Module):
         self.gene_embedding = nn.Embedding(config.vocab_size, d_model)  # e_g
         self.latents = nn.Parameter(torch.empty(config.n_latents, d_model))  # (L, D) learned queries, shared by cells
         # keys are x_g · e_g, deliberately not layer-normed (LN would cancel x_g; see module docstring)
-        self.encoder = CrossAttentionBlock(d_model, n_heads, d_ff, dropout, config.attention, norm_kv=NORMKV, query_residual=True)
+        self.encoder = CrossAttentionBlock(
+            d_model, n_heads, d_ff, dropout, config.attention, norm_kv=False, query_residual=True
+        )
         self.self_blocks = nn.ModuleList(
             LatentSelfAttentionBlock(d_model, n_heads, d_ff, dropout) for _ in range(config.n_self_layers)
         )
         self.norm_latents = nn.LayerNorm(d_model)
-        # kv: the latents, already normed by norm_latents
+        # kv: the latents, already normed by norm_latents; no query residual (see module docstring)
         self.decoder = CrossAttentionBlock(
-            d_model, n_heads, d_ff, dropout, config.attention, norm_kv=False, query_residual=QRES
+            d_model, n_heads, d_ff, dropout, config.attention, norm_kv=False, query_residual=False
         )
         self.norm_out = nn.LayerNorm(d_model)
-        self.readout = nn.Linear(d_model, d_model)
-        self.value_vec = nn.Parameter(torch.randn(d_model))
-        self.value_bias = nn.Parameter(torch.zeros(1))  # (1,): DeepSpeed cannot broadcast 0-dim parameters
-        self.gene_bias = nn.Embedding(config.vocab_size, 1) if GENE_BIAS else None
+        self.gene_bias = nn.Embedding(config.vocab_size, 1)  # b_g
+        # b, (1,) not 0-dim: DeepSpeed cannot broadcast 0-dim parameters. Starts at 0; setting it to the mean
+        # target (a usual output-bias init) saves the first steps of fitting the offset.
+        self.value_bias = nn.Parameter(torch.zeros(1))
         # log θ_g, the NB inverse dispersion of each gene (scVI's per-gene "px_r"); 0 -> θ = 1
         self.log_theta = nn.Embedding(config.vocab_size, 1) if config.objective == "nb" else None
         self.reset_parameters()
@@ -276,9 +298,9 @@ class Exceiver(nn.Module):
     def reset_parameters(self) -> None:
         init_transformer_weights(self, n_layers=self.config.n_self_layers + 2)  # + encoder and decoder blocks
         # unit-variance gene embeddings: token x_g · e_g then has a norm that tracks the expression value
-        nn.init.normal_(self.gene_embedding.weight, std=EMB_STD)
-        if self.gene_bias is not None:
-            nn.init.zeros_(self.gene_bias.weight)
+        nn.init.normal_(self.gene_embedding.weight, std=1.0)
+        nn.init.zeros_(self.gene_bias.weight)
+        nn.init.zeros_(self.value_bias)
         if self.log_theta is not None:
             nn.init.zeros_(self.log_theta.weight)
 
@@ -318,10 +340,8 @@ class Exceiver(nn.Module):
         """Packed genes of B cells with log1p values -> latents (B, L, D), final LayerNorm applied."""
         n_cells = cu_seqlens.numel() - 1
         n_latents, d_model = self.latents.shape
-        if TOK == "add":
-            tokens = self.gene_embedding(gene_ids) + log_values.unsqueeze(-1) * self.value_vec
-        else:
-            tokens = self.gene_embedding(gene_ids) * log_values.unsqueeze(-1).to(self.gene_embedding.weight.dtype)  # (T, D)
+        values = log_values.unsqueeze(-1).to(self.gene_embedding.weight.dtype)  # (T, 1)
+        tokens = self.gene_embedding(gene_ids) * values  # (T, D) x_g · e_g
         queries = self.latents.expand(n_cells, n_latents, d_model).reshape(n_cells * n_latents, d_model)  # (B·L, D)
         cu_latents = torch.arange(n_cells + 1, device=gene_ids.device, dtype=torch.int32) * n_latents  # (B+1,)
         latents = self._maybe_checkpoint(
@@ -346,18 +366,15 @@ class Exceiver(nn.Module):
             max_queries,
             n_latents,
         )  # (N, D)
-        readout = self.readout(queries)  # (N, D) per-gene readout weights, from the same gene embedding
-        pred = (self.norm_out(out) * readout).sum(-1) + self.value_bias  # (N,)
-        if self.gene_bias is not None:
-            pred = pred + self.gene_bias(query_gene_ids).squeeze(-1)
-        return pred
+        # tied readout: the gene's own embedding is the output weight vector (as Perceiver IO's MLM decoder reads with
+        # the input embedding matrix), plus a per-gene and a global bias
+        readout = (self.norm_out(out) * queries).sum(-1) / math.sqrt(d_model)  # (N,)
+        return readout + self.gene_bias(query_gene_ids).squeeze(-1) + self.value_bias
 
     def _sample(
         self, gene_ids: Tensor, values: Tensor, cu_seqlens: Tensor, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        return sample_genes(
-            gene_ids, values, cu_seqlens, self.config.max_genes, self.config.gene_sampling, generator
-        )
+        return sample_genes(gene_ids, values, cu_seqlens, self.config.max_genes, self.config.gene_sampling, generator)
 
     @staticmethod
     def _check_packed(gene_ids: Tensor, values: Tensor, cu_seqlens: Tensor) -> None:
@@ -434,7 +451,10 @@ class Exceiver(nn.Module):
             gene_ids, values, cu_seqlens = self._sample(gene_ids, values, cu_seqlens, generator)
             mask = sample_mask(cu_seqlens, gene_ids.shape[0], self.config.mask_prob, generator)  # (T',)
         elif mask.shape != gene_ids.shape or mask.dtype != torch.bool:
-            msg = f"batch['mask'] must be bool {tuple(gene_ids.shape)} like gene_ids; got {mask.dtype} {tuple(mask.shape)}"
+            msg = (
+                f"batch['mask'] must be a bool tensor shaped like gene_ids {tuple(gene_ids.shape)}; "
+                f"got {mask.dtype} {tuple(mask.shape)}"
+            )
             raise ValueError(msg)
 
         cell = token_cell_index(cu_seqlens, gene_ids.shape[0])  # (T',)
@@ -501,11 +521,11 @@ class Exceiver(nn.Module):
         """
         c = self.config
         n = float(genes_per_cell if genes_per_cell is not None else c.max_genes)
-        m, L, D, F_ = c.mask_prob * n, float(c.n_latents), float(c.d_model), float(c.d_ff)  # noqa: N806
+        m, L, D, F_ = c.mask_prob * n, float(c.n_latents), float(c.d_model), float(c.d_ff)
         encoder = 4 * (n - m) * D * D + 4 * L * (n - m) * D + 4 * L * D * D + 4 * L * D * F_
         self_blocks = c.n_self_layers * (8 * L * D * D + 4 * L * L * D + 4 * L * D * F_)
         decoder = 4 * m * D * D + 4 * L * D * D + 4 * m * L * D + 4 * m * D * F_ + 2 * m * D
         return 3.0 * (encoder + self_blocks + decoder) / n
 
 
-__all__ = ["ATTENTION", "GENE_SAMPLING", "OBJECTIVES", "Exceiver", "ExceiverConfig", "sample_mask"]
+__all__ = ["ATTENTION", "OBJECTIVES", "Exceiver", "ExceiverConfig", "sample_mask"]

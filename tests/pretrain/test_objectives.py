@@ -34,7 +34,9 @@ def test_normalize_log1p_by_hand():
     values = torch.tensor([1.0, 3.0, 10.0, 2.0, 2.0, 6.0])
     expected = torch.tensor([2500.0, 7500.0, 10000.0, 2000.0, 2000.0, 6000.0]).log1p()
     torch.testing.assert_close(normalize_log1p(values, cu), expected)
-    torch.testing.assert_close(normalize_log1p(values, cu, target_sum=10.0), torch.tensor([2.5, 7.5, 10, 2, 2, 6]).log1p())
+    torch.testing.assert_close(
+        normalize_log1p(values, cu, target_sum=10.0), torch.tensor([2.5, 7.5, 10, 2, 2, 6]).log1p()
+    )
     torch.testing.assert_close(cell_library_size(values, cu), torch.tensor([4.0, 10.0, 10.0]))
     assert token_cell_index(cu, 6).tolist() == [0, 0, 1, 2, 2, 2]
 
