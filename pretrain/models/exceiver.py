@@ -18,9 +18,10 @@ One training step, for a packed batch of B cells (T expressed genes in all):
 Design choices, and where they depart from the reference code:
 
 - Mask handling. Masked genes are *removed* from the encoder's input rather than replaced by a [MASK] token or a
-  learned mask value, as in the reference implementation (its key padding mask hides them): the latents never see a
-  masked gene, and the decoder query (the gene's own embedding) says which gene to predict. So the vocab's <mask> id
-  is unused here, and `encode` on an unmasked cell runs exactly the encoder that training ran.
+  learned mask value, as in the reference implementation (it hands the masked genes to the decoder only): the
+  latents never see a masked gene, and the decoder query (the gene's own embedding) says which gene to predict.
+  So the vocab's <mask> id is unused here, and `encode` on an unmasked cell runs exactly the encoder that training
+  ran.
 - No LayerNorm on the encoder's keys/values. Perceiver IO (and the reference code) layer-norm their inputs, but
   LayerNorm(x_g · e_g) = LayerNorm(e_g) for any x_g > 0: it would erase the expression value from the input.
   Gene embeddings start at unit variance and the latents at std 0.02 (GPT-2 init), so what the latents receive

@@ -214,7 +214,16 @@ def coexpressed_cells(n_cells: int, g: torch.Generator) -> dict[str, torch.Tenso
     }
 
 
-def test_learns_coexpression_beyond_the_per_gene_mean():
+@pytest.fixture
+def one_thread():
+    """Tiny matrices gain nothing from intra-op threads, and on a busy 2-core box the thread handoffs dominate."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_learns_coexpression_beyond_the_per_gene_mean(one_thread):
     torch.manual_seed(0)
     g = gen(0)
     config = ExceiverConfig(
