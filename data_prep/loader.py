@@ -1,6 +1,6 @@
 """Streaming loader: every train cell exactly once per epoch across ranks x workers, shuffled, resumable.
 
-Single-device code: rank and world size come in as arguments (no torch.distributed here).
+Single-device code: rank and world size come in as arguments; no process-group calls happen here.
 
 How an epoch is laid out (deterministic from seed + epoch):
 1. The corpus is cut into *units*: cell ranges of `block_cells` in zarr shards, or tar samples in webdataset
