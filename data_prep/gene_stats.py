@@ -42,7 +42,9 @@ class GeneStats:
         self.n_bins = len(self.edges)
         self.n_cells = np.zeros(vocab_size, dtype=np.int64)
         self.total = np.zeros(vocab_size, dtype=np.float64)
-        self.hist = np.zeros((vocab_size, self.n_bins), dtype=np.int64)
+        # (vocab, n_bins) int64, ~200 MB for a 49k vocab: allocated on the first add(), so workers that only
+        # compute partial() for their shard never hold it.
+        self.hist: np.ndarray | None = None
 
     def partial(self, gene_ids: np.ndarray, values: np.ndarray) -> dict[str, np.ndarray]:
         """A shard's contribution, sparse, so workers send little back to the parent."""
@@ -71,11 +73,15 @@ class GeneStats:
     def add(self, part: dict[str, np.ndarray]) -> None:
         self.n_cells += part["n_cells"]
         self.total += part["total"]
+        if self.hist is None:
+            self.hist = np.zeros((len(self.n_cells), self.n_bins), dtype=np.int64)
         self.hist.reshape(-1)[part["hist_index"]] += part["hist_count"]
 
     def nonzero_median(self) -> np.ndarray:
         centers = bin_centers(self.kind, self.edges)
         out = np.zeros(len(self.n_cells), dtype=np.float64)
+        if self.hist is None:
+            return out
         for lo in range(0, len(out), 4096):
             h = self.hist[lo : lo + 4096]
             n = h.sum(axis=1)
