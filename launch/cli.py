@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from data_prep.errors import DataPrepError
+from launch.grn_cli import add_grn_parser, cmd_grn
 
 
 def _add_shard(sub) -> None:
@@ -136,6 +137,10 @@ def _cmd_bench(args) -> int:
         from bench.loader_bench import main as loader_main
 
         return loader_main(args.rest)
+    if args.what == "grn":
+        from bench.grn_bench import main as grn_main
+
+        return grn_main(args.rest)
     if args.what == "train":
         from bench.train_bench import main as train_main
 
@@ -187,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tfs", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
-    p = sub.add_parser("bench", help="benchmarks: loader | shard | train (see bench/RESULTS.md)")
-    p.add_argument("what", choices=["loader", "shard", "train"])
+    p = sub.add_parser("bench", help="benchmarks: loader | shard | train | grn (see bench/RESULTS.md)")
+    p.add_argument("what", choices=["loader", "shard", "train", "grn"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p = sub.add_parser("pretrain", help="pretrain a model (one process; see README for deepspeed / torchrun)")
     p.add_argument("--config", required=True, type=Path)
@@ -197,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--tag", help="checkpoint tag (default: latest complete)")
+    add_grn_parser(sub)
     p = sub.add_parser("demo", help="the main job end to end on the embedded default (simulated cells)")
     p.add_argument("--out", type=Path, default=Path("demo_out"))
     return parser
@@ -211,6 +217,7 @@ COMMANDS = {
     "demo": _cmd_demo,
     "pretrain": _cmd_pretrain,
     "export": _cmd_export,
+    "grn": cmd_grn,
 }
 
 

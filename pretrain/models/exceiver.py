@@ -423,6 +423,27 @@ class Exceiver(nn.Module):
             self._raise_empty(lengths, "expressed genes")
         return self._encode_tokens(gene_ids, log_values, cu_seqlens, max_genes)
 
+    def gene_states(
+        self, gene_ids: Tensor, values: Tensor, cu_seqlens: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Contextual state of every given gene in its cell: (T, D), in the packed order of `gene_ids`.
+
+        The cell is encoded into latents from (at most `max_genes` of) its genes, then each of its genes queries the
+        latents through the decoder, as a masked gene would in pretraining (Perceiver IO's output queries); the
+        state is the decoder output after its LayerNorm, i.e. what the tied readout scores. Used for gene
+        embeddings downstream (scgrn finetune pools these over cells).
+        """
+        latents = self.encode(gene_ids, values, cu_seqlens, generator)  # (B, L, D)
+        cu_seqlens = cu_seqlens.to(device=gene_ids.device, dtype=torch.int32)
+        max_queries = self._lengths_stats(seqlens(cu_seqlens))[0]
+        n_cells, n_latents, d_model = latents.shape
+        queries = self.gene_embedding(gene_ids)  # (T, D)
+        cu_latents = torch.arange(n_cells + 1, device=latents.device, dtype=torch.int32) * n_latents  # (B+1,)
+        out = self.decoder(
+            queries, latents.reshape(n_cells * n_latents, d_model), cu_seqlens, cu_latents, max_queries, n_latents
+        )  # (T, D)
+        return self.norm_out(out)
+
     def gene_embeddings(self) -> Tensor:
         """(vocab_size, D) learned gene embeddings e_g (detached; row i is vocab id i)."""
         return self.gene_embedding.weight.detach()

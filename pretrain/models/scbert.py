@@ -251,6 +251,20 @@ class ScBert(nn.Module):
                 x = block(x, cu_seqlens, max_seqlen)
         return self.ln_final(x)  # (T, d_model)
 
+    def gene_states(
+        self, gene_ids: Tensor, values: Tensor, cu_seqlens: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Contextual state of every given gene in its cell: (T, d_model), in the packed order of `gene_ids`.
+
+        Each gene is binned from its raw count (cell totals over the given genes) and nothing is masked. All genes
+        of a cell attend to each other, even beyond `max_genes` (the model has no positions, so longer cells are
+        valid input; the cost is quadratic in their length). `generator` is unused (the signature matches the
+        Exceiver's).
+        """
+        del generator
+        bins = bin_values(values, cu_seqlens, self.config.n_bins)  # (T,)
+        return self.encode(gene_ids, bins, cu_seqlens)
+
     def prepare_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Raw packed cells -> model inputs: bin every gene (cell totals over all its genes), keep at most
         `max_genes` per cell, mask. Returns cu_seqlens, gene_ids, input_bins, labels (all packed, after sampling)."""

@@ -1,0 +1,113 @@
+"""`GrnConfig`: every option of `scgrn grn`, typed, documented and validated at once."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from finetune.errors import GrnInputError
+
+GNNS = ("gcn", "sage", "gat")
+POOLING_CHOICES = ("auto", "mean", "attention", "static")
+NEGATIVE_MODES = ("genelink", "degree-aware")
+TREE_METHODS = ("grnboost2", "genie3", "none")
+BASELINES = ("genelink-gat", "random-embedding", "no-gnn", "degree", "pearson", "spearman", "trees")
+
+
+@dataclass
+class GrnConfig:
+    release: Path
+    """An scgrn release directory (`scgrn export`): the pretrained model whose gene embeddings are used."""
+    out: Path
+    """Output directory: edges.tsv, metrics.json, results.md, roc.png, pr.png."""
+    benchmark: Path | None = None
+    """Benchmark mode: a GENELink-layout BEELINE folder (<network>/<cell>/TFs+N) with expression."""
+    expression: Path | None = None
+    """Inference mode: the user's cells (.h5ad / 10x / CSV; raw counts unless --values says otherwise)."""
+    prior: Path | None = None
+    """Inference mode: known TF → target edges (TSV, first two columns; e.g. TRRUST or DoRothEA)."""
+    values: str = "counts"
+    """Inference mode: value kind of --expression (counts or log1p)."""
+    max_genes: int = 1000
+    """Inference mode: genes kept as graph nodes: the prior's genes present in the data, then the most variable."""
+    gnn: str = "gcn"
+    """Graph encoder of the joint model: gcn, sage or gat."""
+    layers: int = 2
+    """Depth of the graph encoder."""
+    hidden: int = 128
+    """Width of the first encoder layer (halved at each further layer)."""
+    decoder: str = "mlp"
+    """Pair decoder: mlp on [tf ‖ target] or dot product."""
+    pooling: str = "auto"
+    """How gene states are pooled over cells: mean, attention, static (token embedding), or auto = the best of the
+    three by validation AUROC on the first seed (never by test)."""
+    seeds: int = 5
+    """Independent splits + initialisations; metrics are reported as mean ± sd over them."""
+    split: str = "genelink"
+    """genelink (scgrn implements GENELink's protocol, one split per seed) or a split file / directory."""
+    negatives: str = "genelink"
+    """genelink, or degree-aware negatives (Stock et al. 2025) that take node degree out of the signal."""
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    """Methods run beside the joint model on the same splits."""
+    tree_method: str = "grnboost2"
+    """The tree-ensemble baseline: grnboost2 (arboreto), genie3 (scikit-learn) or none."""
+    epochs: int = 300
+    lr: float = 3e-3
+    patience: int = 30
+    min_vocab_coverage: float = 0.5
+    """Refuse a release whose vocabulary knows fewer of the dataset's genes than this fraction."""
+    cache_dir: Path | None = None
+    """Where gene embeddings and tree-baseline scores are cached (default OUT/cache)."""
+    workers: int = 2
+    """CPU threads for torch and the tree baseline."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        benchmark_mode = self.benchmark is not None
+        inference_mode = self.expression is not None or self.prior is not None
+        if benchmark_mode == inference_mode:
+            problems.append(
+                "give either --benchmark DIR (BEELINE evaluation) or --expression X --prior PRIOR (inference), "
+                f"not {'both' if benchmark_mode else 'neither'}"
+            )
+        if inference_mode and (self.expression is None or self.prior is None):
+            problems.append("inference mode needs both --expression and --prior")
+        for name, allowed in (
+            ("gnn", GNNS),
+            ("pooling", POOLING_CHOICES),
+            ("negatives", NEGATIVE_MODES),
+            ("tree_method", TREE_METHODS),
+            ("decoder", ("mlp", "dot")),
+            ("values", ("counts", "log1p")),
+        ):
+            if getattr(self, name) not in allowed:
+                problems.append(f"--{name.replace('_', '-')} {getattr(self, name)!r}: allowed {allowed}")
+        unknown = sorted(set(self.baselines) - set(BASELINES))
+        if unknown:
+            problems.append(f"--baselines {unknown}: unknown; allowed {BASELINES}")
+        for name in ("seeds", "layers", "hidden", "epochs", "patience", "workers", "max_genes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} {getattr(self, name)!r}: must be an int >= 1")
+        if not 0.0 <= self.min_vocab_coverage <= 1.0:
+            problems.append(f"--min-vocab-coverage {self.min_vocab_coverage}: must be within [0, 1]")
+        if not self.lr > 0:
+            problems.append(f"--lr {self.lr}: must be > 0")
+        for name in ("release", "benchmark", "expression", "prior"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).exists():
+                problems.append(f"--{name} {path}: no such file or directory")
+        if self.split != "genelink" and not Path(self.split).exists():
+            problems.append(f"--split {self.split!r}: neither 'genelink' nor an existing split file or directory")
+        if problems:
+            msg = "invalid scgrn grn options:\n  - " + "\n  - ".join(problems)
+            raise GrnInputError(msg)
+        self.release, self.out = Path(self.release), Path(self.out)
+        self.cache_dir = Path(self.cache_dir) if self.cache_dir else self.out / "cache"
+
+    @property
+    def hidden_dims(self) -> list[int]:
+        return [max(8, self.hidden // (2**i)) for i in range(self.layers)]
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

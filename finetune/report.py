@@ -1,0 +1,66 @@
+"""What `scgrn grn` writes: edges.tsv (BEELINE's ranked format), metrics.json, results.md and the curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data_prep.io_utils import atomic_write_text
+
+METRICS = ("auroc", "auprc", "auprc_ratio", "epr")
+
+
+def write_edges(path: Path, genes: list[str], pairs: np.ndarray, weights: np.ndarray) -> int:
+    """Gene1, Gene2, EdgeWeight, highest weight first (BEELINE's rankedEdges format, tab-separated)."""
+    order = np.argsort(-weights, kind="stable")
+    names = np.asarray(genes, dtype=object)
+    table = pd.DataFrame(
+        {"Gene1": names[pairs[order, 0]], "Gene2": names[pairs[order, 1]], "EdgeWeight": weights[order]}
+    )
+    tmp = path.with_name(f".{path.name}.tmp")
+    table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    tmp.replace(path)
+    return len(table)
+
+
+def write_metrics(path: Path, payload: dict) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=1, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, np.integer | np.floating):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    msg = f"cannot write {type(value).__name__} to metrics.json"
+    raise TypeError(msg)
+
+
+def fmt(summary: dict, metric: str) -> str:
+    s = summary.get(metric)
+    if not s:
+        return "—"
+    return f"{s['mean']:.3f} ± {s['sd']:.3f}" if s.get("n", 1) > 1 else f"{s['mean']:.3f}"
+
+
+def results_table(methods: dict[str, dict]) -> str:
+    """Markdown table: one row per method, mean ± sd over seeds of every metric."""
+    lines = [
+        "| method | kind | AUROC | AUPRC | AUPRC ratio | EPR |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, m in methods.items():
+        lines.append(f"| {name} | {m['kind']} | " + " | ".join(fmt(m["summary"], k) for k in METRICS) + " |")
+    return "\n".join(lines)
+
+
+def write_results_md(path: Path, title: str, intro: list[str], methods: dict[str, dict], notes: list[str]) -> None:
+    text = f"# {title}\n\n" + "\n".join(f"- {line}" for line in intro) + "\n\n" + results_table(methods) + "\n"
+    if notes:
+        text += "\n" + "\n".join(f"- {line}" for line in notes) + "\n"
+    atomic_write_text(path, text)

@@ -1,0 +1,95 @@
+"""`scgrn grn`: the parser (fields of `finetune.config.GrnConfig`) and the command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from finetune.config import BASELINES, GNNS, NEGATIVE_MODES, POOLING_CHOICES, TREE_METHODS
+
+
+def add_grn_parser(sub) -> None:
+    p = sub.add_parser(
+        "grn",
+        help="GRN inference with a release: BEELINE evaluation (--benchmark) or your data + a prior network",
+        description="Benchmark mode: scgrn grn --release R --benchmark DIR --out OUT. "
+        "Inference mode: scgrn grn --release R --expression X.h5ad --prior PRIOR.tsv --out OUT.",
+    )
+    p.add_argument("--release", required=True, type=Path, help="release directory (scgrn export)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--benchmark", type=Path, help="GENELink-layout BEELINE folder <network>/<cell>/TFs+N")
+    p.add_argument("--expression", type=Path, help="inference mode: cells (.h5ad / 10x / CSV)")
+    p.add_argument("--prior", type=Path, help="inference mode: known edges TSV (TF, target), e.g. TRRUST")
+    p.add_argument("--values", default="counts", choices=["counts", "log1p"], help="value kind of --expression")
+    p.add_argument("--max-genes", type=int, default=1000, help="inference mode: graph nodes kept")
+    p.add_argument("--gnn", default="gcn", choices=GNNS)
+    p.add_argument("--layers", type=int, default=2, help="graph encoder depth")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--decoder", default="mlp", choices=["mlp", "dot"])
+    p.add_argument("--pooling", default="auto", choices=POOLING_CHOICES)
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--split", default="genelink", help="genelink, or a split file / GENELink split directory")
+    p.add_argument("--negatives", default="genelink", choices=NEGATIVE_MODES)
+    p.add_argument(
+        "--baselines",
+        default=",".join(BASELINES),
+        help=f"comma-separated subset of {','.join(BASELINES)} (empty: joint model only)",
+    )
+    p.add_argument("--tree-method", default="grnboost2", choices=TREE_METHODS)
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--patience", type=int, default=30)
+    p.add_argument("--min-vocab-coverage", type=float, default=0.5)
+    p.add_argument("--cache-dir", type=Path, help="gene-embedding / tree-baseline cache (default OUT/cache)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--quiet", action="store_true")
+
+
+def config_from_args(args: argparse.Namespace):
+    from finetune.config import GrnConfig
+
+    return GrnConfig(
+        release=args.release,
+        out=args.out,
+        benchmark=args.benchmark,
+        expression=args.expression,
+        prior=args.prior,
+        values=args.values,
+        max_genes=args.max_genes,
+        gnn=args.gnn,
+        layers=args.layers,
+        hidden=args.hidden,
+        decoder=args.decoder,
+        pooling=args.pooling,
+        seeds=args.seeds,
+        split=args.split,
+        negatives=args.negatives,
+        baselines=[b for b in args.baselines.split(",") if b],
+        tree_method=args.tree_method,
+        epochs=args.epochs,
+        lr=args.lr,
+        patience=args.patience,
+        min_vocab_coverage=args.min_vocab_coverage,
+        cache_dir=args.cache_dir,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+
+
+def cmd_grn(args: argparse.Namespace) -> int:
+    from finetune.errors import GrnInputError
+    from finetune.grn import run_grn
+    from pretrain.config import ConfigError
+
+    try:
+        payload = run_grn(config_from_args(args))
+    except (GrnInputError, ConfigError) as err:
+        print(f"scgrn grn: error: {err}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "results.md").read_text())
+    print(
+        f"wrote {args.out}/: edges.tsv, metrics.json, results.md"
+        + (", roc.png, pr.png" if payload["mode"] == "benchmark" else ", known_edges.tsv")
+    )
+    return 0

@@ -1,0 +1,110 @@
+"""`scgrn grn` end to end on real data with a debug release: BEELINE evaluation and inference with a prior."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import require_shared, run_cli
+
+pytestmark = [pytest.mark.real_data, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def debug_release(tmp_path_factory):
+    """A debug scBERT release trained for 10 steps on real human counts (PBMC 3k), through the CLI."""
+    counts = require_shared("counts", "human_pbmc3k_10x.h5ad")
+    root = tmp_path_factory.mktemp("grn-release")
+    run_cli("shard", counts, "--out", root / "corpus", "--format", "zarr", "--quiet", check=True)
+    run_cli(
+        "pretrain",
+        "--config",
+        "launch/configs/pretrain/debug.yaml",
+        f"data.corpus={root / 'corpus'}",
+        f"train.out_dir={root / 'run'}",
+        "train.steps=10",
+        "train.save_every=10",
+        "train.eval_every=10",
+        check=True,
+    )
+    run_cli("export", root / "run", "--out", root / "release", check=True)
+    return root / "release"
+
+
+def test_grn_on_a_real_beeline_folder(tmp_path, debug_release):
+    folder = require_shared("beeline", "benchmark", "Non-Specific", "hHEP", "TFs+500")
+    out = tmp_path / "out"
+    proc = run_cli(
+        "grn", "--release", debug_release, "--benchmark", folder, "--out", out,
+        "--seeds", "2", "--tree-method", "none", "--quiet",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {"edges.tsv", "metrics.json", "results.md", "roc.png", "pr.png"} <= {p.name for p in out.iterdir()}
+    metrics = json.loads((out / "metrics.json").read_text())
+    methods = metrics["methods"]
+    assert {"joint-gcn", "genelink-gat", "random-embedding", "no-gnn", "degree", "pearson", "spearman"} <= set(methods)
+    assert not any(name.startswith(("grnboost2", "genie3")) for name in methods)  # --tree-method none
+    for m in methods.values():
+        assert len(m["seeds"]) == 2
+    joint = methods["joint-gcn"]["summary"]
+    assert joint["auroc"]["mean"] > 0.65, joint  # well above chance (0.5)
+    assert joint["auprc_ratio"]["mean"] > 1.5, joint
+    assert metrics["pooling"]["chosen"] in ("mean", "attention", "static")
+    # the test set is the genelink protocol's: positive rate = the network density, no edge shared with train
+    assert metrics["splits"][0]["test"]["positive_rate"] < 0.1
+    edges = pd.read_csv(out / "edges.tsv", sep="\t")
+    assert list(edges.columns) == ["Gene1", "Gene2", "EdgeWeight"]
+    assert (np.diff(edges["EdgeWeight"].to_numpy()) <= 0).all()  # ranked
+    assert (edges["Gene1"] != edges["Gene2"]).all()
+    report = metrics["embeddings"]
+    assert report["n_mapped"] + report["n_unmapped"] == metrics["dataset"]["n_genes"]
+    assert "| joint-gcn |" in (out / "results.md").read_text()
+
+
+def test_grn_inference_on_counts_with_a_trrust_prior(tmp_path, debug_release):
+    counts = require_shared("counts", "human_pbmc3k_10x.h5ad")
+    prior = require_shared("priors", "trrust_v2_human.tsv")
+    out = tmp_path / "infer"
+    proc = run_cli(
+        "grn", "--release", debug_release, "--expression", counts, "--prior", prior, "--out", out,
+        "--seeds", "1", "--max-genes", "400", "--quiet",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mode"] == "inference" and metrics["dataset"]["n_prior_edges"] > 50
+    new = pd.read_csv(out / "edges.tsv", sep="\t")
+    known = pd.read_csv(out / "known_edges.tsv", sep="\t")
+    assert len(new) > 0 and len(known) == metrics["dataset"]["n_prior_edges"]
+    assert not set(zip(new.Gene1, new.Gene2, strict=True)) & set(zip(known.Gene1, known.Gene2, strict=True))
+
+
+def test_grn_refuses_a_release_whose_vocab_misses_the_genes(tmp_path, debug_release):
+    folder = tmp_path / "Specific" / "toy" / "TFs+500"
+    folder.mkdir(parents=True)
+    genes = [f"NOTAGENE{i}" for i in range(6)]
+    expr = pd.DataFrame(np.arange(48, dtype=float).reshape(6, 8) % 5, index=genes, columns=[f"c{j}" for j in range(8)])
+    expr.to_csv(folder / "BL--ExpressionData.csv")
+    pd.DataFrame({"Gene": genes, "index": range(6)}).to_csv(folder / "Target.csv")
+    pd.DataFrame({"TF": genes[:2], "index": [0, 1]}).to_csv(folder / "TF.csv")
+    pd.DataFrame({"TF": [0, 0, 1], "Target": [2, 3, 4]}).to_csv(folder / "Label.csv")
+    proc = run_cli("grn", "--release", debug_release, "--benchmark", folder, "--out", tmp_path / "o", "--quiet")
+    assert proc.returncode == 2
+    assert "covers only 0 of the 6 genes" in proc.stderr and "--min-vocab-coverage" in proc.stderr
+
+
+def test_grn_prior_without_edges_among_the_genes(tmp_path, debug_release):
+    counts = require_shared("counts", "human_pbmc3k_10x.h5ad")
+    prior = tmp_path / "prior.tsv"
+    prior.write_text("tf\ttarget\nFAKE1\tFAKE2\nFAKE3\tFAKE4\n")
+    proc = run_cli("grn", "--release", debug_release, "--expression", counts, "--prior", prior, "--out", tmp_path / "o")
+    assert proc.returncode == 2
+    assert "none of its 2 edges" in proc.stderr and str(prior) in proc.stderr
+
+
+def test_grn_options_are_validated_at_once(tmp_path):
+    proc = run_cli("grn", "--release", tmp_path / "missing", "--out", tmp_path / "o", "--seeds", "0")
+    assert proc.returncode == 2
+    for expected in ("--benchmark DIR", "--seeds 0", "--release"):
+        assert expected in proc.stderr

@@ -1,0 +1,127 @@
+"""Tests for finetune.metrics: hand-worked cases, parity with scikit-learn, BEELINE's EPR tie rule, validation.
+
+A wrong metric would silently misrank every method in the benchmark tables, so the small cases are worked out by
+hand in the comments and the large ones are checked against scikit-learn directly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from finetune import metrics
+from finetune.errors import GrnInputError
+
+# Six edges, three positives (positive rate 0.5), with a tie at rank k = 3 between a positive and a negative.
+HAND_SCORES = np.array([0.9, 0.8, 0.7, 0.7, 0.3, 0.1])
+HAND_LABELS = np.array([1, 1, 0, 1, 0, 0])
+
+
+def test_hand_auroc() -> None:
+    # Positive/negative pairs: 0.9 and 0.8 beat all three negatives (3 + 3); 0.7 ties the 0.7 negative (0.5) and
+    # beats 0.3 and 0.1 (2) -> 8.5 of 9 pairs.
+    assert metrics.auroc(HAND_LABELS, HAND_SCORES) == pytest.approx(8.5 / 9)
+
+
+def test_hand_auprc() -> None:
+    # Thresholds 0.9 (P=1, R=1/3), 0.8 (P=1, R=2/3), 0.7 (3 TP + 1 FP: P=3/4, R=1):
+    # AP = 1/3·1 + 1/3·1 + 1/3·3/4 = 2.75/3.
+    assert metrics.auprc(HAND_LABELS, HAND_SCORES) == pytest.approx(2.75 / 3)
+    assert metrics.auprc_ratio(HAND_LABELS, HAND_SCORES) == pytest.approx((2.75 / 3) / 0.5)
+
+
+def test_hand_epr_includes_every_edge_tied_at_rank_k() -> None:
+    # k = 3, the 3rd score is 0.7 and the 4th ties it, so the top set is the 4 edges scored >= 0.7:
+    # labels 1, 1, 0, 1 -> precision 3/4, over positive rate 1/2 -> 1.5 (not 4/3 or 2, as either tie order gives).
+    assert metrics.early_precision_ratio(HAND_LABELS, HAND_SCORES) == pytest.approx(1.5)
+
+
+def test_hand_epr_zero_scores_are_not_predictions() -> None:
+    # k = 3 but the 3rd score is 0: the threshold rises to the smallest nonzero score (0.5), so only the two
+    # nonzero edges count -> precision 2/2 over rate 1/2 = 2.0. Counting zeros would take in all six (EPR 1.0).
+    scores = np.array([0.9, 0.5, 0.0, 0.0, 0.0, 0.0])
+    assert metrics.early_precision_ratio(HAND_LABELS, scores) == pytest.approx(2.0)
+
+
+def test_epr_all_zero_scorer_predicts_nothing() -> None:
+    assert metrics.early_precision_ratio(HAND_LABELS, np.zeros(6)) == 0.0
+
+
+def test_perfect_scorer_epr_is_inverse_positive_rate() -> None:
+    rng = np.random.default_rng(0)
+    labels = (rng.random(500) < 0.12).astype(int)
+    scores = labels + rng.random(500) * 0.5  # every positive above every negative
+    assert metrics.early_precision_ratio(labels, scores) == pytest.approx(1 / labels.mean())
+    assert metrics.auroc(labels, scores) == 1.0
+    assert metrics.auprc(labels, scores) == 1.0
+
+
+def test_parity_with_sklearn_on_random_data() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        labels = (rng.random(300) < rng.uniform(0.05, 0.6)).astype(int)
+        labels[:2] = [0, 1]
+        scores = rng.normal(size=300) + labels * rng.uniform(0, 2)
+        scores[::7] = np.round(scores[::7], 1)  # some ties
+        assert metrics.auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+        assert metrics.auprc(labels, scores) == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+
+
+def test_random_scorer_auprc_ratio_is_about_one() -> None:
+    rng = np.random.default_rng(2)
+    labels = (rng.random(40_000) < 0.1).astype(int)
+    scores = rng.random(40_000)
+    assert metrics.auprc_ratio(labels, scores) == pytest.approx(1.0, abs=0.08)
+    assert metrics.early_precision_ratio(labels, scores) == pytest.approx(1.0, abs=0.1)
+
+
+def test_edge_metrics_keys_and_counts() -> None:
+    row = metrics.edge_metrics(HAND_LABELS.astype(bool), HAND_SCORES)
+    assert set(row) == {"auroc", "auprc", "auprc_ratio", "epr", "n_edges", "n_positives", "positive_rate"}
+    assert (row["n_edges"], row["n_positives"], row["positive_rate"]) == (6, 3, 0.5)
+    assert row["epr"] == pytest.approx(1.5)
+    assert row["auroc"] == pytest.approx(8.5 / 9)
+
+
+def test_summarize_mean_and_sample_sd() -> None:
+    out = metrics.summarize([{"auroc": 0.8, "auprc": 0.4}, {"auroc": 0.6, "auprc": 0.2}, {"auroc": 0.7}])
+    assert out["auroc"]["mean"] == pytest.approx(0.7)
+    assert out["auroc"]["sd"] == pytest.approx(0.1)  # deviations ±0.1, 0: sqrt(0.02 / 2)
+    assert out["auroc"]["n"] == 3
+    assert out["auprc"]["sd"] == pytest.approx(math.sqrt(0.02))  # ±0.1 over ddof=1
+    assert out["auprc"]["n"] == 2
+    single = metrics.summarize([{"epr": 1.7}])
+    assert single["epr"] == {"mean": 1.7, "sd": 0.0, "n": 1}
+
+
+def test_summarize_rejects_empty_and_non_numbers() -> None:
+    with pytest.raises(GrnInputError, match="0 runs"):
+        metrics.summarize([])
+    with pytest.raises(GrnInputError, match="only numbers"):
+        metrics.summarize([{"auroc": 0.7, "method": "pearson"}])
+
+
+@pytest.mark.parametrize("metric", [metrics.auroc, metrics.auprc, metrics.auprc_ratio, metrics.early_precision_ratio])
+def test_validation_errors(metric) -> None:
+    labels, scores = HAND_LABELS, HAND_SCORES
+    with pytest.raises(GrnInputError, match=r"labels \(6 edges\) and scores \(5 edges\) differ"):
+        metric(labels, scores[:5])
+    with pytest.raises(GrnInputError, match=r"must be 0 or 1; received 1 other values \(e.g. 2\)"):
+        metric(np.array([1, 1, 0, 2, 0, 0]), scores)
+    with pytest.raises(GrnInputError, match=r"only one class \(6 positives, 0 negatives\)"):
+        metric(np.ones(6, dtype=int), scores)
+    with pytest.raises(GrnInputError, match=r"only one class \(0 positives, 6 negatives\)"):
+        metric(np.zeros(6, dtype=int), scores)
+    with pytest.raises(GrnInputError, match=r"2 NaN/inf values \(first at edge 1"):
+        metric(labels, np.array([0.9, np.nan, 0.7, np.inf, 0.3, 0.1]))
+    with pytest.raises(GrnInputError, match="0 edges"):
+        metric(np.array([], dtype=int), np.array([]))
+    with pytest.raises(GrnInputError, match="1-D"):
+        metric(labels.reshape(2, 3), scores.reshape(2, 3))
+    with pytest.raises(GrnInputError, match="labels must be numeric"):
+        metric(np.array(["1", "1", "0", "1", "0", "0"]), scores)
+    with pytest.raises(ValueError, match="one class"):  # GrnInputError is a ValueError for standard-library callers
+        metric(np.ones(6, dtype=int), scores)

@@ -1,0 +1,512 @@
+"""finetune.splits: GENELink's split protocols per TF, no pair in two sets, density-matched test sets, determinism,
+degree-aware negatives that leave degree heuristics at chance, split files by index or symbol, and prior hold-outs."""
+
+from __future__ import annotations
+
+import gzip
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import require_shared
+from sklearn.metrics import roc_auc_score
+
+from finetune.beeline import GrnDataset, load_benchmark
+from finetune.errors import GrnInputError
+from finetune.splits import NEGATIVE_MODES, EdgeSplit, genelink_split, read_split, split_prior
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def toy_dataset(
+    network: str = "Specific", n_genes: int = 400, n_tfs: int = 40, seed: int = 0, max_degree: int | None = None
+) -> GrnDataset:
+    """Random GRN with skewed out-degrees (including TFs with 1 and 2 targets, hubs up to `max_degree`, default a
+    third of the genes) and skewed target in-degrees; three TFs have no edge."""
+    rng = np.random.default_rng(seed)
+    tfs = rng.choice(n_genes, n_tfs, replace=False)
+    degrees = np.r_[1, 1, 1, 2, 2, rng.zipf(1.6, n_tfs - 8).clip(3, max_degree or n_genes // 3), 0, 0, 0]
+    popularity = rng.pareto(1.5, n_genes) + 0.05  # skewed target in-degrees
+    edges = []
+    for tf, degree in zip(tfs, degrees, strict=True):
+        weights = popularity.copy()
+        weights[tf] = 0
+        targets = rng.choice(n_genes, int(degree), replace=False, p=weights / weights.sum())
+        edges += [(tf, target) for target in targets]
+    return GrnDataset(
+        name=f"toy-{network}",
+        network=network,
+        genes=[f"GENE{i}" for i in range(n_genes)],
+        expression=np.zeros((n_genes, 3), dtype=np.float32),
+        cell_ids=["c0", "c1", "c2"],
+        tf_index=tfs,
+        positives=np.array(edges).reshape(-1, 2),
+    )
+
+
+def _codes(rows: np.ndarray, n_genes: int) -> np.ndarray:
+    return rows[:, 0] * n_genes + rows[:, 1]
+
+
+def _per_tf(rows: np.ndarray, label: int) -> dict[int, int]:
+    tfs, counts = np.unique(rows[rows[:, 2] == label, 0], return_counts=True)
+    return dict(zip(tfs.tolist(), counts.tolist(), strict=True))
+
+
+def _assert_leak_free(split: EdgeSplit, dataset: GrnDataset) -> None:
+    split.check(dataset.n_genes)
+    sets = split.sets()
+    codes = [set(_codes(rows, dataset.n_genes).tolist()) for rows in sets.values()]
+    assert not (codes[0] & codes[1]) and not (codes[0] & codes[2]) and not (codes[1] & codes[2])
+    known = set(_codes(dataset.positives, dataset.n_genes).tolist())
+    for rows in sets.values():
+        assert (rows[:, 0] != rows[:, 1]).all()
+        labels = np.array([code in known for code in _codes(rows, dataset.n_genes).tolist()], dtype=bool)
+        np.testing.assert_array_equal(labels, rows[:, 2] == 1)  # positives are edges, negatives are not
+    every_positive = np.concatenate([rows[rows[:, 2] == 1, :2] for rows in sets.values()])
+    assert len(every_positive) == dataset.n_edges  # every known edge is in exactly one set
+
+
+def degree_auroc(split: EdgeSplit) -> float:
+    """AUROC of the degree heuristic: train out-degree(tf) x train in-degree(target), on the test set."""
+    train_edges = split.train[split.train[:, 2] == 1]
+    size = int(max(split.train[:, :2].max(), split.test[:, :2].max())) + 1
+    out_degree = np.bincount(train_edges[:, 0], minlength=size)
+    in_degree = np.bincount(train_edges[:, 1], minlength=size)
+    test = split.test
+    return roc_auc_score(test[:, 2], out_degree[test[:, 0]] * in_degree[test[:, 1]])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GENELink protocols on synthetic data
+
+
+def test_specific_splits_positives_and_negatives_per_tf():
+    dataset = toy_dataset("Specific")
+    split = genelink_split(dataset, seed=0)
+    assert split.protocol == "genelink-specific"
+    _assert_leak_free(split, dataset)
+    sets = split.sets()
+    for tf in np.unique(dataset.positives[:, 0]).tolist():
+        n_pos = int((dataset.positives[:, 0] == tf).sum())
+        n_neg = dataset.n_genes - n_pos - 1  # every non-target except the TF itself
+        got_pos = [_per_tf(rows, 1).get(tf, 0) for rows in sets.values()]
+        got_neg = [_per_tf(rows, 0).get(tf, 0) for rows in sets.values()]
+        if n_pos == 1:
+            assert got_pos in ([1, 0, 0], [0, 0, 1])
+        elif n_pos == 2:
+            assert got_pos == [1, 0, 1]
+        else:
+            assert got_pos == [int(n_pos * 0.67), int(n_pos * 0.77) - int(n_pos * 0.67), n_pos - int(n_pos * 0.77)]
+        assert got_neg == [int(n_neg * 0.67), int(n_neg * 0.77) - int(n_neg * 0.67), n_neg - int(n_neg * 0.77)]
+    # TFs without an edge get no negatives (GENELink loops over the TFs in Label.csv).
+    assert set(np.concatenate([rows[:, 0] for rows in sets.values()]).tolist()) == set(dataset.positives[:, 0].tolist())
+    edges = {name: s["edges"] for name, s in split.summary().items()}
+    total = sum(edges.values())
+    assert edges["train"] / total == pytest.approx(0.67, abs=0.01)
+    assert edges["val"] / total == pytest.approx(0.10, abs=0.01)
+    assert edges["test"] / total == pytest.approx(0.23, abs=0.01)
+
+
+def test_single_target_tfs_go_to_train_or_test_at_random():
+    dataset = toy_dataset("Specific")
+    single = [tf for tf, n in zip(*np.unique(dataset.positives[:, 0], return_counts=True), strict=True) if n == 1]
+    to_train = [sum(_per_tf(genelink_split(dataset, seed).train, 1).get(tf, 0) for tf in single) for seed in range(40)]
+    assert 0.3 < sum(to_train) / (40 * len(single)) < 0.7
+
+
+@pytest.mark.parametrize("network", ["Non-Specific", "STRING", "Lofgof", "prior"])
+def test_density_protocol(network):
+    dataset = toy_dataset(network)
+    split = genelink_split(dataset, seed=3)
+    assert split.protocol == "genelink-density"
+    _assert_leak_free(split, dataset)
+    for tf in np.unique(dataset.positives[:, 0]).tolist():
+        n_pos = int((dataset.positives[:, 0] == tf).sum())
+        got = [_per_tf(rows, 1).get(tf, 0) for rows in split.sets().values()]
+        if n_pos >= 3:
+            n_train_val = n_pos * 2 // 3
+            assert got == [n_train_val - n_train_val // 5, n_train_val // 5, n_pos - n_train_val]
+    for rows in (split.train, split.val):
+        assert _per_tf(rows, 0) == _per_tf(rows, 1)  # 1:1 negatives per TF
+    n_test_pos = int(split.test[:, 2].sum())
+    assert len(split.test) - n_test_pos == int(n_test_pos // dataset.density - n_test_pos)
+    assert np.isin(split.test[:, 0], dataset.tf_index).all()  # TFs drawn from TF.csv, edges or not
+    assert split.summary()["test"]["positive_rate"] == pytest.approx(dataset.density, abs=2e-3)
+
+
+@pytest.mark.parametrize("negatives", NEGATIVE_MODES)
+@pytest.mark.parametrize("network", ["Specific", "Non-Specific"])
+def test_deterministic_in_seed(network, negatives):
+    dataset = toy_dataset(network)
+    first, again, other = (genelink_split(dataset, seed, negatives) for seed in (7, 7, 8))
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
+    assert any(
+        getattr(first, name).shape != getattr(other, name).shape
+        or not np.array_equal(getattr(first, name), getattr(other, name))
+        for name in ("train", "val", "test")
+    )
+
+
+@pytest.mark.parametrize("network", ["Specific", "Non-Specific"])
+def test_degree_aware_matches_tf_and_target_counts_per_set(network):
+    dataset = toy_dataset(network, n_genes=600, seed=1, max_degree=40)
+    split = genelink_split(dataset, seed=0, negatives="degree-aware")
+    assert split.protocol == "degree-aware"
+    _assert_leak_free(split, dataset)
+    reference = genelink_split(dataset, seed=0)
+    for name, rows in split.sets().items():
+        # Same positives as the GENELink split of the same seed; negatives 1:1 with equal TF and target counts.
+        np.testing.assert_array_equal(
+            rows[rows[:, 2] == 1], getattr(reference, name)[getattr(reference, name)[:, 2] == 1]
+        )
+        assert _per_tf(rows, 0) == _per_tf(rows, 1)
+        # Each target is as often a negative as a positive, up to the few top-ups of TFs that cover most of a small
+        # set's targets (see test_degree_aware_hub_is_topped_up).
+        pos_targets = np.bincount(rows[rows[:, 2] == 1, 1], minlength=dataset.n_genes)
+        neg_targets = np.bincount(rows[rows[:, 2] == 0, 1], minlength=dataset.n_genes)
+        assert np.abs(pos_targets - neg_targets).sum() <= 0.02 * pos_targets.sum() + 2, name
+
+
+def test_degree_aware_hub_is_topped_up(caplog):
+    """A hub whose targets are most of a set's targets cannot be matched inside the set; its missing negatives come
+    from all targets by global in-degree, so its negative count still equals its positive count."""
+    rng = np.random.default_rng(0)
+    hub = [(0, target) for target in rng.choice(np.arange(1, 300), 45, replace=False)]
+    # 60 TFs with two targets each put one edge in train and one in test, so validation holds only hub edges.
+    pairs = [(tf, target) for tf in range(300, 360) for target in rng.choice(np.arange(1, 300), 2, replace=False)]
+    edges = np.array(hub + pairs)
+    genes = [f"G{i}" for i in range(360)]
+    dataset = GrnDataset("hub", "Non-Specific", genes, np.zeros((360, 1)), ["c"], [], edges)
+    with caplog.at_level("INFO", logger="finetune.splits"):
+        split = genelink_split(dataset, 0, "degree-aware")
+    assert "drawn by global in-degree" in caplog.text
+    _assert_leak_free(split, dataset)
+    for rows in split.sets().values():
+        assert _per_tf(rows, 0) == _per_tf(rows, 1)
+        assert set(rows[rows[:, 2] == 0, 1].tolist()) <= set(edges[:, 1].tolist())  # negatives are known targets
+
+
+def test_degree_aware_removes_degree_signal_on_synthetic_data():
+    dataset = toy_dataset("Non-Specific", n_genes=800, n_tfs=80, seed=2)
+    assert degree_auroc(genelink_split(dataset, 0)) > 0.7
+    assert degree_auroc(genelink_split(dataset, 0, "degree-aware")) == pytest.approx(0.5, abs=0.08)
+
+
+def test_bad_arguments():
+    dataset = toy_dataset()
+    with pytest.raises(GrnInputError, match="negatives='hard' is not one of genelink, degree-aware"):
+        genelink_split(dataset, 0, negatives="hard")
+    empty = GrnDataset("e", "prior", ["A", "B"], np.zeros((2, 1)), ["c"], [0], np.zeros((0, 2), dtype=np.int64))
+    with pytest.raises(GrnInputError, match="no positive edges"):
+        genelink_split(empty, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# EdgeSplit
+
+
+def _split(train, val, test) -> EdgeSplit:
+    return EdgeSplit(np.array(train).reshape(-1, 3), np.array(val).reshape(-1, 3), np.array(test).reshape(-1, 3), "t")
+
+
+def test_summary():
+    split = _split([[0, 1, 1], [0, 2, 0]], [[1, 2, 1], [1, 3, 0], [1, 0, 0], [2, 3, 0]], [])
+    assert split.summary() == {
+        "train": {"edges": 2, "positives": 1, "positive_rate": 0.5},
+        "val": {"edges": 4, "positives": 1, "positive_rate": 0.25},
+        "test": {"edges": 0, "positives": 0, "positive_rate": None},
+    }
+    assert split.test.shape == (0, 3) and split.test.dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    ("train", "val", "test", "pattern"),
+    [
+        ([[0, 1, 1]], [[2, 3, 0]], [[0, 1, 0]], r"edge \[0, 1\] is in more than one set \(train, test;"),
+        ([[0, 1, 1]], [[0, 1, 1]], [], r"edge \[0, 1\] is in more than one set \(train, val;"),
+        ([[0, 1, 2]], [[2, 3, 0]], [], "train row 0 has label 2; labels must be 0"),
+        ([[0, 1, 1]], [[2, 4, 0]], [], r"val row 0 is edge \[2, 4\] but there are 4 genes \(allowed 0..3\)"),
+        ([[0, 1, 1], [0, 1, 0]], [[2, 3, 0]], [], r"train holds edge \[0, 1\] with both label 0 and label 1"),
+    ],
+)
+def test_check_rejects_leaks_and_bad_rows(train, val, test, pattern):
+    with pytest.raises(GrnInputError, match=pattern):
+        _split(train, val, test).check(n_genes=4)
+
+
+def test_edge_split_shape_is_checked():
+    with pytest.raises(GrnInputError, match=r"train must have shape \(n, 3\)"):
+        EdgeSplit(np.zeros((2, 2)), np.zeros((0, 3)), np.zeros((0, 3)), "t")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# split_prior
+
+
+def test_split_prior_holds_out_validation_edges():
+    dataset = toy_dataset("prior", n_genes=1000, n_tfs=60)
+    split = split_prior(dataset, seed=0, val_fraction=0.2)
+    assert split.protocol == "prior-holdout"
+    assert split.test.shape == (0, 3)
+    _assert_leak_free(split, dataset)
+    summary = split.summary()
+    assert summary["val"]["positives"] / dataset.n_edges == pytest.approx(0.2, abs=0.04)
+    for rows in (split.train, split.val):
+        assert _per_tf(rows, 0) == _per_tf(rows, 1)
+    # A TF with two or more edges keeps at least one for training.
+    train_tfs = _per_tf(split.train, 1)
+    for tf, n in zip(*np.unique(dataset.positives[:, 0], return_counts=True), strict=True):
+        if n >= 2:
+            assert train_tfs.get(int(tf), 0) >= 1
+    again = split_prior(dataset, seed=0, val_fraction=0.2)
+    np.testing.assert_array_equal(split.val, again.val)
+
+
+def test_split_prior_bad_arguments():
+    dataset = toy_dataset("prior")
+    for fraction in (0.0, 1.0, -0.1):
+        with pytest.raises(GrnInputError, match="outside \\(0, 1\\)"):
+            split_prior(dataset, 0, fraction)
+    one = GrnDataset("one", "prior", ["A", "B"], np.zeros((2, 1)), ["c"], [0], [[0, 1]])
+    with pytest.raises(GrnInputError, match="needs at least 2"):
+        split_prior(one, 0)
+    two = GrnDataset("two", "prior", ["A", "B", "C", "D"], np.zeros((4, 1)), ["c"], [0], [[0, 1], [0, 2]])
+    split = split_prior(two, 0)
+    assert split.summary()["train"]["positives"] == 1 and split.summary()["val"]["positives"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# read_split
+
+
+def _write_genelink_dir(folder: Path, split: EdgeSplit, names=("train", "val", "test"), gz=False) -> Path:
+    folder.mkdir(parents=True)
+    stems = {"train": "Train_set", "val": "Validation_set", "test": "Test_set"}
+    for name in names:
+        frame = pd.DataFrame(getattr(split, name), columns=["TF", "Target", "Label"])
+        path = folder / f"{stems[name]}.csv{'.gz' if gz else ''}"
+        if gz:
+            with gzip.open(path, "wt") as handle:
+                frame.to_csv(handle)
+        else:
+            frame.to_csv(path)
+    return folder
+
+
+def _symbol_table(split: EdgeSplit, dataset: GrnDataset, labels=("train", "validation", "test")) -> pd.DataFrame:
+    frames = []
+    for name, label in zip(("train", "val", "test"), labels, strict=True):
+        rows = getattr(split, name)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "tf": [dataset.genes[i].lower() for i in rows[:, 0]],
+                    "target": [dataset.genes[i] for i in rows[:, 1]],
+                    "label": rows[:, 2],
+                    "split": label,
+                }
+            )
+        )
+    return pd.concat(frames)
+
+
+def _same(a: EdgeSplit, b: EdgeSplit) -> None:
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(np.unique(getattr(a, name), axis=0), np.unique(getattr(b, name), axis=0))
+
+
+def test_read_split_genelink_dir_roundtrip(tmp_path):
+    dataset = toy_dataset("Non-Specific")
+    split = genelink_split(dataset, 0)
+    folder = _write_genelink_dir(tmp_path / "split", split, gz=True)
+    back = read_split(folder, dataset)
+    assert back.protocol == f"file:{folder}"
+    _same(back, split)
+
+
+def test_read_split_symbol_table_roundtrip(tmp_path):
+    dataset = toy_dataset("Specific")
+    split = genelink_split(dataset, 1)
+    path = tmp_path / "split.tsv"
+    _symbol_table(split, dataset).to_csv(path, sep="\t", index=False)  # lower-case TF symbols, 'validation' label
+    _same(read_split(path, dataset), split)
+    # A table without test rows (inference) gives an empty test set.
+    no_test = tmp_path / "no_test.csv"
+    table = _symbol_table(split, dataset)
+    table[table["split"] != "test"].to_csv(no_test, index=False)
+    assert read_split(no_test, dataset).test.shape == (0, 3)
+
+
+def test_read_split_unknown_genes(tmp_path):
+    dataset = toy_dataset("Specific")
+    table = _symbol_table(genelink_split(dataset, 0), dataset)
+    table.iloc[:7, 1] = [f"NOPE{i}" for i in range(7)]
+    path = tmp_path / "split.csv"
+    table.to_csv(path, index=False)
+    with pytest.raises(GrnInputError) as err:
+        read_split(path, dataset)
+    message = str(err.value)
+    assert str(path) in message and "7 gene(s) not in dataset" in message
+    assert "NOPE0, NOPE1, NOPE2, NOPE3, NOPE4" in message and "NOPE5" not in message
+
+
+def test_read_split_without_validation_is_refused(tmp_path):
+    dataset = toy_dataset("Specific")
+    split = genelink_split(dataset, 0)
+    folder = _write_genelink_dir(tmp_path / "scregnet_style", split, names=("train", "test"))
+    with pytest.raises(GrnInputError) as err:
+        read_split(folder, dataset)
+    message = str(err.value)
+    assert str(folder) in message and "needs a validation set" in message and "never look at the test set" in message
+    assert "--split genelink" in message and "scRegNet" in message
+    path = tmp_path / "split.csv"
+    table = _symbol_table(split, dataset)
+    table[table["split"] != "validation"].to_csv(path, index=False)
+    with pytest.raises(GrnInputError, match="no validation set"):
+        read_split(path, dataset)
+
+
+@pytest.mark.parametrize(
+    ("edit", "pattern"),
+    [
+        (lambda t: t.assign(split=t["split"].replace("test", "holdout")), "'holdout'; allowed are train, val"),
+        (lambda t: t.assign(label=t["label"].replace(0, 5)), "column label is 5; allowed are 0"),
+        (lambda t: t.drop(columns="label"), r"missing column\(s\) Label"),
+        (
+            lambda t: t.assign(label=1 - t["label"]),
+            "positives that are not edges in the ground truth of dataset 'toy-Specific'",
+        ),
+    ],
+)
+def test_read_split_bad_tables(tmp_path, edit, pattern):
+    dataset = toy_dataset("Specific")
+    path = tmp_path / "split.csv"
+    edit(_symbol_table(genelink_split(dataset, 0), dataset)).to_csv(path, index=False)
+    with pytest.raises(GrnInputError, match=pattern):
+        read_split(path, dataset)
+
+
+def test_read_split_index_out_of_range_and_missing_paths(tmp_path):
+    dataset = toy_dataset("Specific", n_genes=400)
+    split = genelink_split(dataset, 0)
+    folder = _write_genelink_dir(tmp_path / "split", split)
+    frame = pd.read_csv(folder / "Train_set.csv", index_col=0)
+    frame.loc[3, "Target"] = 400
+    frame.to_csv(folder / "Train_set.csv")
+    with pytest.raises(GrnInputError, match=r"Train_set.csv line 5: column Target is 400 .* \(allowed 0..399\)"):
+        read_split(folder, dataset)
+    with pytest.raises(GrnInputError, match="no such split"):
+        read_split(tmp_path / "absent", dataset)
+    (folder / "Test_set.csv").unlink()
+    with pytest.raises(GrnInputError, match=r"missing Test_set.csv\[.gz\]"):
+        read_split(folder, dataset)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# real data
+
+
+@pytest.fixture(scope="module")
+def real():
+    benchmark = require_shared("beeline", "benchmark")
+    cache: dict[str, GrnDataset] = {}
+
+    def get(name: str) -> GrnDataset:
+        if name not in cache:
+            cache[name] = load_benchmark(benchmark / name)
+        return cache[name]
+
+    return get
+
+
+def _bridge(network: str, cell: str, size: int) -> Path:
+    return require_shared("beeline", "splits", "bridge_grn_sample1", network, f"{cell} {size}")
+
+
+def _sizes(split: EdgeSplit) -> dict[str, tuple[int, float]]:
+    return {name: (s["edges"], s["positive_rate"]) for name, s in split.summary().items()}
+
+
+@pytest.mark.real_data
+def test_specific_split_matches_published_sizes(real):
+    dataset = real("Specific/mDC/TFs+500")
+    published = _sizes(read_split(_bridge("Specific", "mDC", 500), dataset))
+    assert published == {
+        "train": (10968, pytest.approx(0.0454, abs=1e-4)),
+        "val": (1640, pytest.approx(0.0451, abs=1e-4)),
+        "test": (3792, pytest.approx(0.0485, abs=1e-4)),
+    }
+    for seed in range(3):
+        split = genelink_split(dataset, seed)
+        _assert_leak_free(split, dataset)
+        for name, (edges, rate) in _sizes(split).items():
+            assert edges == pytest.approx(published[name][0], rel=0.01), name
+            assert rate == pytest.approx(published[name][1], abs=0.004), name
+    # GENELink's own demo split of Specific mESC 500 (its expression is in the snapshot, unlike hESC's).
+    mesc = real("Specific/mESC/TFs+500")
+    demo = _sizes(read_split(require_shared("beeline", "splits", "genelink_demo", "Specific", "mESC 500"), mesc))
+    for name, (edges, rate) in _sizes(genelink_split(mesc, 0)).items():
+        assert edges == pytest.approx(demo[name][0], rel=0.001)
+        assert rate == pytest.approx(demo[name][1], abs=0.002)
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize(("network", "cell"), [("Non-Specific", "hHEP"), ("STRING", "mDC")])
+def test_density_split_matches_published_test_rate(real, network, cell):
+    dataset = real(f"{network}/{cell}/TFs+500")
+    published = _sizes(read_split(_bridge(network, cell, 500), dataset))
+    split = genelink_split(dataset, 0)
+    _assert_leak_free(split, dataset)
+    ours = _sizes(split)
+    assert ours["test"][1] == pytest.approx(dataset.density, abs=5e-4)
+    assert published["test"][1] == pytest.approx(dataset.density, abs=5e-4)
+    for name in ("train", "val", "test"):
+        assert ours[name][0] == pytest.approx(published[name][0], rel=0.03), name
+    assert ours["train"][1] == ours["val"][1] == 0.5
+
+
+@pytest.mark.real_data
+def test_split_speed_on_mesc500_specific(real):
+    dataset = real("Specific/mESC/TFs+500")  # ~30k positives, ~70k hard negatives
+    for negatives, budget in (("genelink", 1.0), ("degree-aware", 3.0)):
+        start = time.perf_counter()
+        genelink_split(dataset, 0, negatives)
+        assert time.perf_counter() - start < budget, negatives
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("name", ["Specific/mDC/TFs+500", "Non-Specific/hHEP/TFs+500", "STRING/mDC/TFs+500"])
+def test_degree_heuristic_is_at_chance_on_degree_aware_negatives(real, name):
+    """Stock et al. 2025: on GENELink's negatives node degree alone ranks test edges well; here it must not."""
+    dataset = real(name)
+    genelink = degree_auroc(genelink_split(dataset, 0))
+    degree_aware_split = genelink_split(dataset, 0, "degree-aware")
+    _assert_leak_free(degree_aware_split, dataset)
+    degree_aware = degree_auroc(degree_aware_split)
+    assert degree_aware == pytest.approx(0.5, abs=0.08)
+    assert genelink > degree_aware + 0.08
+
+
+@pytest.mark.real_data
+def test_degree_heuristic_is_strong_on_genelink_specific(real):
+    assert degree_auroc(genelink_split(real("Specific/hHEP/TFs+500"), 0)) > 0.8
+
+
+@pytest.mark.real_data
+def test_read_split_published_index_files(real):
+    dataset = real("Non-Specific/hHEP/TFs+500")
+    split = read_split(_bridge("Non-Specific", "hHEP", 500), dataset)
+    assert split.protocol.startswith("file:")
+    assert {name: s["edges"] for name, s in split.summary().items()} == {"train": 4442, "val": 878, "test": 97933}
+
+
+@pytest.mark.real_data
+def test_read_split_of_another_network_is_refused(real):
+    # Same cell type and genes, but Specific's row order: the labels do not fit the Non-Specific folder.
+    with pytest.raises(GrnInputError, match="made for another folder or network"):
+        read_split(_bridge("Specific", "mDC", 500), real("Non-Specific/mDC/TFs+500"))
