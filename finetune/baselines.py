@@ -193,6 +193,9 @@ def _grnboost2(
 
     frame = pd.DataFrame(expression.T, columns=genes)  # (n_cells, n_genes), arboreto's layout
     tf_names = [genes[i] for i in tf_index]
+    quiet = logging.getLogger("distributed")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its comm layer logs every in-process connection at INFO
     with warnings.catch_warnings():
         # dask 2024.2 warns about its own deprecations on every graph arboreto builds; none is actionable here.
         warnings.simplefilter("ignore", category=FutureWarning)
@@ -212,6 +215,7 @@ def _grnboost2(
                 client.close()
         finally:
             cluster.close()
+            quiet.setLevel(level)
     position = {gene: row for row, gene in enumerate(genes)}
     scores = np.zeros((len(genes), len(genes)), dtype=np.float32)
     rows = edges["TF"].map(position).to_numpy(dtype=np.int64)

@@ -52,8 +52,8 @@ class GrnConfig:
     tree_method: str = "grnboost2"
     """The tree-ensemble baseline: grnboost2 (arboreto), genie3 (scikit-learn) or none."""
     epochs: int = 300
-    lr: float = 3e-3
-    patience: int = 30
+    lr: float = 1e-2
+    patience: int = 20
     min_vocab_coverage: float = 0.5
     """Refuse a release whose vocabulary knows fewer of the dataset's genes than this fraction."""
     cache_dir: Path | None = None

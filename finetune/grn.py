@@ -13,8 +13,6 @@ validation, the joint model is trained, and every TF → gene pair that is not a
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import time
 from pathlib import Path
 
@@ -33,7 +31,6 @@ from finetune.plots import plot_curves
 from finetune.report import write_edges, write_metrics, write_results_md
 from finetune.splits import EdgeSplit, genelink_split, read_split, split_prior
 
-log = logging.getLogger("scgrn.grn")
 POOLINGS = ("mean", "attention", "static")
 
 
@@ -303,7 +300,3 @@ def _inference(cfg: GrnConfig, dataset: GrnDataset, embeddings: GeneEmbeddings, 
         "timings_s": timings,
         "new_edges": n_edges,
     }
-
-
-def dumps(payload: dict) -> str:
-    return json.dumps(payload, indent=1)

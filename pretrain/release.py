@@ -63,6 +63,33 @@ def export_release(run_dir: Path, out: Path, tag: str | None = None) -> Path:
     model_cfg = config_cls(**{**run_cfg["model"], "vocab_size": vocab.size})
     build_model(family, model_cfg).load_state_dict(state)  # fails loudly if the weights do not fit the config
 
+    training = {
+        "corpus": str(corpus),
+        "corpus_manifest_sha256": sha256_file(corpus / "manifest.json"),
+        "checkpoint": chosen.name,
+        "steps": summary.get("steps"),
+        "tokens": summary.get("tokens"),
+        "final_losses": summary.get("final_losses"),
+        "world_size": summary.get("world_size"),
+    }
+    return write_release(out, family, model_cfg, state, vocab, manifest, training, checkpoint=chosen.name)
+
+
+def write_release(
+    out: Path,
+    family: str,
+    model_cfg,
+    state: dict[str, torch.Tensor],
+    vocab: GeneVocab,
+    manifest: dict,
+    training: dict,
+    checkpoint: str | None = None,
+) -> Path:
+    """Write a release directory atomically (built in a temp dir, renamed into place).
+
+    `manifest` is the training corpus's manifest (value kind, totals, vocab); `training` goes to training_summary.json.
+    """
+    out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -78,19 +105,10 @@ def export_release(run_dir: Path, out: Path, tag: str | None = None) -> Path:
         "model": dataclasses.asdict(model_cfg),
         "vocab_sha256": vocab.sha256,
         "value_kind": manifest["value_kind"],
-        "checkpoint": chosen.name,
+        "checkpoint": checkpoint,
     }
     atomic_write_text(tmp / "config.json", json.dumps(config, indent=1))
     vocab.save(tmp / "vocab.json")
-    training = {
-        "corpus": str(corpus),
-        "corpus_manifest_sha256": sha256_file(corpus / "manifest.json"),
-        "checkpoint": chosen.name,
-        "steps": summary.get("steps"),
-        "tokens": summary.get("tokens"),
-        "final_losses": summary.get("final_losses"),
-        "world_size": summary.get("world_size"),
-    }
     atomic_write_text(tmp / "training_summary.json", json.dumps(training, indent=1))
     n_params = sum(v.numel() for v in state.values())
     atomic_write_text(tmp / "README.md", _model_card(family, model_cfg, training, n_params, manifest))
