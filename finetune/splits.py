@@ -11,6 +11,9 @@ Protocols
   carries no signal (Stock et al. 2025 showed that degree leakage lets degree heuristics match GNNs on GENELink splits).
 - `read_split` reads a published split (GENELink layout, or one table with a `split` column), by index or symbol.
 - `split_prior` holds out part of a user prior for early stopping before ranking new edges (no test set).
+
+This module holds `EdgeSplit`, the GENELink protocols and `split_prior`; the degree-aware negatives live in
+`finetune.degree_negatives` and split-file reading in `finetune.split_files` (`read_split` is re-exported here).
 """
 
 from __future__ import annotations
@@ -20,9 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from finetune.beeline import GrnDataset, describe_value
+from finetune.beeline import GrnDataset
 from finetune.errors import GrnInputError
 
 logger = logging.getLogger(__name__)
@@ -39,20 +41,6 @@ GENELINK_P_SINGLE_TO_TRAIN = 0.5
 
 # Negative sampling builds (TFs x genes) candidate matrices; cap one block at this many cells (~32 MB of float64).
 _BLOCK_CELLS = 1 << 22
-# Degree-aware repair stops after this many rounds of target swaps without fewer invalid pairs.
-_REWIRE_PATIENCE = 25
-# Pair membership uses a dense bitmap up to this many (tf, target) cells (64 MB), a sorted array above.
-_BITMAP_CELLS = 1 << 26
-
-_SPLIT_FILE_STEMS = {"train": "Train_set", "val": "Validation_set", "test": "Test_set"}
-_SPLIT_ALIASES = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-}
 
 
 @dataclass(frozen=True, eq=False)
@@ -315,117 +303,6 @@ def _density_negatives(rng: np.random.Generator, dataset: GrnDataset, assign: np
     return negatives
 
 
-class _PairSet:
-    """Membership of (tf, target) codes: a dense bitmap when n_genes**2 is small, else a sorted array."""
-
-    def __init__(self, codes: np.ndarray, n_genes: int) -> None:
-        if n_genes * n_genes <= _BITMAP_CELLS:
-            self.bitmap: np.ndarray | None = np.zeros(n_genes * n_genes, dtype=bool)
-            self.bitmap[codes] = True
-            self.sorted_codes = None
-        else:
-            self.bitmap = None
-            self.sorted_codes = np.unique(codes)
-
-    def contains(self, codes: np.ndarray) -> np.ndarray:
-        """Boolean array of codes.shape: whether each code is in the set."""
-        if self.bitmap is not None:
-            return self.bitmap[codes]
-        if len(self.sorted_codes) == 0:
-            return np.zeros(np.shape(codes), dtype=bool)
-        position = np.minimum(np.searchsorted(self.sorted_codes, codes), len(self.sorted_codes) - 1)
-        return self.sorted_codes[position] == codes
-
-
-def _rewire_targets(rng: np.random.Generator, pairs: np.ndarray, n_genes: int, forbidden: _PairSet) -> np.ndarray:
-    """Negatives with exactly the TF and target counts of `pairs`: pair each TF with a permutation of the targets.
-
-    Invalid new pairs (a self pair, a forbidden code, a repeat) are repaired by swapping targets with random other
-    positions when both swapped pairs become valid (degree-preserving rewiring, as in Maslov & Sneppen 2002). Repair
-    stops when it makes no progress for `_REWIRE_PATIENCE` rounds; what is still invalid is dropped.
-    Shapes: pairs (n, 2) -> (m <= n, 2).
-    """
-    tf = pairs[:, 0]
-    target = pairs[rng.permutation(len(pairs)), 1]
-
-    def valid(tfs: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        return (tfs != targets) & ~forbidden.contains(tfs * n_genes + targets)
-
-    def first_valid(tfs: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        keep = np.zeros(len(tfs), dtype=bool)
-        keep[np.unique(tfs * n_genes + targets, return_index=True)[1]] = True
-        return keep & valid(tfs, targets)
-
-    best, stale = len(pairs) + 1, 0
-    while stale < _REWIRE_PATIENCE:
-        bad = np.flatnonzero(~first_valid(tf, target))
-        if len(bad) == 0:
-            break
-        best, stale = (len(bad), 0) if len(bad) < best else (best, stale + 1)
-        # Propose several partners per invalid position (more when few are left) and take the first valid one.
-        n_proposals = int(np.clip(len(pairs) // len(bad), 1, 64))
-        partners = rng.integers(len(pairs), size=(len(bad), n_proposals))  # (n_bad, n_proposals)
-        accept = valid(tf[bad][:, None], target[partners]) & valid(tf[partners], target[bad][:, None])
-        chosen = accept.argmax(axis=1)
-        found = accept[np.arange(len(bad)), chosen]
-        bad, partner = bad[found], partners[found, chosen[found]]
-        # One swap per position per round: drop swaps that touch a position twice.
-        touched = np.concatenate([bad, partner])
-        _, first_touch, n_touch = np.unique(touched, return_index=True, return_counts=True)
-        once = np.zeros(len(touched), dtype=bool)
-        once[first_touch[n_touch == 1]] = True
-        keep = once[: len(bad)] & once[len(bad) :]
-        bad, partner = bad[keep], partner[keep]
-        target[bad], target[partner] = target[partner], target[bad].copy()
-    keep = first_valid(tf, target)
-    return np.column_stack([tf[keep], target[keep]])
-
-
-def _degree_aware_negatives(rng: np.random.Generator, dataset: GrnDataset, assign: np.ndarray) -> list[np.ndarray]:
-    """For every set, negatives with the same TF counts and (where possible) target counts as its positives.
-
-    Each positive (t, g) gets a negative (t, g') where the g' are the set's positive targets in random order (draws
-    without replacement from the multiset of targets, i.e. in proportion to in-degree), repaired by degree-preserving
-    swaps so that no negative is a self pair, a known edge or a pair used by another set (`_rewire_targets`). TF
-    out-degree and target in-degree are then identical between a set's positives and negatives.
-
-    Matching each set to itself, not to all positives, matters: a held-out edge is missing from the training graph,
-    so its target's training in-degree is one lower than the degree it was drawn by; drawing test negatives by total
-    in-degree made low training in-degree predict held-out positives (degree-heuristic AUROC 0.36 on Specific mDC).
-
-    A hub TF whose positives cover most of a set's targets cannot be matched inside the set; its missing negatives are
-    drawn from all genes in proportion to their in-degree over all positives, which keeps its TF count exact and its
-    targets' degrees close. Only a TF with no allowed target left at all ends up short (logged); sets are filled test
-    first, so on dense networks (Specific) the shortfall lands in training.
-    """
-    n_genes = dataset.n_genes
-    positives = dataset.positives
-    global_in_degree = np.bincount(positives[:, 1], minlength=n_genes).astype(np.float64)  # (n_genes,)
-    used = _codes(positives, n_genes)
-    negatives: dict[int, np.ndarray] = {}
-    # Test first, then validation: when hub TFs run out of non-targets, the sets that score models stay balanced.
-    for code, name in ((TEST, "test"), (VAL, "validation"), (TRAIN, "training")):
-        set_positives = positives[assign == code]
-        matched = _rewire_targets(rng, set_positives, n_genes, _PairSet(used, n_genes))
-        used = np.concatenate([used, _codes(matched, n_genes)])
-        tfs, need = _per_tf_counts(set_positives)
-        have = dict(zip(*_per_tf_counts(matched), strict=True))
-        short = need - np.array([have.get(tf, 0) for tf in tfs.tolist()], dtype=np.int64)
-        topped, taken = _draw_per_tf(rng, tfs, short, n_genes, used, weights=global_in_degree)
-        used = np.concatenate([used, _codes(topped, n_genes)])
-        if len(topped):
-            logger.info(
-                "%s: %d degree-aware %s negatives of %d hub TF(s) drawn by global in-degree (not matchable in the set)",
-                dataset.name,
-                len(topped),
-                name,
-                int((short > 0).sum()),
-            )
-        _warn_short(f"the degree-aware {name} negatives", dataset, short, taken)
-        negatives[code] = np.concatenate([matched, topped])
-    return [negatives[code] for code in (TRAIN, VAL, TEST)]
-
-
 def genelink_split(dataset: GrnDataset, seed: int, negatives: str = "genelink") -> EdgeSplit:
     """Split `dataset.positives` per TF as GENELink's `Train_Test_Split.py` does (Chen & Liu 2022) and add negatives.
 
@@ -445,7 +322,7 @@ def genelink_split(dataset: GrnDataset, seed: int, negatives: str = "genelink") 
 
     Negatives, `negatives="degree-aware"` ("degree-aware"): the same positives, but every set gets one negative per
     positive, (t, g) -> (t, g') with g' drawn without replacement from the multiset of that set's positive targets
-    (so in proportion to in-degree), never a known edge, a self pair or a pair of another set (`_rewire_targets`).
+    (so in proportion to in-degree), never a known edge, a self pair or a pair of another set (`degree_negatives.py`).
     Each TF then has as many negatives as positives and each target is as often a negative as a positive, so node
     degree carries no signal: a degree heuristic (train out-degree(tf) x train in-degree(target)) scores about 0.5
     AUROC, against 0.65-0.95 on GENELink's negatives, where degree alone ranks edges well (Stock et al. 2025).
@@ -464,6 +341,8 @@ def genelink_split(dataset: GrnDataset, seed: int, negatives: str = "genelink") 
     specific = dataset.network == "Specific"
     assign = _assign_positives(rng, dataset.positives, specific=specific)
     if negatives == "degree-aware":
+        from finetune.degree_negatives import _degree_aware_negatives  # see the note above read_split
+
         protocol = "degree-aware"
         negative_sets = _degree_aware_negatives(rng, dataset, assign)
     elif specific:
@@ -523,170 +402,17 @@ def split_prior(dataset: GrnDataset, seed: int, val_fraction: float = 0.2) -> Ed
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# split files
+# split files (finetune/split_files.py) and degree-aware negatives (finetune/degree_negatives.py)
 
-
-def _read_frame(path: Path) -> pd.DataFrame:
-    """A CSV or TSV (gzip allowed) with the unnamed row-index column of GENELink's files dropped if present."""
-    tab = any(suffix in (".tsv", ".tab", ".txt") for suffix in path.suffixes)
-    try:
-        frame = pd.read_csv(path, sep="\t" if tab else ",")
-        if not tab and frame.shape[1] == 1 and "\t" in str(frame.columns[0]):
-            frame = pd.read_csv(path, sep="\t")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as err:
-        msg = f"{path}: cannot be read as CSV/TSV ({type(err).__name__}: {err}); expected columns TF, Target, Label"
-        raise GrnInputError(msg) from err
-    if len(frame.columns) and (str(frame.columns[0]).startswith("Unnamed: 0") or frame.columns[0] == ""):
-        frame = frame.drop(columns=frame.columns[0])
-    return frame
-
-
-def _columns(frame: pd.DataFrame, path: Path, wanted: tuple[str, ...]) -> dict[str, str]:
-    """Canonical column name -> the file's column name, matched case-insensitively."""
-    by_lower = {str(column).strip().lower(): str(column) for column in frame.columns}
-    missing = [name for name in wanted if name.lower() not in by_lower]
-    if missing:
-        msg = (
-            f"{path}: missing column(s) {', '.join(missing)}; found {list(map(str, frame.columns))}. A split file "
-            f"needs columns {', '.join(wanted)} (GENELink layout: ',TF,Target,Label')"
-        )
-        raise GrnInputError(msg)
-    return {name: by_lower[name.lower()] for name in wanted}
-
-
-def _gene_indices(values: pd.Series, path: Path, column: str, dataset: GrnDataset) -> np.ndarray:
-    """Integer indices into dataset.genes (range-checked) or gene symbols (mapped case-insensitively)."""
-    numbers = pd.to_numeric(values, errors="coerce")
-    as_float = numbers.to_numpy(dtype=float, na_value=np.nan)
-    if numbers.notna().all() and bool(np.all(as_float % 1 == 0)):
-        indices = as_float.astype(np.int64)
-        bad = (indices < 0) | (indices >= dataset.n_genes)
-        if bad.any():
-            position = int(np.flatnonzero(bad)[0])
-            msg = (
-                f"{path} line {position + 2}: column {column} is {indices[position]} but dataset {dataset.name!r} has "
-                f"{dataset.n_genes} genes (allowed 0..{dataset.n_genes - 1}); {int(bad.sum())} row(s) are out of "
-                "range — was the split made for another folder or network (row order differs between them)?"
-            )
-            raise GrnInputError(msg)
-        return indices
-    lookup = {gene.upper(): index for index, gene in enumerate(dataset.genes)}
-    symbols = values.astype(str).str.strip().str.upper()
-    mapped = symbols.map(lookup)
-    unknown = mapped.isna().to_numpy()
-    if unknown.any():
-        names = list(dict.fromkeys(values[unknown].astype(str)))
-        msg = (
-            f"{path}: column {column} names {len(names)} gene(s) not in dataset {dataset.name!r} ({dataset.n_genes} "
-            f"genes), e.g. {', '.join(names[:5])}; use symbols of that gene list (matched case-insensitively) or "
-            "0-based indices into it"
-        )
-        raise GrnInputError(msg)
-    return mapped.to_numpy(dtype=np.int64)
-
-
-def _edge_rows(frame: pd.DataFrame, path: Path, dataset: GrnDataset, columns: dict[str, str]) -> np.ndarray:
-    """(n, 3) int64 [tf, target, label] from a frame with TF, Target, Label columns."""
-    tf = _gene_indices(frame[columns["TF"]], path, columns["TF"], dataset)
-    target = _gene_indices(frame[columns["Target"]], path, columns["Target"], dataset)
-    raw = frame[columns["Label"]]
-    label = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    bad = ~np.isin(label, (0.0, 1.0))
-    if bad.any():
-        position = int(np.flatnonzero(bad)[0])
-        msg = (
-            f"{path} line {position + 2}: column {columns['Label']} is {describe_value(raw.iloc[position])}; "
-            "allowed are 0 (negative pair) and 1 (known edge)"
-        )
-        raise GrnInputError(msg)
-    return np.column_stack([tf, target, label.astype(np.int64)])
-
-
-def _no_validation(path: Path) -> GrnInputError:
-    msg = (
-        f"{path}: no validation set. Model selection (early stopping, hyper-parameters) needs a validation set and "
-        "must never look at the test set; scRegNet's shipped splits have only Train/Test and select on test. "
-        "Use `--split genelink` to draw a GENELink split with a validation set, or add Validation_set.csv "
-        "(or rows with split=val)"
-    )
-    return GrnInputError(msg)
-
-
-def _check_against_ground_truth(split: dict[str, np.ndarray], dataset: GrnDataset, path: Path) -> None:
-    """Label-1 rows must be known edges and label-0 rows must not be: a mismatch means another folder's row order."""
-    known = np.unique(_codes(dataset.positives, dataset.n_genes))
-    for name, rows in split.items():
-        is_known = np.isin(_codes(rows[:, :2], dataset.n_genes), known)
-        for label, wrong, what in ((1, ~is_known, "positives that are not edges"), (0, is_known, "negatives that are")):
-            bad = (rows[:, 2] == label) & wrong
-            if bad.any():
-                tf, target = rows[np.flatnonzero(bad)[0], :2]
-                msg = (
-                    f"{path}: the {name} set has {int(bad.sum())} {what} in the ground truth of dataset "
-                    f"{dataset.name!r}, "
-                    f"e.g. [{tf}, {target}] = {dataset.genes[tf]} -> {dataset.genes[target]} with label {label}. The "
-                    "split was probably made for another folder or network (the row order differs between Specific, "
-                    "Non-Specific and STRING); use the split made for this folder or `--split genelink`"
-                )
-                raise GrnInputError(msg)
+# Both modules import helpers from this one, so this one imports them only inside functions (here and in
+# genelink_split): a bottom-of-module import would fail whenever one of them is imported before finetune.splits.
 
 
 def read_split(path: Path, dataset: GrnDataset) -> EdgeSplit:
-    """Read a split made elsewhere for `dataset`.
+    """Read a split made elsewhere for `dataset`: a GENELink split folder or a TF,Target,Label,split table.
 
-    `path` is either a directory in GENELink layout (Train_set.csv, Validation_set.csv, Test_set.csv, optionally
-    gzipped, columns ',TF,Target,Label'), or one CSV/TSV with columns TF, Target, Label, split (split in
-    train/val/test; 'validation' is accepted for val; a file without test rows gives an empty test set). TF and
-    Target are 0-based indices into dataset.genes or gene symbols (case-insensitive). The split must have a validation
-    set, its positives must be known edges of the dataset and its negatives must not be, and `EdgeSplit.check` must
-    pass.
+    See `finetune.split_files.read_split` for the accepted layouts and the checks.
     """
-    path = Path(path)
-    if not path.exists():
-        msg = f"{path}: no such split file or directory; pass a GENELink split folder or a TF,Target,Label,split table"
-        raise GrnInputError(msg)
-    sets: dict[str, np.ndarray] = {}
-    if path.is_dir():
-        files: dict[str, Path] = {}
-        for name, stem in _SPLIT_FILE_STEMS.items():
-            found = [path / f"{stem}{ext}" for ext in (".csv", ".csv.gz") if (path / f"{stem}{ext}").is_file()]
-            if found:
-                files[name] = found[0]
-        if "val" not in files:
-            raise _no_validation(path)
-        missing = [f"{_SPLIT_FILE_STEMS[name]}.csv[.gz]" for name in SPLIT_NAMES if name not in files]
-        if missing:
-            msg = (
-                f"{path}: missing {', '.join(missing)}; found {sorted(p.name for p in path.iterdir())}. A GENELink "
-                "split folder holds Train_set.csv, Validation_set.csv and Test_set.csv (gzip allowed)"
-            )
-            raise GrnInputError(msg)
-        for name, file in files.items():
-            frame = _read_frame(file)
-            sets[name] = _edge_rows(frame, file, dataset, _columns(frame, file, ("TF", "Target", "Label")))
-    else:
-        frame = _read_frame(path)
-        columns = _columns(frame, path, ("TF", "Target", "Label", "split"))
-        labels = frame[columns["split"]].astype(str).str.strip().str.lower()
-        canonical = labels.map(_SPLIT_ALIASES)
-        unknown = canonical.isna().to_numpy()
-        if unknown.any():
-            position = int(np.flatnonzero(unknown)[0])
-            value = describe_value(frame[columns["split"]].iloc[position])
-            msg = (
-                f"{path} line {position + 2}: column {columns['split']} is {value}; "
-                "allowed are train, val (or validation) and test"
-            )
-            raise GrnInputError(msg)
-        rows = _edge_rows(frame, path, dataset, columns)
-        for name in SPLIT_NAMES:
-            sets[name] = rows[(canonical == name).to_numpy()]
-        if len(sets["val"]) == 0:
-            raise _no_validation(path)
-        if len(sets["train"]) == 0:
-            msg = f"{path}: no rows with split=train; a split needs training edges"
-            raise GrnInputError(msg)
-    _check_against_ground_truth(sets, dataset, path)
-    split = EdgeSplit(train=sets["train"], val=sets["val"], test=sets["test"], protocol=f"file:{path}")
-    split.check(dataset.n_genes)
-    return split
+    from finetune.split_files import read_split as read_split_file
+
+    return read_split_file(path, dataset)
