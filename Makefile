@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -c "import deepspeed" 2>/dev/null || $(PY) -m pip install -q --no-build-isolation "$(DEEPSPEED_SPEC)"
-	$(PY) -m pip install -q -e '.[dev,bench,grnboost]'
+	$(PY) -m pip install -q -e '.[dev,bench,grnboost,eval]'
 	touch $(STAMP)
 
 lint: install

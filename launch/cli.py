@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from data_prep.errors import DataPrepError
+from launch.eval_cli import add_eval_parser, cmd_eval
 from launch.grn_cli import add_grn_parser, cmd_grn
 
 
@@ -166,6 +167,11 @@ def _cmd_export(args) -> int:
         print(f"scgrn export: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote release {out} (model.safetensors, config.json, vocab.json, training_summary.json, README.md)")
+    if not args.no_eval:
+        from launch.eval_cli import eval_after_export
+
+        status = eval_after_export(out, label=args.eval_label, priors=args.eval_prior, quiet=args.quiet)
+        print(status, file=sys.stderr if "failed" in status else sys.stdout)
     return 0
 
 
@@ -202,7 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--tag", help="checkpoint tag (default: latest complete)")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation on the corpus's validation split")
+    p.add_argument("--eval-label", default="cell_type", help="obs column with cell types for the evaluation")
+    p.add_argument("--eval-prior", type=Path, action="append", default=[], help="prior for the gene evaluation")
+    p.add_argument("--quiet", action="store_true")
     add_grn_parser(sub)
+    add_eval_parser(sub)
     p = sub.add_parser("demo", help="the main job end to end on the embedded default (simulated cells)")
     p.add_argument("--out", type=Path, default=Path("demo_out"))
     return parser
@@ -218,6 +229,7 @@ COMMANDS = {
     "pretrain": _cmd_pretrain,
     "export": _cmd_export,
     "grn": cmd_grn,
+    "eval": cmd_eval,
 }
 
 

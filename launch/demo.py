@@ -66,13 +66,22 @@ def run_demo(out: Path) -> int:
     shutil.rmtree(run_dir, ignore_errors=True)
     summary = run_pretrain(
         "launch/configs/pretrain/debug.yaml",
-        [f"data.corpus={corpus}", f"train.out_dir={run_dir}", "train.steps=60", "train.eval_every=30",
-         "train.save_every=30", "train.lr=3e-3", "train.resume=none"],
+        [
+            f"data.corpus={corpus}",
+            f"train.out_dir={run_dir}",
+            "train.steps=60",
+            "train.eval_every=30",
+            "train.save_every=30",
+            "train.lr=3e-3",
+            "train.resume=none",
+        ],
     )
     losses = summary["loss_history"]
-    print(f"loss {sum(losses[:5]) / 5:.3f} (first 5 steps) -> {sum(losses[-5:]) / 5:.3f} (last 5); "
-          f"validation {summary['final_losses'].get('val', float('nan')):.3f}; {time.perf_counter() - t:.1f} s; "
-          f"TensorBoard: {run_dir / 'tensorboard'}")
+    print(
+        f"loss {sum(losses[:5]) / 5:.3f} (first 5 steps) -> {sum(losses[-5:]) / 5:.3f} (last 5); "
+        f"validation {summary['final_losses'].get('val', float('nan')):.3f}; {time.perf_counter() - t:.1f} s; "
+        f"TensorBoard: {run_dir / 'tensorboard'}"
+    )
 
     _step("export a release (safetensors + config + vocab) and load it back")
     release = export_release(run_dir, out / "releases" / "demo")

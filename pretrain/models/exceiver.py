@@ -424,16 +424,23 @@ class Exceiver(nn.Module):
         return self._encode_tokens(gene_ids, log_values, cu_seqlens, max_genes)
 
     def gene_states(
-        self, gene_ids: Tensor, values: Tensor, cu_seqlens: Tensor, generator: torch.Generator | None = None
+        self,
+        gene_ids: Tensor,
+        values: Tensor,
+        cu_seqlens: Tensor,
+        generator: torch.Generator | None = None,
+        latents: Tensor | None = None,
     ) -> Tensor:
         """Contextual state of every given gene in its cell: (T, D), in the packed order of `gene_ids`.
 
         The cell is encoded into latents from (at most `max_genes` of) its genes, then each of its genes queries the
         latents through the decoder, as a masked gene would in pretraining (Perceiver IO's output queries); the
         state is the decoder output after its LayerNorm, i.e. what the tied readout scores. Used for gene
-        embeddings downstream (scgrn finetune pools these over cells).
+        embeddings downstream (scgrn finetune pools these over cells). Pass `latents` (B, L, D) from `encode` of
+        the same cells to skip encoding them again.
         """
-        latents = self.encode(gene_ids, values, cu_seqlens, generator)  # (B, L, D)
+        if latents is None:
+            latents = self.encode(gene_ids, values, cu_seqlens, generator)  # (B, L, D)
         cu_seqlens = cu_seqlens.to(device=gene_ids.device, dtype=torch.int32)
         max_queries = self._lengths_stats(seqlens(cu_seqlens))[0]
         n_cells, n_latents, d_model = latents.shape
@@ -454,7 +461,8 @@ class Exceiver(nn.Module):
         Args:
             batch: packed cells, `data_prep.loader.CellBatch.to_torch()`: "gene_ids" (T,), "values" (T,) raw counts,
                 "cu_seqlens" (B+1,). Optional "mask" (T,) bool (True = hide and predict): then the tokens are used
-                as given, with no gene sampling, and the caller is responsible for `max_genes`.
+                as given, with no gene sampling, and the caller is responsible for `max_genes`. Optional
+                "library_size" (B,): each cell's total counts, when the given genes are a subset of the cell's.
             generator: drives gene sampling and masking; the same seed gives the same step.
 
         Returns:
@@ -467,7 +475,9 @@ class Exceiver(nn.Module):
         gene_ids, values, cu_seqlens = batch["gene_ids"], batch["values"], batch["cu_seqlens"]
         self._check_packed(gene_ids, values, cu_seqlens)
         n_cells = cu_seqlens.numel() - 1
-        library = cell_library_size(values, cu_seqlens)  # (B,) whole-cell totals, before sampling
+        library = batch.get("library_size")
+        if library is None:
+            library = cell_library_size(values, cu_seqlens)  # (B,) whole-cell totals, before sampling
         mask = batch.get("mask")
         if mask is None:
             gene_ids, values, cu_seqlens = self._sample(gene_ids, values, cu_seqlens, generator)

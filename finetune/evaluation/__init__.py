@@ -1,0 +1,1 @@
+"""Evaluate what pretraining learned (Exceiver's evaluations): masked values, cells, genes, transfer."""
