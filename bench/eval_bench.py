@@ -48,8 +48,14 @@ def _f(x) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
-def _beats(better: bool) -> str:
-    return "**beats**" if better else "**does not beat**"
+MARGIN = 0.01  # differences below this (MSE, AUROC, F1, accuracy) are called ties: one seed, one split
+
+
+def _beats(ours: float, theirs: float, *, lower_is_better: bool = False) -> str:
+    diff = (theirs - ours) if lower_is_better else (ours - theirs)
+    if abs(diff) < MARGIN:
+        return f"**ties with** (|difference| < {MARGIN})"
+    return "**beats**" if diff > 0 else "**does not beat**"
 
 
 def _row(cells: list) -> str:
@@ -92,7 +98,7 @@ def render(runs: dict, args, meta: dict) -> str:
         best = min(p["per-gene mean"]["mse"], p["library-scaled mean"]["mse"])
         verdicts.append(
             f"- masked values, {name}: model MSE {p['model']['mse']:.3f} vs best baseline {best:.3f} → "
-            + ("**beats**" if p["model"]["mse"] < best else "**does not beat**")
+            + _beats(p["model"]["mse"], best, lower_is_better=True)
             + " the baselines"
         )
     lines += ["", "Native loss: cross-entropy over bins (scBERT), NB negative log-likelihood (Exceiver, no "
@@ -109,9 +115,7 @@ def render(runs: dict, args, meta: dict) -> str:
             lines.append(_row([name, emb, _f(m["knn_accuracy"]), _f(m["knn_macro_f1"]), _f(m["ari"]), _f(m["nmi"])]))
         pre, pca = metrics["pretrained"]["knn_accuracy"], metrics["PCA (log-normalized)"]["knn_accuracy"]
         verdicts.append(
-            f"- cell embeddings, {name}: kNN accuracy {pre:.3f} vs PCA {pca:.3f} → "
-            + ("**beats**" if pre > pca else "**does not beat**")
-            + " PCA"
+            f"- cell embeddings, {name}: kNN accuracy {pre:.3f} vs PCA {pca:.3f} → " + _beats(pre, pca) + " PCA"
         )
     lines += ["", "## 3. Gene embeddings: known regulator→target pairs vs degree-matched random pairs (AUROC)", ""]
     lines += [_row(["config", "prior", "known pairs", "static embedding", "pretrained contextual",
@@ -129,7 +133,7 @@ def render(runs: dict, args, meta: dict) -> str:
             corr = m["expression-correlation"]["auroc"]
             verdicts.append(
                 f"- gene embeddings, {name}, {prior}: best pretrained AUROC {best_model:.3f} vs expression "
-                f"correlation {corr:.3f} → " + ("**beats**" if best_model > corr else "**does not beat**")
+                f"correlation {corr:.3f} → " + _beats(best_model, corr)
             )
     lines += ["", "## 4. Transfer: cell-type classification on the held-out file (macro-F1)", ""]
     any_run = next(iter(runs.values()))["eval"]["sections"]["transfer"]
@@ -146,7 +150,7 @@ def render(runs: dict, args, meta: dict) -> str:
         rnd = max(v["macro_f1"] for k, v in m.items() if k.startswith("random-init"))
         pca = m["logistic regression on PCA"]["macro_f1"]
         verdicts.append(f"- transfer, {name}: best pretrained macro-F1 {pre:.3f} vs random init {rnd:.3f} vs PCA "
-                        f"logistic regression {pca:.3f} → " + _beats(pre > max(rnd, pca)) + " both")  # fmt: skip
+                        f"logistic regression {pca:.3f} → " + _beats(pre, max(rnd, pca)) + " both")  # fmt: skip
     lines += ["", "## Verdicts (computed from the tables above)", "", *verdicts, "",
               "Per-config eval reports (eval.md, eval.json, cell_map.png, masked_values.png) are under "
               f"`{args.work}/eval-<config>/`.", ""]  # fmt: skip
@@ -156,7 +160,7 @@ def render(runs: dict, args, meta: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scgrn bench eval", description=__doc__)
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {','.join(CONFIGS)}")
-    p.add_argument("--steps", type=int, default=800, help="pretraining budget per config (16 cells per step)")
+    p.add_argument("--steps", type=int, default=1000, help="pretraining budget per config (16 cells per step)")
     p.add_argument("--holdout", default="human_retina_cellxgene_1k.h5ad", help="count file kept out of pretraining")
     p.add_argument("--counts", type=Path, default=SHARED / "counts")
     p.add_argument("--priors", type=Path, default=SHARED / "priors")
@@ -187,10 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     for name in [c for c in args.configs.split(",") if c]:
         run_dir, release, out = work / f"run-{name}", work / f"release-{name}", work / f"eval-{name}"
         print(f"[bench eval] {name}: pretraining {args.steps} steps", flush=True)
-        pretrain_s = _cli("pretrain", "--config", CONFIGS[name], f"data.corpus={corpus}", f"train.out_dir={run_dir}",
-                          f"train.steps={args.steps}", f"train.save_every={args.steps}",
-                          f"train.eval_every={max(args.steps // 4, 1)}", "train.resume=none",
-                          log=work / f"pretrain-{name}.log")  # fmt: skip
+        overrides = {
+            "data.corpus": corpus,
+            "train.out_dir": run_dir,
+            "train.steps": args.steps,
+            "train.save_every": args.steps,
+            "train.eval_every": max(args.steps // 4, 1),
+            "train.warmup_steps": min(100, args.steps // 10),
+            "train.resume": "none",
+        }
+        settings = [f"{k}={v}" for k, v in overrides.items()]
+        pretrain_s = _cli("pretrain", "--config", CONFIGS[name], *settings, log=work / f"pretrain-{name}.log")
         _cli("export", run_dir, "--out", release, "--no-eval", log=work / f"export-{name}.log")
         print(f"[bench eval] {name}: evaluating on {holdout.name}", flush=True)
         eval_s = _cli("eval", release, "--data", holdout, "--label", "cell_type", *(a for pr in priors for a in
