@@ -7,6 +7,7 @@ from pathlib import Path
 
 from data_prep.errors import InputError
 from data_prep.gene_mapping import MappingOptions
+from data_prep.parts import Part
 from data_prep.values import ValueKind
 from data_prep.zarr_shard import CODECS
 
@@ -36,6 +37,7 @@ class ShardConfig:
     csv_orientation: str = "genes-by-cells"
     mapping: MappingOptions = field(default_factory=MappingOptions)
     resume: bool = False
+    part: Part | str | None = None  # "I/N": write only part I's block of shards (parts.py); None = the whole corpus
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -62,6 +64,11 @@ class ShardConfig:
             problems.append(f"--cells-per-sample {self.cells_per_sample} must be >= 1")
         if self.codec not in CODECS:
             problems.append(f"--codec {self.codec!r} not in {CODECS}")
+        if isinstance(self.part, str):
+            try:
+                self.part = Part.parse(self.part)
+            except InputError as err:
+                problems.append(str(err))
         if problems:
             msg = "invalid shard options:\n  - " + "\n  - ".join(problems)
             raise InputError(msg)
@@ -79,7 +86,8 @@ class ShardConfig:
     def identity(self) -> dict:
         """The options that define *which corpus* this is (resume refuses a directory whose identity differs)."""
         d = asdict(self)
-        for k in ("out", "workers", "resume", "command"):
+        # `part` is left out: every part of a corpus, and the merged corpus, share one identity.
+        for k in ("out", "workers", "resume", "part", "command"):
             d.pop(k)
         d["inputs"] = [str(p) for p in self.inputs]
         d["vocab"] = str(self.vocab) if self.vocab else None

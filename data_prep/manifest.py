@@ -9,13 +9,35 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from data_prep.errors import CorpusError
+from data_prep.gene_stats import GeneStats
 from data_prep.io_utils import atomic_write_text
+from data_prep.parts import PART_NAME
+from data_prep.values import ValueKind
 
 CORPUS_MAGIC = "scgrn-corpus"
 CORPUS_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 REQUIRED_KEYS = ("magic", "format_version", "formats", "value_kind", "vocab", "shards", "totals", "inputs")
+# The fields before `shards`, in order; a part's part.json carries them too (with its own magic and version).
+HEADER_KEYS = (
+    "magic",
+    "format_version",
+    "scgrn_version",
+    "created",
+    "command",
+    "formats",
+    "value_kind",
+    "vocab",
+    "split",
+    "options",
+    "inputs",
+)
+# Fields that describe the run, not the corpus: they differ between two runs that write the same corpus
+# (single machine vs `--part` + `scgrn shard merge`, or a resumed run). Everything else is equal.
+RUN_SPECIFIC_KEYS = ("created", "command", "seconds")
 
 
 def write_manifest(directory: Path, manifest: dict) -> Path:
@@ -27,6 +49,18 @@ def write_manifest(directory: Path, manifest: dict) -> Path:
 def read_manifest(directory: Path) -> dict:
     """Load and check a manifest; every problem names the file and what to do."""
     path = Path(directory) / MANIFEST_NAME
+    if not path.exists() and (Path(directory) / PART_NAME).exists():
+        try:
+            part = json.loads((Path(directory) / PART_NAME).read_text())["part"]
+            which = f"part {part['index']}/{part['count']}"
+        except (ValueError, KeyError, TypeError):
+            which = "a part"
+        msg = (
+            f"{directory}: this is {which} of a corpus sharded with `scgrn shard --part`, not a whole corpus; "
+            "it cannot be loaded alone. Join all parts into one corpus first: "
+            "`scgrn shard merge PART_DIR... --out CORPUS_DIR`."
+        )
+        raise CorpusError(msg)
     if not path.exists():
         msg = (
             f"{directory}: no {MANIFEST_NAME}; not a finished scgrn corpus. If `scgrn shard` was interrupted, "
@@ -54,3 +88,41 @@ def read_manifest(directory: Path) -> dict:
         msg = f"{path}: missing field(s) {missing}; the manifest is incomplete. Re-run `scgrn shard ... --resume`."
         raise CorpusError(msg)
     return manifest
+
+
+def complete_manifest(header: dict, records: list[dict], stats_files: list[Path], seconds: float) -> dict:
+    """The manifest from its header (`magic` .. `inputs`), every shard's record in shard order, and each shard's
+    gene statistics (`GeneStats.partial` saved as .npz).
+
+    One code path for a single run and for `scgrn shard merge`: stats are added shard by shard in index order,
+    so float sums round identically whichever machine wrote which shard.
+    """
+    stats = GeneStats(header["vocab"]["size"], ValueKind(header["value_kind"]))
+    shards, offset = [], 0
+    for record, stats_file in zip(records, stats_files, strict=True):
+        with np.load(stats_file, allow_pickle=False) as part:
+            stats.add(dict(part))
+        shards.append({**record, "cell_offset": offset})
+        offset += record["n_cells"]
+    totals = {
+        "n_cells": offset,
+        "n_train": sum(s["n_train"] for s in shards),
+        "n_val": sum(s["n_val"] for s in shards),
+        "nnz": sum(s["nnz"] for s in shards),
+        "n_shards": len(shards),
+        "n_genes": header["vocab"]["size"],
+        "n_genes_expressed": int((stats.n_cells > 0).sum()),
+        "n_input_cells": sum(i["n_cells"] for i in header["inputs"]),
+        "cells_dropped": {k: sum(s["dropped"][k] for s in shards) for k in ("zero_counts", "min_genes")},
+    }
+    return {
+        **header,
+        "shards": shards,
+        "totals": totals,
+        "gene_stats": {
+            "n_cells_expressing": stats.n_cells.tolist(),
+            "sum": np.round(stats.total, 6).tolist(),
+            "nonzero_median": np.round(stats.nonzero_median(), 6).tolist(),
+        },
+        "seconds": round(seconds, 3),
+    }

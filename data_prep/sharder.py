@@ -1,5 +1,8 @@
 """`scgrn shard`: inputs -> vocab + mapping report -> shards (parallel, resumable) -> manifest (last).
 
+With `--part I/N` the same plan is computed but only part I's block of shards is written, with a `part.json`
+instead of the manifest; `scgrn shard merge` (merge.py) joins the parts into the corpus a single run writes.
+
 Peak memory is bounded by `workers x cells_per_shard x non-zeros per cell` (each task holds one shard's
 rows) plus the per-gene histograms (vocab x ~530 int64) in the parent, whatever the number of input cells.
 Gene-major inputs (CSC h5ad, Matrix Market, CSV) are first transposed through a disk spill in bounded chunks.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -24,8 +28,23 @@ from data_prep.config import ShardConfig
 from data_prep.errors import CorpusError, InputError
 from data_prep.gene_mapping import check_unique_names, input_keys, load_gene_map, map_genes
 from data_prep.gene_stats import GeneStats
-from data_prep.io_utils import atomic_write_text, sha256_tree
-from data_prep.manifest import CORPUS_FORMAT_VERSION, CORPUS_MAGIC, MANIFEST_NAME, write_manifest
+from data_prep.io_utils import atomic_write_text, sha256_file, sha256_tree
+from data_prep.manifest import (
+    CORPUS_FORMAT_VERSION,
+    CORPUS_MAGIC,
+    MANIFEST_NAME,
+    complete_manifest,
+    write_manifest,
+)
+from data_prep.parts import (
+    PART_FORMAT_VERSION,
+    PART_MAGIC,
+    PART_NAME,
+    PART_RULE,
+    PART_STATS_DIR,
+    stats_path,
+    write_part,
+)
 from data_prep.readers import InputSpec, detect_kind, open_reader
 from data_prep.shard_task import PROGRESS_DIR, ShardTask, TaskContext, close_readers, run_task
 from data_prep.vocab import GeneVocab
@@ -50,13 +69,18 @@ def _check_out_dir(cfg: ShardConfig, identity: dict) -> str:
         return "fresh"
     plan = out / PROGRESS_DIR / PLAN_NAME
     manifest = out / MANIFEST_NAME
-    existing = None
+    part_file = out / PART_NAME
+    existing, existing_part = None, None
     if plan.exists():
-        existing = json.loads(plan.read_text()).get("identity")
-    elif manifest.exists():
+        plan_doc = json.loads(plan.read_text())
+        existing, existing_part = plan_doc.get("identity"), plan_doc.get("part")
+    elif manifest.exists() or part_file.exists():
         try:
-            existing = json.loads(manifest.read_text()).get("options")
-        except json.JSONDecodeError:
+            doc = json.loads((manifest if manifest.exists() else part_file).read_text())
+            existing = doc.get("options")
+            if "part" in doc:
+                existing_part = f"{doc['part']['index']}/{doc['part']['count']}"
+        except (json.JSONDecodeError, KeyError, TypeError):
             existing = None
     if existing is None:
         msg = (
@@ -71,7 +95,16 @@ def _check_out_dir(cfg: ShardConfig, identity: dict) -> str:
             "Choose another --out, or delete that directory if it is no longer needed."
         )
         raise CorpusError(msg)
-    state = "finished" if manifest.exists() else "unfinished"
+    wanted_part = str(cfg.part) if cfg.part else None
+    if existing_part != wanted_part:
+        held = f"part {existing_part}" if existing_part else "the whole corpus"
+        wanted = f"part {wanted_part}" if wanted_part else "the whole corpus (no --part)"
+        msg = (
+            f"--out {out}: directory holds {held} of this corpus, but this run writes {wanted}. "
+            "Give every part its own --out directory (e.g. PARTS/part-I), and pass the same --part to resume one."
+        )
+        raise CorpusError(msg)
+    state = "finished" if manifest.exists() or part_file.exists() else "unfinished"
     if not cfg.resume:
         msg = (
             f"--out {out}: directory already holds {'a' if state == 'finished' else 'an'} {state} run of this corpus; "
@@ -81,13 +114,13 @@ def _check_out_dir(cfg: ShardConfig, identity: dict) -> str:
     return state
 
 
-def _check_same_content(out: Path, input_hashes: list[str], vocab_sha256: str, source: str) -> None:
-    """Input files or vocab changed in place since `source` was written: resuming would mix two corpora."""
-    if source == "plan":
-        old = json.loads((out / PROGRESS_DIR / PLAN_NAME).read_text())
+def _check_same_content(out: Path, input_hashes: list[str | None], vocab_sha256: str, source: Path) -> None:
+    """Input files or vocab changed in place since `source` (plan, manifest or part.json) was written: resuming
+    would mix two corpora. A part hashes only the inputs it reads (None for the others), on both sides alike."""
+    old = json.loads(source.read_text())
+    if source.name == PLAN_NAME:
         old_inputs, old_vocab = old["input_sha256"], old["vocab_sha256"]
     else:
-        old = json.loads((out / MANIFEST_NAME).read_text())
         old_inputs, old_vocab = [i["sha256"] for i in old["inputs"]], old["vocab"]["sha256"]
     changed = [str(i) for i, (a, b) in enumerate(zip(old_inputs, input_hashes, strict=True)) if a != b]
     if changed or old_vocab != vocab_sha256:
@@ -119,6 +152,17 @@ def _records_from_manifest(out: Path, vocab_size: int, kind) -> None:
             out / PROGRESS_DIR / f"{name}.stats.npz",
             **GeneStats(vocab_size, kind).partial(block.gene_ids, block.values),
         )
+        atomic_write_text(out / PROGRESS_DIR / f"{name}.json", json.dumps(record))
+
+
+def _records_from_part(out: Path, part_doc: dict) -> None:
+    """Re-create `.progress` records of a finished part (its shards' records + saved gene stats) for a resume."""
+    for record in part_doc["shards"]:
+        saved = stats_path(out, record["index"])
+        if not saved.exists() or not _shard_ok(out, record, need_stats=False):
+            continue
+        name = f"shard-{record['index']:06d}"
+        shutil.copyfile(saved, out / PROGRESS_DIR / f"{name}.stats.npz")
         atomic_write_text(out / PROGRESS_DIR / f"{name}.json", json.dumps(record))
 
 
@@ -155,8 +199,18 @@ def _shard_ok(out: Path, record: dict, need_stats: bool = True) -> bool:
     return not need_stats or (out / PROGRESS_DIR / f"shard-{record['index']:06d}.stats.npz").exists()
 
 
+def plan_tasks(n_cells_per_input: list[int], cells_per_shard: int) -> list[ShardTask]:
+    """The global plan: shard k = rows [a, b) of one input, inputs in order; identical on every machine."""
+    tasks = [
+        ShardTask(0, i, lo, min(lo + cells_per_shard, n))
+        for i, n in enumerate(n_cells_per_input)
+        for lo in range(0, n, cells_per_shard)
+    ]
+    return [replace(t, shard_index=k) for k, t in enumerate(tasks)]
+
+
 def shard(cfg: ShardConfig, progress: bool = True) -> dict:
-    """Run the whole sharding job; returns the manifest."""
+    """Run the whole sharding job (or part `cfg.part` of it); returns the manifest (or the part's part.json)."""
     t0 = time.perf_counter()
     identity = cfg.identity()
     state = _check_out_dir(cfg, identity)
@@ -184,42 +238,54 @@ def shard(cfg: ShardConfig, progress: bool = True) -> dict:
                 )
                 raise InputError(msg)
     out = cfg.out
-    input_hashes = [sha256_tree(s.path) for s in specs]
+    tasks = plan_tasks([r.n_cells for r in readers], cfg.cells_per_shard)
+    # A part writes only its block of the global plan, and hashes only the inputs that block reads: with many
+    # machines, hashing every input on each would read the whole data set N times.
+    mine = [tasks[k] for k in cfg.part.shard_range(len(tasks))] if cfg.part else tasks
+    read_inputs = {t.input_index for t in mine} if cfg.part else set(range(len(specs)))
+    input_hashes = [sha256_tree(s.path) if i in read_inputs else None for i, s in enumerate(specs)]
     plan_path = out / PROGRESS_DIR / PLAN_NAME
+    finished_path = out / (PART_NAME if cfg.part else MANIFEST_NAME)
     if state != "fresh":
-        _check_same_content(out, input_hashes, vocab.sha256, "plan" if plan_path.exists() else "manifest")
+        _check_same_content(out, input_hashes, vocab.sha256, plan_path if plan_path.exists() else finished_path)
     if state == "finished":
-        manifest = json.loads((out / MANIFEST_NAME).read_text())
-        if all(_shard_ok(out, s, need_stats=False) for s in manifest["shards"]):
-            log.info("%s: corpus already complete; every shard verified, nothing to do", out)
+        done = json.loads(finished_path.read_text())
+        stats_ok = not cfg.part or all(stats_path(out, s["index"]).exists() for s in done["shards"])
+        if stats_ok and all(_shard_ok(out, s, need_stats=False) for s in done["shards"]):
+            log.info("%s: already complete; every shard verified, nothing to do", out)
             for r in readers:
                 r.close()
-            return manifest
+            return done
         (out / PROGRESS_DIR).mkdir(exist_ok=True)
-        _records_from_manifest(out, vocab.size, cfg.value_kind)
+        if cfg.part:
+            _records_from_part(out, done)
+        else:
+            _records_from_manifest(out, vocab.size, cfg.value_kind)
     (out / PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
     for fmt in cfg.formats:
         (out / fmt).mkdir(exist_ok=True)
     atomic_write_text(
-        plan_path, json.dumps({"identity": identity, "input_sha256": input_hashes, "vocab_sha256": vocab.sha256})
+        plan_path,
+        json.dumps(
+            {
+                "identity": identity,
+                "part": str(cfg.part) if cfg.part else None,
+                "input_sha256": input_hashes,
+                "vocab_sha256": vocab.sha256,
+            }
+        ),
     )
     vocab.save(out / "vocab.json")
     _write_mapping_report(out, mappings)
 
-    tasks = [
-        ShardTask(0, i, lo, min(lo + cfg.cells_per_shard, r.n_cells))
-        for i, r in enumerate(readers)
-        for lo in range(0, r.n_cells, cfg.cells_per_shard)
-    ]
-    tasks = [replace(t, shard_index=k) for k, t in enumerate(tasks)]
     records: dict[int, dict] = {}
-    for t in tasks:
+    for t in mine:
         rec_path = out / PROGRESS_DIR / f"{t.name}.json"
         if cfg.resume and rec_path.exists():
             record = json.loads(rec_path.read_text())
             if record["rows"] == [t.row_start, t.row_stop] and _shard_ok(out, record):
                 records[t.shard_index] = record
-    todo = [t for t in tasks if t.shard_index not in records]
+    todo = [t for t in mine if t.shard_index not in records]
     if records:
         log.info("resume: %d shard(s) verified and kept, %d to write", len(records), len(todo))
     for spec, reader in zip(specs, readers, strict=True):
@@ -241,26 +307,30 @@ def shard(cfg: ShardConfig, progress: bool = True) -> dict:
         codec=cfg.codec,
         codec_level=cfg.codec_level,
     )
-    total_rows = sum(r.n_cells for r in readers)
     bar = tqdm(
-        total=total_rows,
+        total=sum(t.row_stop - t.row_start for t in mine),
         unit="cell",
         unit_scale=True,
-        desc="shard",
+        desc=f"shard part {cfg.part}" if cfg.part else "shard",
         disable=not progress,
-        initial=sum(t.row_stop - t.row_start for t in tasks if t.shard_index in records),
+        initial=sum(t.row_stop - t.row_start for t in mine if t.shard_index in records),
     )
     try:
         _run_tasks(ctx, todo, cfg.workers, records, bar)
     finally:
         bar.close()
         close_readers()
-    manifest = _finish(
-        cfg, identity, vocab, kinds, readers, specs, input_hashes, mappings, tasks, records, time.perf_counter() - t0
-    )
+    header = _manifest_header(cfg, identity, vocab, kinds, readers, specs, input_hashes, mappings)
+    ordered = [records[t.shard_index] for t in mine]
+    if cfg.part:
+        result = _finish_part(cfg, header, len(tasks), ordered, time.perf_counter() - t0)
+    else:
+        stats_files = [out / PROGRESS_DIR / f"{t.name}.stats.npz" for t in tasks]
+        result = complete_manifest(header, ordered, stats_files, time.perf_counter() - t0)
+        write_manifest(out, result)
     shutil.rmtree(out / SPILL_DIR, ignore_errors=True)
     shutil.rmtree(out / PROGRESS_DIR, ignore_errors=True)
-    return manifest
+    return result
 
 
 def _run_tasks(ctx: TaskContext, todo: list[ShardTask], workers: int, records: dict, bar) -> None:
@@ -287,30 +357,11 @@ def _write_mapping_report(out: Path, mappings) -> None:
     atomic_write_text(out / "mapping_report.json", json.dumps([m.summary() for m in mappings], indent=1))
 
 
-def _finish(cfg, identity, vocab, kinds, readers, specs, input_hashes, mappings, tasks, records, seconds) -> dict:
-    stats = GeneStats(vocab.size, cfg.value_kind)
-    shards, offset = [], 0
-    for t in tasks:
-        rec = records[t.shard_index]
-        with np.load(cfg.out / PROGRESS_DIR / f"{t.name}.stats.npz", allow_pickle=False) as part:
-            stats.add(dict(part))
-        shards.append({**rec, "cell_offset": offset, "files": rec["files"]})
-        offset += rec["n_cells"]
-    drops = {k: sum(r["dropped"][k] for r in records.values()) for k in ("zero_counts", "min_genes")}
-    totals = {
-        "n_cells": offset,
-        "n_train": sum(s["n_train"] for s in shards),
-        "n_val": sum(s["n_val"] for s in shards),
-        "nnz": sum(s["nnz"] for s in shards),
-        "n_shards": len(shards),
-        "n_genes": vocab.size,
-        "n_genes_expressed": int((stats.n_cells > 0).sum()),
-        "n_input_cells": sum(r.n_cells for r in readers),
-        "cells_dropped": drops,
-    }
+def _manifest_header(cfg, identity, vocab, kinds, readers, specs, input_hashes, mappings) -> dict:
+    """Manifest fields `magic` .. `inputs` (HEADER_KEYS); a part's input hashes are None for inputs it did not read."""
     import data_prep
 
-    manifest = {
+    return {
         "magic": CORPUS_MAGIC,
         "format_version": CORPUS_FORMAT_VERSION,
         "scgrn_version": data_prep.__version__,
@@ -336,14 +387,33 @@ def _finish(cfg, identity, vocab, kinds, readers, specs, input_hashes, mappings,
             }
             for s, k, h, r, m in zip(specs, kinds, input_hashes, readers, mappings, strict=True)
         ],
-        "shards": shards,
-        "totals": totals,
-        "gene_stats": {
-            "n_cells_expressing": stats.n_cells.tolist(),
-            "sum": np.round(stats.total, 6).tolist(),
-            "nonzero_median": np.round(stats.nonzero_median(), 6).tolist(),
+    }
+
+
+def _finish_part(cfg: ShardConfig, header: dict, n_shards_total: int, records: list[dict], seconds: float) -> dict:
+    """Keep each shard's gene stats (the merge sums them in shard order), then write part.json last."""
+    out = cfg.out
+    (out / PART_STATS_DIR).mkdir(exist_ok=True)
+    stats = []
+    for record in records:
+        target = stats_path(out, record["index"])
+        os.replace(out / PROGRESS_DIR / f"shard-{record['index']:06d}.stats.npz", target)
+        stats.append({"index": record["index"], "path": str(target.relative_to(out)), "sha256": sha256_file(target)})
+    shard_range = cfg.part.shard_range(n_shards_total)
+    part_doc = {
+        **header,
+        "magic": PART_MAGIC,
+        "format_version": PART_FORMAT_VERSION,
+        "part": {
+            "index": cfg.part.index,
+            "count": cfg.part.count,
+            "rule": PART_RULE,
+            "n_shards_total": n_shards_total,
+            "shard_range": [shard_range.start, shard_range.stop],
         },
+        "shards": records,
+        "gene_stats": stats,
         "seconds": round(seconds, 3),
     }
-    write_manifest(cfg.out, manifest)
-    return manifest
+    write_part(out, part_doc)
+    return part_doc
