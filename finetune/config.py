@@ -26,6 +26,10 @@ class GrnConfig:
     """Inference mode: the user's cells (.h5ad / 10x / CSV; raw counts unless --values says otherwise)."""
     prior: Path | None = None
     """Inference mode: known TF → target edges (TSV, first two columns; e.g. TRRUST or DoRothEA)."""
+    truth: Path | None = None
+    """Evaluation on your data: with --expression, a ground-truth network (TSV of TF, target; e.g. the simulator's
+    <stem>.edges.tsv) scored with the benchmark protocol (the GENELink split of the "prior" kind) instead of ranking
+    new edges."""
     values: str = "counts"
     """Inference mode: value kind of --expression (counts or log1p)."""
     max_genes: int = 1000
@@ -65,14 +69,14 @@ class GrnConfig:
     def __post_init__(self) -> None:
         problems = []
         benchmark_mode = self.benchmark is not None
-        inference_mode = self.expression is not None or self.prior is not None
+        inference_mode = self.expression is not None or self.prior is not None or self.truth is not None
         if benchmark_mode == inference_mode:
             problems.append(
-                "give either --benchmark DIR (BEELINE evaluation) or --expression X --prior PRIOR (inference), "
-                f"not {'both' if benchmark_mode else 'neither'}"
+                "give either --benchmark DIR (BEELINE evaluation), --expression X --truth EDGES (evaluation on your "
+                f"data) or --expression X --prior PRIOR (inference), not {'both' if benchmark_mode else 'neither'}"
             )
-        if inference_mode and (self.expression is None or self.prior is None):
-            problems.append("inference mode needs both --expression and --prior")
+        if inference_mode and (self.expression is None or (self.prior is None) == (self.truth is None)):
+            problems.append("with --expression give exactly one of --prior (inference) or --truth (evaluation)")
         for name, allowed in (
             ("gnn", GNNS),
             ("pooling", POOLING_CHOICES),
@@ -93,7 +97,7 @@ class GrnConfig:
             problems.append(f"--min-vocab-coverage {self.min_vocab_coverage}: must be within [0, 1]")
         if not self.lr > 0:
             problems.append(f"--lr {self.lr}: must be > 0")
-        for name in ("release", "benchmark", "expression", "prior"):
+        for name in ("release", "benchmark", "expression", "prior", "truth"):
             path = getattr(self, name)
             if path is not None and not Path(path).exists():
                 problems.append(f"--{name} {path}: no such file or directory")

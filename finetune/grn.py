@@ -46,7 +46,9 @@ def run_grn(cfg: GrnConfig) -> dict:
     else:
         from finetune.user_data import load_user_dataset
 
-        dataset = load_user_dataset(cfg.expression, cfg.prior, values=cfg.values, max_genes=cfg.max_genes)
+        edges = cfg.truth if cfg.truth is not None else cfg.prior
+        flag = "--truth" if cfg.truth is not None else "--prior"
+        dataset = load_user_dataset(cfg.expression, edges, values=cfg.values, max_genes=cfg.max_genes, flag=flag)
         expression_file, value_kind = Path(cfg.expression), cfg.values
     timings["load"] = time.perf_counter() - start
 
@@ -54,7 +56,7 @@ def run_grn(cfg: GrnConfig) -> dict:
     embeddings = _embeddings(cfg, dataset, expression_file, value_kind)
     timings["gene_embeddings"] = time.perf_counter() - t
     features = torch.from_numpy(zscore_genes(dataset.expression))  # (G, C)
-    if cfg.benchmark is not None:
+    if cfg.benchmark is not None or cfg.truth is not None:
         payload = _benchmark(cfg, dataset, embeddings, features, timings)
     else:
         payload = _inference(cfg, dataset, embeddings, features, timings)

@@ -20,7 +20,7 @@ from finetune.errors import GrnInputError
 HEADER_WORDS = {"tf", "source", "regulator", "gene1", "from"}
 
 
-def read_prior(path: Path) -> pd.DataFrame:
+def read_prior(path: Path, flag: str = "--prior") -> pd.DataFrame:
     """Known edges as a (tf, target) frame from a TSV/CSV (gz ok): the first two columns, header optional."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -28,7 +28,7 @@ def read_prior(path: Path) -> pd.DataFrame:
         with opener(path, "rt") as fh:
             first = fh.readline()
     except (OSError, UnicodeDecodeError) as err:
-        msg = f"--prior {path}: cannot be read as text ({err}); give a TSV of TF and target columns."
+        msg = f"{flag} {path}: cannot be read as text ({err}); give a TSV of TF and target columns."
         raise GrnInputError(msg) from None
     sep = "\t" if "\t" in first else ","
     has_header = first.split(sep)[0].strip().lower() in HEADER_WORDS
@@ -36,7 +36,7 @@ def read_prior(path: Path) -> pd.DataFrame:
     table.columns = ["tf", "target"]
     table = table.dropna()
     if table.empty:
-        msg = f"--prior {path}: no edges (expected rows of TF<TAB>target, e.g. TRRUST or DoRothEA)."
+        msg = f"{flag} {path}: no edges (expected rows of TF<TAB>target, e.g. TRRUST or DoRothEA)."
         raise GrnInputError(msg)
     return table
 
@@ -49,7 +49,9 @@ def read_cells(path: Path) -> tuple[sp.csr_matrix, list[str], list[str]]:
     return chunk.matrix.tocsr(), genes, [str(c) for c in chunk.cell_ids]
 
 
-def load_user_dataset(expression: Path, prior: Path, *, values: str, max_genes: int) -> GrnDataset:
+def load_user_dataset(
+    expression: Path, prior: Path, *, values: str, max_genes: int, flag: str = "--prior"
+) -> GrnDataset:
     matrix, genes, cells = read_cells(expression)
     data = matrix.data
     if not np.isfinite(data).all():
@@ -63,13 +65,13 @@ def load_user_dataset(expression: Path, prior: Path, *, values: str, max_genes: 
     else:
         logged = matrix
     upper = {g.upper(): i for i, g in reversed(list(enumerate(genes)))}
-    edges = read_prior(prior)
+    edges = read_prior(prior, flag)
     tf_col = edges["tf"].str.upper().map(upper)
     target_col = edges["target"].str.upper().map(upper)
     known = edges[tf_col.notna() & target_col.notna()]
     if known.empty:
         msg = (
-            f"--prior {prior}: none of its {len(edges)} edges has both genes among the {len(genes)} genes of "
+            f"{flag} {prior}: none of its {len(edges)} edges has both genes among the {len(genes)} genes of "
             f"{expression} (compared case-insensitively; prior genes e.g. {list(edges['tf'].head(3))}, data genes "
             f"e.g. {genes[:3]}). Use a prior for the same species and gene naming (symbols)."
         )
@@ -91,7 +93,7 @@ def load_user_dataset(expression: Path, prior: Path, *, values: str, max_genes: 
     }
     if not pos:
         msg = (
-            f"--prior {prior}: after keeping genes expressed in >= 1% of the cells of {expression}, no prior edge "
+            f"{flag} {prior}: after keeping genes expressed in >= 1% of the cells of {expression}, no prior edge "
             "is left among them. Use a prior that covers the expressed genes, or more cells."
         )
         raise GrnInputError(msg)

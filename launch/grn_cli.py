@@ -14,6 +14,7 @@ def add_grn_parser(sub) -> None:
         "grn",
         help="GRN inference with a release: BEELINE evaluation (--benchmark) or your data + a prior network",
         description="Benchmark mode: scgrn grn --release R --benchmark DIR --out OUT. "
+        "Evaluation on your data: scgrn grn --release R --expression X.h5ad --truth EDGES.tsv --out OUT. "
         "Inference mode: scgrn grn --release R --expression X.h5ad --prior PRIOR.tsv --out OUT.",
     )
     p.add_argument("--release", required=True, type=Path, help="release directory (scgrn export)")
@@ -21,6 +22,7 @@ def add_grn_parser(sub) -> None:
     p.add_argument("--benchmark", type=Path, help="GENELink-layout BEELINE folder <network>/<cell>/TFs+N")
     p.add_argument("--expression", type=Path, help="inference mode: cells (.h5ad / 10x / CSV)")
     p.add_argument("--prior", type=Path, help="inference mode: known edges TSV (TF, target), e.g. TRRUST")
+    p.add_argument("--truth", type=Path, help="evaluation: ground-truth edges TSV for --expression")
     p.add_argument("--values", default="counts", choices=["counts", "log1p"], help="value kind of --expression")
     p.add_argument("--max-genes", type=int, default=1000, help="inference mode: graph nodes kept")
     p.add_argument("--gnn", default="gcn", choices=GNNS)
@@ -55,6 +57,7 @@ def config_from_args(args: argparse.Namespace):
         benchmark=args.benchmark,
         expression=args.expression,
         prior=args.prior,
+        truth=args.truth,
         values=args.values,
         max_genes=args.max_genes,
         gnn=args.gnn,
