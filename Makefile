@@ -7,6 +7,9 @@ TORCH_SPEC  ?= torch==2.13.0
 DEEPSPEED_SPEC ?= deepspeed==0.19.8
 STAMP       := $(VENV)/.scgrn-installed
 DEMO_DIR    ?= demo_out
+# make demo DATA="a.h5ad b.h5ad" PRIOR=edges.tsv : the same pipeline on your raw-count files and a TF->target table
+DATA        ?=
+PRIOR       ?=
 PYTEST_ARGS ?=
 
 .PHONY: install test lint demo bench clean
@@ -27,7 +30,7 @@ test: install lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install
-	$(VENV)/bin/scgrn demo --out $(DEMO_DIR)
+	$(VENV)/bin/scgrn demo --out $(DEMO_DIR) $(if $(DATA),--data $(DATA)) $(if $(PRIOR),--prior $(PRIOR))
 
 bench: install
 	$(VENV)/bin/scgrn bench loader

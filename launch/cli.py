@@ -5,102 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shlex
 import sys
 from pathlib import Path
 
 from data_prep.errors import DataPrepError
 from launch.eval_cli import add_eval_parser, cmd_eval
 from launch.grn_cli import add_grn_parser, cmd_grn
-
-
-def _add_shard(sub) -> None:
-    p = sub.add_parser("shard", help="stream inputs (.h5ad, 10x dir/.h5, CSV) into zarr v3 / webdataset shards")
-    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
-    p.add_argument("--out", required=True, type=Path, help="corpus directory (new, empty, or one to --resume)")
-    p.add_argument("--format", default="both", choices=["zarr", "webdataset", "both"])
-    p.add_argument("--cells-per-shard", type=int, default=10_000)
-    p.add_argument("--workers", type=int, default=1, help="processes writing shards in parallel")
-    p.add_argument("--vocab", type=Path, help="given vocab (scgrn vocab.json, token TSV, {gene: id} JSON)")
-    p.add_argument(
-        "--values",
-        default="counts",
-        choices=["counts", "log1p", "normalized"],
-        help="value kind; non-count inputs must be declared",
-    )
-    p.add_argument("--layer", help="h5ad layer holding the counts (default: X)")
-    p.add_argument("--obs-columns", default="", help="comma-separated obs columns to keep, e.g. cell_type")
-    p.add_argument("--min-genes", type=int, default=0, help="drop cells expressing fewer genes")
-    p.add_argument("--zero-cells", default="drop", choices=["drop", "refuse"])
-    p.add_argument(
-        "--unmapped",
-        default="drop",
-        choices=["drop", "refuse"],
-        help="genes not in a given vocab: drop (listed in unmapped_genes.tsv) or refuse",
-    )
-    p.add_argument("--val-fraction", type=float, default=0.05)
-    p.add_argument("--cells-per-sample", type=int, default=128, help="webdataset: cells per tar sample")
-    p.add_argument(
-        "--codec",
-        default="lz4",
-        choices=["lz4", "zstd"],
-        help="zarr compressor: lz4 (blosc, fastest reads) or zstd (~10%% smaller)",
-    )
-    p.add_argument("--codec-level", type=int, default=5)
-    p.add_argument("--csv-orientation", default="genes-by-cells", choices=["genes-by-cells", "cells-by-genes"])
-    p.add_argument(
-        "--match-on",
-        default="symbol",
-        choices=["symbol", "id"],
-        help="match genes by symbol (var_names) or by gene id column (e.g. Ensembl)",
-    )
-    p.add_argument("--gene-map", type=Path, help="TSV: input gene key -> vocab token (e.g. symbol -> Ensembl)")
-    p.add_argument("--case-insensitive", action="store_true", help="match symbols ignoring case (mouse<->human)")
-    p.add_argument("--duplicate-genes", default="refuse", choices=["refuse", "sum"])
-    p.add_argument("--min-mapped-fraction", type=float, default=0.5)
-    p.add_argument("--resume", action="store_true", help="keep verified shards of an interrupted run, redo the rest")
-    p.add_argument("--quiet", action="store_true")
-
-
-def _cmd_shard(args) -> int:
-    from data_prep.config import ShardConfig
-    from data_prep.gene_mapping import MappingOptions
-    from data_prep.sharder import shard
-    from data_prep.summary import corpus_summary, format_summary
-
-    cfg = ShardConfig(
-        inputs=args.inputs,
-        out=args.out,
-        format=args.format,
-        cells_per_shard=args.cells_per_shard,
-        workers=args.workers,
-        vocab=args.vocab,
-        values=args.values,
-        layer=args.layer,
-        obs_columns=[c for c in args.obs_columns.split(",") if c],
-        min_genes=args.min_genes,
-        zero_cells=args.zero_cells,
-        unmapped=args.unmapped,
-        val_fraction=args.val_fraction,
-        cells_per_sample=args.cells_per_sample,
-        codec=args.codec,
-        codec_level=args.codec_level,
-        csv_orientation=args.csv_orientation,
-        mapping=MappingOptions(
-            match_on=args.match_on,
-            gene_map=args.gene_map,
-            case_insensitive=args.case_insensitive,
-            duplicate_genes=args.duplicate_genes,
-            min_mapped_fraction=args.min_mapped_fraction,
-        ),
-        resume=args.resume,
-        command=shlex.join(["scgrn", *sys.argv[1:]]),
-    )
-    manifest = shard(cfg, progress=not args.quiet)
-    if not args.quiet:
-        print(format_summary(corpus_summary(cfg.out)))
-        print(f"  wrote in {manifest['seconds']:.1f} s; mapping report: {cfg.out / 'mapping_report.json'}")
-    return 0
+from launch.launch_cli import add_launch_parser, cmd_launch
+from launch.shard_cli import add_shard_parser, cmd_shard
 
 
 def _cmd_inspect(args) -> int:
@@ -182,14 +94,14 @@ def _cmd_export(args) -> int:
 def _cmd_demo(args) -> int:
     from launch.demo import run_demo
 
-    return run_demo(args.out)
+    return run_demo(args.out, data=args.data, prior=args.prior, steps=args.steps)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scgrn", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_shard(sub)
+    add_shard_parser(sub)
     p = sub.add_parser("inspect", help="summarize a corpus")
     p.add_argument("dir", type=Path)
     p.add_argument("--json", action="store_true")
@@ -218,13 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     add_grn_parser(sub)
     add_eval_parser(sub)
-    p = sub.add_parser("demo", help="the main job end to end on the embedded default (simulated cells)")
+    add_launch_parser(sub)
+    p = sub.add_parser(
+        "demo", help="the main job end to end: simulate (or --data) -> shard -> 2-rank pretrain -> export -> grn"
+    )
     p.add_argument("--out", type=Path, default=Path("demo_out"))
+    p.add_argument("--data", type=Path, nargs="+", help="your count files instead of the simulation (needs --prior)")
+    p.add_argument("--prior", type=Path, help="with --data: TF->target edges the GRN step holds out and recovers")
+    p.add_argument("--steps", type=int, help="pretraining steps (default: launch/configs/pretrain/demo.yaml)")
     return parser
 
 
 COMMANDS = {
-    "shard": _cmd_shard,
+    "shard": cmd_shard,
     "inspect": _cmd_inspect,
     "validate": _cmd_validate,
     "simulate": _cmd_simulate,
@@ -234,6 +152,7 @@ COMMANDS = {
     "export": _cmd_export,
     "grn": cmd_grn,
     "eval": cmd_eval,
+    "launch": cmd_launch,
 }
 
 

@@ -1,94 +1,162 @@
-"""`scgrn demo` / `make demo`: the main job end to end on the embedded default (no user data needed).
+"""`scgrn demo` / `make demo`: the main job end to end, on simulated cells or on the user's files.
 
-Today: simulate counts from a known TF->target network -> shard (zarr + webdataset) -> inspect -> validate ->
-pretrain a small model -> export a release and load it -> loader benchmark on those cells. GRN inference
-extends this same script.
+    simulate (or DATA) -> shard (zarr v3) -> pretrain with 2 ranks under the deepspeed launcher (ZeRO-2)
+    -> export a release -> scgrn grn scored against the simulator's true network (or the user's PRIOR)
+
+Every long step shows a progress bar; the end prints the GRN table (joint model vs baselines) and where each output
+went. With user data, all files are pretrained on and the GRN step runs on the first one, with the prior network as
+the edges to hold out and recover.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from data_prep.config import ShardConfig
 from data_prep.sharder import shard
 from data_prep.simulate import SimulationConfig, write_simulation
-from data_prep.summary import corpus_summary, format_summary
-from data_prep.validate import validate_corpus
-from pretrain.release import export_release, load_release
-from pretrain.trainer import run as run_pretrain
 
-DEMO_SIMULATION = SimulationConfig(n_cells=20_000, n_genes=1_000, n_tfs=80, seed=0)
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "launch" / "configs" / "pretrain" / "demo.yaml"
+DEMO_SIMULATION = SimulationConfig(n_cells=4_000, n_genes=500, n_tfs=50, seed=0)
+RANKS = 2
 
 
-def _step(title: str) -> float:
-    print(f"\n== {title}", flush=True)
+def _step(n: int, title: str) -> float:
+    print(f"\n[{n}/5] {title}", flush=True)
     return time.perf_counter()
 
 
-def run_demo(out: Path) -> int:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    t = _step(
-        f"simulate {DEMO_SIMULATION.n_cells:,} cells x {DEMO_SIMULATION.n_genes:,} genes ({DEMO_SIMULATION.n_tfs} TFs)"
-    )
-    h5ad, edges = write_simulation(DEMO_SIMULATION, out / "simulated.h5ad")
-    print(f"wrote {h5ad} and the ground-truth network {edges} ({time.perf_counter() - t:.1f} s)")
+def _pretrain_command(corpus: Path, run_dir: Path, steps: int | None) -> list[str]:
+    """The deepspeed launcher, 2 ranks; on CPU DeepSpeed picks its CPU accelerator and gloo."""
+    overrides = [f"data.corpus={corpus}", f"train.out_dir={run_dir}"]
+    if steps is not None:
+        overrides += [f"train.steps={steps}", f"train.warmup_steps={max(1, steps // 10)}"]
+    launcher = Path(sys.executable).parent / "deepspeed"
+    head = [str(launcher)] if launcher.exists() else [sys.executable, "-m", "deepspeed.launcher.runner"]
+    return [*head, "--num_gpus", str(RANKS), "--module", "pretrain", "--config", str(DEMO_CONFIG), *overrides]
 
-    t = _step("shard -> zarr v3 + webdataset")
+
+def _obs_columns(inputs: list[Path]) -> list[str]:
+    """Keep cell_type when every h5ad input has it (the export's evaluation uses it)."""
+    import h5py
+
+    for path in inputs:
+        if path.suffix != ".h5ad":
+            return []
+        with h5py.File(path, "r") as f:
+            if "cell_type" not in f.get("obs", {}):
+                return []
+    return ["cell_type"]
+
+
+def run_demo(out: Path, data: list[Path] | None = None, prior: Path | None = None, steps: int | None = None) -> int:
+    from finetune.config import GrnConfig
+    from finetune.errors import GrnInputError
+    from finetune.grn import run_grn
+    from pretrain.release import export_release
+
+    start = time.perf_counter()
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    if data:
+        inputs = [Path(p).resolve() for p in data]
+        missing = [str(p) for p in inputs if not p.exists()]
+        if missing or prior is None or not Path(prior).exists():
+            problem = f"no such file(s): {missing}" if missing else f"PRIOR {prior!r} is missing or does not exist"
+            print(f"scgrn demo: error: {problem}. With your data run: make demo DATA='a.h5ad b.h5ad' "
+                  "PRIOR=edges.tsv (a TF<TAB>target table, e.g. TRRUST; the GRN step holds its edges out).",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        truth = Path(prior).resolve()
+        t = _step(1, f"your data: {len(inputs)} file(s); GRN on {inputs[0].name} against {truth.name}")
+    else:
+        sim = DEMO_SIMULATION
+        t = _step(1, f"simulate {sim.n_cells:,} cells × {sim.n_genes} genes from a random network of {sim.n_tfs} TFs")
+        h5ad, truth = write_simulation(sim, out / "simulated.h5ad")
+        inputs = [h5ad]
+        print(f"  {h5ad}\n  true network: {truth}")
+    timings["data"] = time.perf_counter() - t
+
+    t = _step(2, "shard -> zarr v3 corpus (scgrn shard)")
     corpus = out / "corpus"
     shutil.rmtree(corpus, ignore_errors=True)  # the demo always rebuilds its own corpus
-    cfg = ShardConfig(
-        inputs=[h5ad],
-        out=corpus,
-        format="both",
-        cells_per_shard=5_000,
-        workers=2,
-        obs_columns=["cell_type"],
-        command=f"scgrn shard {h5ad} --out {corpus} --workers 2",
-    )
-    shard(cfg)
-    print(f"sharded in {time.perf_counter() - t:.1f} s")
+    shard(ShardConfig(inputs=inputs, out=corpus, format="zarr", cells_per_shard=2_000, workers=2,
+                      obs_columns=_obs_columns(inputs), command="scgrn demo"), progress=True)  # fmt: skip
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    print(f"  {manifest['totals']['n_cells']:,} cells, {manifest['totals']['n_shards']} shards, "
+          f"vocab of {manifest['vocab']['size']:,} genes -> {corpus}")  # fmt: skip
+    timings["shard"] = time.perf_counter() - t
 
-    _step("inspect")
-    print(format_summary(corpus_summary(corpus)))
-
-    _step("validate")
-    problems = validate_corpus(corpus)
-    if problems:
-        print("\n".join(problems))
-        return 1
-    print(f"{corpus}: valid")
-
-    t = _step("pretrain a small scBERT-family model on the corpus (1 process, DeepSpeed ZeRO-2, 60 steps)")
+    t = _step(3, f"pretrain {DEMO_CONFIG.name}: {RANKS} ranks under the deepspeed launcher, ZeRO-2")
     run_dir = out / "runs" / "demo"
     shutil.rmtree(run_dir, ignore_errors=True)
-    summary = run_pretrain(
-        "launch/configs/pretrain/debug.yaml",
-        [
-            f"data.corpus={corpus}",
-            f"train.out_dir={run_dir}",
-            "train.steps=60",
-            "train.eval_every=30",
-            "train.save_every=30",
-            "train.lr=3e-3",
-            "train.resume=none",
-        ],
-    )
-    losses = summary["loss_history"]
-    print(
-        f"loss {sum(losses[:5]) / 5:.3f} (first 5 steps) -> {sum(losses[-5:]) / 5:.3f} (last 5); "
-        f"validation {summary['final_losses'].get('val', float('nan')):.3f}; {time.perf_counter() - t:.1f} s; "
-        f"TensorBoard: {run_dir / 'tensorboard'}"
-    )
+    command = _pretrain_command(corpus, run_dir, steps)
+    print("  $ " + " ".join(command), flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    code = subprocess.run(command, cwd=REPO, env=env, check=False).returncode
+    if code != 0:
+        print(f"scgrn demo: error: pretraining exited {code}; its output is above (run dir {run_dir}).",
+              file=sys.stderr)  # fmt: skip
+        return code
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    losses = summary.get("final_losses") or {}
+    print(f"  {summary.get('steps')} steps on {summary.get('world_size')} ranks; final loss train "
+          f"{losses.get('train', float('nan')):.3f}, val {losses.get('val', float('nan')):.3f}")  # fmt: skip
+    timings["pretrain"] = time.perf_counter() - t
 
-    _step("export a release (safetensors + config + vocab) and load it back")
-    release = export_release(run_dir, out / "releases" / "demo")
-    model, vocab = load_release(release)
-    print(f"{release}: {sum(p.numel() for p in model.parameters()):,} parameters, vocab of {vocab.size:,} tokens")
+    t = _step(4, "export a release (safetensors + config + vocab)")
+    release = export_release(run_dir, out / "release")
+    print(f"  {release}")
+    timings["export"] = time.perf_counter() - t
 
-    _step("loader benchmark (same cells: scgrn loaders vs AnnData / bionemo-scdl / scDataset)")
-    from bench.loader_bench import main as bench_loader
+    t = _step(5, "scgrn grn: joint GNN + pretrained gene embeddings vs baselines, on held-out true edges")
+    grn_out = out / "grn"
+    tree = "grnboost2" if _has_arboreto() else "genie3"
+    cfg = GrnConfig(release=release, out=grn_out, expression=inputs[0], truth=truth, seeds=3, tree_method=tree,
+                    max_genes=1000, progress=True)  # fmt: skip
+    try:
+        payload = run_grn(cfg)
+    except GrnInputError as err:
+        print(f"scgrn demo: error: {err}", file=sys.stderr)
+        return 2
+    timings["grn"] = time.perf_counter() - t
+    print()
+    print((grn_out / "results.md").read_text())
+    _summary(out, payload, timings, time.perf_counter() - start, run_dir, grn_out, release)
+    return 0
 
-    return bench_loader(["--h5ad", str(h5ad), "--workdir", str(out / "bench")])
+
+def _has_arboreto() -> bool:
+    try:
+        import arboreto  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _summary(out, payload, timings, total, run_dir, grn_out, release) -> None:
+    methods = payload["methods"]
+    joint = next(name for name in methods if name.startswith("joint-"))
+    auroc = {name: m["summary"]["auroc"]["mean"] for name, m in methods.items()}
+    baselines = {k: v for k, v in auroc.items() if k != joint}
+    best = max(baselines, key=baselines.get)
+    print("== summary")
+    print(f"  joint model AUROC {auroc[joint]:.3f} on held-out true edges (chance 0.5); best baseline "
+          f"{best} {baselines[best]:.3f}")  # fmt: skip
+    print("  time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {total:.0f} s")
+    print(f"  outputs under {out}/:")
+    print(f"    release          {release}  (model.safetensors, config.json, vocab.json, README.md)")
+    print(f"    ranked edges     {grn_out / 'edges.tsv'}")
+    print(f"    curves           {grn_out / 'roc.png'}, {grn_out / 'pr.png'}")
+    print(f"    metrics          {grn_out / 'metrics.json'}, {grn_out / 'results.md'}")
+    print(f"    training curves  tensorboard --logdir {run_dir / 'tensorboard'}")
+    atomic = out / "demo_summary.json"
+    atomic.write_text(json.dumps({"auroc": auroc, "joint": joint, "seconds": {**timings, "total": total}}, indent=1))
