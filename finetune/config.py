@@ -42,6 +42,8 @@ class GrnConfig:
     """Width of the first encoder layer (halved at each further layer)."""
     decoder: str = "mlp"
     """Pair decoder: mlp on [tf ‖ target] or dot product."""
+    pair_correlation: bool = False
+    """Every learned model's decoder also sees the pair's expression correlation (see LinkModelConfig)."""
     pooling: str = "auto"
     """How gene states are pooled over cells: mean, attention, static (token embedding), or auto = the best of the
     three by validation AUROC on the first seed (never by test)."""

@@ -46,6 +46,11 @@ class LinkModelConfig:
     dropout: float = 0.0
     """Dropout between encoder layers and on GAT attention. 0 by default: early stopping regularises, and without
     dropout the training forward pass also scores the validation pairs (one pass per epoch)."""
+    pair_correlation: bool = False
+    """Give the decoder each pair's co-expression as well: the Pearson r of the TF's and the target's expression across
+    cells (and |r|), plus the product of their views for the MLP decoder. Off by default (GENELink and scTransNet
+    decode from the two genes' views alone); without it the learned models cannot pick up co-expression on a network
+    whose negatives carry no degree signal (e.g. the simulator's, with density-matched negatives)."""
     skip: bool = True
     """Concatenate the encoder's input to its output before the heads (scTransNet concatenates the pretrained
     embedding to the GNN output), so message passing adds to the gene's own features instead of replacing them."""
@@ -149,11 +154,25 @@ class LinkPredictor(nn.Module):
         self.target_head = nn.Sequential(
             nn.Linear(d, config.out_dim), nn.LeakyReLU(), nn.Linear(config.out_dim, config.out_dim)
         )
+        if config.pair_correlation and expression_dim == 0:
+            msg = "pair_correlation needs the expression block (expression_dim > 0)."
+            raise ValueError(msg)
+        pair_in = (3 * config.out_dim + 2) if config.pair_correlation else 2 * config.out_dim
         self.pair_mlp = (
-            nn.Sequential(nn.Linear(2 * config.out_dim, config.out_dim), nn.LeakyReLU(), nn.Linear(config.out_dim, 1))
+            nn.Sequential(nn.Linear(pair_in, config.out_dim), nn.LeakyReLU(), nn.Linear(config.out_dim, 1))
             if config.decoder == "mlp"
             else None
         )
+        self.correlation_weight = None
+        if config.pair_correlation:
+            # residual learning over a co-expression prior: logit = a · z + b · |z| + g(views), with z = r · sqrt(C);
+            # (a, b) start at (0, 1) and g at 0, so epoch 0 scores pairs by |r| and training (with early stopping on
+            # validation) keeps only what the views add
+            self.correlation_weight = nn.Parameter(torch.tensor([0.0, 1.0]))
+            self.view_weight = nn.Parameter(torch.zeros(1))  # dot decoder: g = w · <tf, target> / sqrt(d)
+            if self.pair_mlp is not None:
+                nn.init.zeros_(self.pair_mlp[-1].weight)
+                nn.init.zeros_(self.pair_mlp[-1].bias)
 
     def node_features(self, expression: Tensor | None) -> Tensor:
         parts = []
@@ -164,21 +183,34 @@ class LinkPredictor(nn.Module):
             parts.append(self.embedding_proj(self.embedding_norm(emb)))  # (N, input_dim)
         return torch.cat(parts, dim=1)  # (N, blocks · input_dim)
 
-    def encode(self, expression: Tensor | None, edge_index: Tensor) -> tuple[Tensor, Tensor]:
-        """Regulator and target views of every gene: (N, out_dim) each."""
+    def encode(self, expression: Tensor | None, edge_index: Tensor) -> tuple[Tensor, ...]:
+        """Regulator and target views of every gene: (N, out_dim) each; with `pair_correlation` also the genes'
+        unit-norm centred expression profiles (N, C), whose dot products are Pearson correlations."""
         x = self.node_features(expression)  # (N, blocks · input_dim)
         h = self.encoder(x, edge_index)  # (N, hidden_dims[-1])
         if self.config.skip:
             h = torch.cat([h, x], dim=1)  # (N, d)
-        return self.tf_head(h), self.target_head(h)
+        if not self.config.pair_correlation:
+            return self.tf_head(h), self.target_head(h)
+        centred = expression - expression.mean(dim=1, keepdim=True)
+        profiles = centred / centred.norm(dim=1, keepdim=True).clamp(min=1e-12)  # (N, C)
+        return self.tf_head(h), self.target_head(h), profiles
 
     def decode(self, views: tuple[Tensor, Tensor], pairs: Tensor) -> Tensor:
         """Logits (P,) of pairs (P, 2) [tf, target] from `encode`'s views."""
         tf = views[0][pairs[:, 0]]  # (P, out_dim)
         target = views[1][pairs[:, 1]]  # (P, out_dim)
+        if not self.config.pair_correlation:
+            if self.pair_mlp is None:
+                return (tf * target).sum(-1) / self.config.out_dim**0.5  # (P,)
+            return self.pair_mlp(torch.cat([tf, target], dim=1)).squeeze(-1)  # (P,)
+        r = (views[2][pairs[:, 0]] * views[2][pairs[:, 1]]).sum(-1, keepdim=True)  # (P, 1) Pearson r
+        # r · sqrt(C) is ~N(0, 1) for unrelated genes: on the scale of the other inputs, whatever the cell count
+        co = torch.cat([r, r.abs()], dim=1) * views[2].shape[1] ** 0.5  # (P, 2)
+        prior = co @ self.correlation_weight  # (P,)
         if self.pair_mlp is None:
-            return (tf * target).sum(-1) / self.config.out_dim**0.5  # (P,)
-        return self.pair_mlp(torch.cat([tf, target], dim=1)).squeeze(-1)  # (P,)
+            return prior + self.view_weight * (tf * target).sum(-1) / self.config.out_dim**0.5  # (P,)
+        return prior + self.pair_mlp(torch.cat([tf, target, tf * target, co], dim=1)).squeeze(-1)  # (P,)
 
     def forward(self, expression: Tensor | None, edge_index: Tensor, pairs: Tensor) -> Tensor:
         return self.decode(self.encode(expression, edge_index), pairs)

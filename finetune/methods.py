@@ -81,7 +81,9 @@ def fit_method(
         emb = torch.from_numpy(embedding)
     elif method.embedding == "random":
         emb = torch.from_numpy(random_embedding(embedding, seed))
-    model_cfg = LinkModelConfig(encoder=method.encoder, hidden_dims=cfg.hidden_dims, decoder=cfg.decoder)
+    model_cfg = LinkModelConfig(
+        encoder=method.encoder, hidden_dims=cfg.hidden_dims, decoder=cfg.decoder, pair_correlation=cfg.pair_correlation
+    )
     model = LinkPredictor(features.shape[1], model_cfg, emb, torch.from_numpy(mapped))
     train_cfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, patience=cfg.patience)
     return fit_link_model(model, features, train, val, features.shape[0], train_cfg, seed)

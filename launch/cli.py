@@ -1,4 +1,4 @@
-"""`scgrn`: one command, subcommands per stage. Parsing only; the work lives in data_prep / bench."""
+"""`scgrn`: one command, subcommands per stage. Parsing only; the work lives in data_prep, pretrain, finetune, bench."""
 
 from __future__ import annotations
 

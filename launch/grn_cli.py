@@ -29,6 +29,9 @@ def add_grn_parser(sub) -> None:
     p.add_argument("--layers", type=int, default=2, help="graph encoder depth")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--decoder", default="mlp", choices=["mlp", "dot"])
+    p.add_argument(
+        "--pair-correlation", action="store_true", help="learned models' decoders also see each pair's Pearson r"
+    )
     p.add_argument("--pooling", default="auto", choices=POOLING_CHOICES)
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--split", default="genelink", help="genelink, or a split file / GENELink split directory")
@@ -64,6 +67,7 @@ def config_from_args(args: argparse.Namespace):
         layers=args.layers,
         hidden=args.hidden,
         decoder=args.decoder,
+        pair_correlation=args.pair_correlation,
         pooling=args.pooling,
         seeds=args.seeds,
         split=args.split,
