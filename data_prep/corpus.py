@@ -77,12 +77,31 @@ class Corpus:
             msg = f"{path}: shard file missing. Run `scgrn validate {self.directory}`, then re-shard with --resume."
             raise CorpusError(msg)
         shard = ZarrShard(path) if self.format == "zarr" else WdsShard(path)
+        self._check_against_manifest(k, shard)
         self._open[k] = shard
         if len(self._open) > self._max_open:
             _, old = self._open.popitem(last=False)
             if isinstance(old, WdsShard):
                 old.close()
         return shard
+
+    def _check_against_manifest(self, k: int, shard: ZarrShard | WdsShard) -> None:
+        """Cheap check on open (no hashing): the shard's own header agrees with its manifest record, so an edited
+        manifest or a shard file swapped in from elsewhere fails here instead of yielding wrong cells."""
+        meta = self.shards_meta[k]
+        own = shard.attrs if isinstance(shard, ZarrShard) else shard.header
+        expected = {"shard_index": meta["index"], "n_cells": meta["n_cells"], "nnz": meta["nnz"]}
+        diffs = [
+            f"{key} {own.get(key)!r} (manifest: {want!r})" for key, want in expected.items() if own.get(key) != want
+        ]
+        if diffs:
+            if isinstance(shard, WdsShard):
+                shard.close()
+            msg = (
+                f"{shard.path}: shard {k} does not match manifest.json: it holds {', '.join(diffs)}. The manifest "
+                f"was edited or the file replaced; run `scgrn validate {self.directory}` and re-shard with --resume."
+            )
+            raise CorpusError(msg)
 
     def locate(self, index: int) -> tuple[int, int]:
         if not 0 <= index < self.n_cells:

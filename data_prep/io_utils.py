@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -45,3 +46,25 @@ def sha256_tree(path: Path) -> str:
         h.update(str(p.relative_to(path)).encode())
         h.update(bytes.fromhex(sha256_file(p)))
     return h.hexdigest()
+
+
+# Test-only: `tests/data_prep/test_kill_shard.py` sets these to stop a real `scgrn shard` at a named point and
+# SIGKILL it there. Unset in normal runs, where a pause point costs one environment lookup.
+PAUSE_AT_ENV = "SCGRN_TEST_PAUSE_AT"
+PAUSE_MARKER_ENV = "SCGRN_TEST_PAUSE_MARKER"
+
+
+def pause_point(name: str) -> None:
+    """Test-only hook: if `$SCGRN_TEST_PAUSE_AT == name`, create `$SCGRN_TEST_PAUSE_MARKER` and sleep until killed.
+
+    Points: `zarr-tmp:K` (shard K's zarr is complete under its temporary name, not yet renamed), `shard-done:K`
+    (shard K's files are in place, its `.progress` record not yet written), `before-manifest` (every shard is
+    done, manifest.json not yet written). Never set these outside tests.
+    """
+    if os.environ.get(PAUSE_AT_ENV) != name:
+        return
+    marker = os.environ.get(PAUSE_MARKER_ENV)
+    if marker:
+        Path(marker).write_text(f"{os.getpid()}\n")
+    while True:
+        time.sleep(3600)

@@ -69,7 +69,7 @@ def read_manifest(directory: Path) -> dict:
         raise CorpusError(msg)
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # non-UTF-8 bytes: found by fuzzing
         msg = f"{path}: not valid JSON ({err}); the manifest is damaged. Re-run `scgrn shard ... --resume`."
         raise CorpusError(msg) from None
     if not isinstance(manifest, dict) or manifest.get("magic") != CORPUS_MAGIC:

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from data_prep.cell_block import SPLIT_TRAIN, SPLIT_VAL, CellBlock
 from data_prep.errors import InputError
 from data_prep.gene_stats import GeneStats
-from data_prep.io_utils import atomic_write_text, sha256_tree
+from data_prep.io_utils import atomic_write_text, pause_point, sha256_tree
 from data_prep.readers import CellReader, InputSpec, open_reader
 from data_prep.values import ValueKind, smallest_index_dtype, smallest_value_dtype, validate_values
 from data_prep.wds_shard import write_wds_shard
@@ -184,6 +184,7 @@ def run_task(ctx: TaskContext, task: ShardTask) -> dict:
             "n_samples": n_samples,
             "cells_per_sample": ctx.cells_per_sample,
         }
+    pause_point(f"shard-done:{task.shard_index}")
     stats = GeneStats(ctx.vocab_size, ctx.value_kind).partial(block.gene_ids, block.values)
     progress = ctx.out / PROGRESS_DIR
     np.savez(progress / f"{task.name}.stats.npz", **stats)

@@ -28,7 +28,7 @@ from data_prep.config import ShardConfig
 from data_prep.errors import CorpusError, InputError
 from data_prep.gene_mapping import check_unique_names, input_keys, load_gene_map, map_genes
 from data_prep.gene_stats import GeneStats
-from data_prep.io_utils import atomic_write_text, sha256_file, sha256_tree
+from data_prep.io_utils import atomic_write_text, pause_point, sha256_file, sha256_tree
 from data_prep.manifest import (
     CORPUS_FORMAT_VERSION,
     CORPUS_MAGIC,
@@ -166,6 +166,19 @@ def _records_from_part(out: Path, part_doc: dict) -> None:
         atomic_write_text(out / PROGRESS_DIR / f"{name}.json", json.dumps(record))
 
 
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete what a killed run left under temporary names (shard writes, atomic JSON writes). Their writer is
+    dead: the directory holds this corpus (checked) and one run at a time writes it."""
+    stale = [*out.glob(".*.tmp"), *out.glob("zarr/.shard-*.tmp-*"), *out.glob("webdataset/.shard-*.tmp-*")]
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if stale:
+        log.info("resume: removed %d temporary file(s) left by an interrupted run", len(stale))
+
+
 def _build_vocab(cfg: ShardConfig, readers, gene_map) -> GeneVocab:
     if cfg.vocab is not None:
         return GeneVocab.load(cfg.vocab)
@@ -264,6 +277,8 @@ def shard(cfg: ShardConfig, progress: bool = True) -> dict:
     (out / PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
     for fmt in cfg.formats:
         (out / fmt).mkdir(exist_ok=True)
+    if state != "fresh":
+        _remove_stale_temporaries(out)
     atomic_write_text(
         plan_path,
         json.dumps(
@@ -327,6 +342,7 @@ def shard(cfg: ShardConfig, progress: bool = True) -> dict:
     else:
         stats_files = [out / PROGRESS_DIR / f"{t.name}.stats.npz" for t in tasks]
         result = complete_manifest(header, ordered, stats_files, time.perf_counter() - t0)
+        pause_point("before-manifest")
         write_manifest(out, result)
     shutil.rmtree(out / SPILL_DIR, ignore_errors=True)
     shutil.rmtree(out / PROGRESS_DIR, ignore_errors=True)

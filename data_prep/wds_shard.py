@@ -17,7 +17,7 @@ import io
 import json
 import os
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import webdataset as wds
@@ -34,6 +34,32 @@ def _npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
+
+
+def check_member(tar_path: Path, member: tarfile.TarInfo) -> None:
+    """Refuse a tar member that is not a plain file with a plain relative name.
+
+    scgrn never extracts shards (members are read by offset), but a tar holding `/etc/x`, `../x`, a link or a device
+    is not one scgrn wrote and could harm a tool that does extract it (`webdataset`, `tar -x`): such a shard is
+    refused with its tar and member named, never half-read.
+    """
+    name = member.name
+    parts = PurePosixPath(name).parts
+    problem = None
+    if name.startswith(("/", "\\")) or PurePosixPath(name).is_absolute() or (len(name) > 1 and name[1] == ":"):
+        problem = "an absolute path"
+    elif ".." in parts or ".." in name.replace("\\", "/").split("/"):
+        problem = "a '..' path part"
+    elif member.issym() or member.islnk():
+        problem = f"a {'symbolic' if member.issym() else 'hard'} link (to {member.linkname!r})"
+    elif not member.isfile():
+        problem = "not a regular file"
+    if problem is not None:
+        msg = (
+            f"{tar_path}: member {name!r} is {problem}; scgrn shards hold only plain files with relative names. "
+            "The tar was not written by `scgrn shard` or was tampered with; delete it and re-shard."
+        )
+        raise CorpusError(msg)
 
 
 def sample_key(shard_index: int, sample_index: int) -> str:
@@ -82,6 +108,7 @@ class WdsShard:
         try:
             with tarfile.open(self.path, "r:") as tar:
                 for m in tar:
+                    check_member(self.path, m)
                     key, _, ext = m.name.partition(".")
                     self._members.setdefault(key, {})[ext] = (m.offset_data, m.size)
         except (tarfile.TarError, EOFError, OSError) as err:
@@ -135,8 +162,18 @@ class WdsShard:
 
     def read_sample(self, sample_index: int) -> CellBlock:
         key = self.sample_keys[sample_index]
-        arrays = {n: np.load(io.BytesIO(self._read(key, f"{n}.npy")), allow_pickle=False) for n in _ARRAYS}
-        meta = json.loads(self._read(key, "meta.json"))
+        try:
+            arrays = {n: np.load(io.BytesIO(self._read(key, f"{n}.npy")), allow_pickle=False) for n in _ARRAYS}
+            meta = json.loads(self._read(key, "meta.json"))
+        except CorpusError:
+            raise
+        except (ValueError, OSError, EOFError) as err:  # a damaged .npy header, bad JSON / UTF-8
+            msg = (
+                f"{self.path}: sample {key!r} cannot be decoded ({type(err).__name__}: {err}); the shard is damaged. "
+                "Run `scgrn validate` on the corpus, then delete the shard and re-create it with "
+                "`scgrn shard ... --resume`."
+            )
+            raise CorpusError(msg) from err
         return CellBlock(
             arrays["indptr"],
             arrays["gene_ids"],

@@ -20,6 +20,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from data_prep.cell_block import CellBlock
 from data_prep.errors import CorpusError
+from data_prep.io_utils import pause_point
 
 SHARD_MAGIC = "scgrn-zarr-shard"
 SHARD_FORMAT_VERSION = 1
@@ -92,8 +93,22 @@ def write_zarr_shard(path: Path, block: CellBlock, attrs: dict, codec: str = "lz
         if values.dtype == object or values.dtype.kind == "U":
             values = np.asarray([str(v) for v in values], dtype=object)
         _write_array(obs, name, values, CELL_CHUNK, None, comp)
+    pause_point(f"zarr-tmp:{attrs.get('shard_index')}")
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+
+
+# What zarr / numcodecs / zarrs raise on a damaged chunk (e.g. "blosc_decompress_ctx failed", a UnicodeDecodeError
+# from a vlen-utf8 chunk). Our own CorpusError (a ValueError) passes through unchanged.
+DECODE_ERRORS = (RuntimeError, ValueError, OSError, KeyError, EOFError)
+
+
+def damaged_shard_error(path: Path, err: Exception) -> CorpusError:
+    msg = (
+        f"{path}: shard cannot be decoded ({type(err).__name__}: {err}); the file is damaged. Run "
+        "`scgrn validate` on the corpus, then delete the shard and re-create it with `scgrn shard ... --resume`."
+    )
+    return CorpusError(msg)
 
 
 class ZarrShard:
@@ -124,16 +139,25 @@ class ZarrShard:
         self._gene_ids = self.group["gene_ids"]  # array handles looked up once (each lookup reads metadata)
         self._values = self.group["values"]
 
+    def _decode(self, read):
+        """Run `read()`; a decoding failure becomes a CorpusError naming this shard."""
+        try:
+            return read()
+        except CorpusError:
+            raise
+        except DECODE_ERRORS as err:
+            raise damaged_shard_error(self.path, err) from err
+
     @property
     def indptr(self) -> np.ndarray:
         if self._indptr is None:
-            self._indptr = self.group["indptr"][:]
+            self._indptr = self._decode(lambda: self.group["indptr"][:])
         return self._indptr
 
     def per_cell(self, name: str) -> np.ndarray:
         """Small per-cell arrays (split, cell_id, obs/<col>), read once and cached."""
         if name not in self._per_cell:
-            self._per_cell[name] = self.group[name][:]
+            self._per_cell[name] = self._decode(lambda: self.group[name][:])
         return self._per_cell[name]
 
     def read_cells(self, rows: np.ndarray) -> CellBlock:
@@ -147,8 +171,8 @@ class ZarrShard:
         np.cumsum(lengths, out=out_ptr[1:])
         coords = np.repeat(starts - out_ptr[:-1], lengths) + np.arange(out_ptr[-1], dtype=np.int64)
         if len(coords):
-            gene_ids = self._gene_ids.oindex[coords]
-            values = self._values.oindex[coords]
+            gene_ids = self._decode(lambda: self._gene_ids.oindex[coords])
+            values = self._decode(lambda: self._values.oindex[coords])
         else:
             gene_ids = np.zeros(0, self._gene_ids.dtype)
             values = np.zeros(0, self._values.dtype)
@@ -161,8 +185,8 @@ class ZarrShard:
         obs = {c: self.per_cell(f"obs/{c}")[start:stop] for c in self.obs_columns} if with_obs else {}
         return CellBlock(
             indptr - lo,
-            self.group["gene_ids"][lo:hi],
-            self.group["values"][lo:hi],
+            self._decode(lambda: self._gene_ids[lo:hi]),
+            self._decode(lambda: self._values[lo:hi]),
             self.per_cell("cell_id")[start:stop],
             self.per_cell("split")[start:stop],
             obs,

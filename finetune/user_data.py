@@ -32,7 +32,14 @@ def read_prior(path: Path, flag: str = "--prior") -> pd.DataFrame:
         raise GrnInputError(msg) from None
     sep = "\t" if "\t" in first else ","
     has_header = first.split(sep)[0].strip().lower() in HEADER_WORDS
-    table = pd.read_csv(path, sep=sep, header=0 if has_header else None, dtype=str, usecols=[0, 1], comment=None)
+    try:
+        table = pd.read_csv(path, sep=sep, header=0 if has_header else None, dtype=str, usecols=[0, 1], comment=None)
+    except (ValueError, pd.errors.ParserError) as err:  # EmptyDataError is a ValueError; so is "Usecols do not match"
+        msg = (
+            f"{flag} {path}: cannot be read as a table of TF and target columns ({err}); give a TSV/CSV with at "
+            "least two columns, one edge per row (e.g. TRRUST or DoRothEA)."
+        )
+        raise GrnInputError(msg) from None
     table.columns = ["tf", "target"]
     table = table.dropna()
     if table.empty:

@@ -5,6 +5,7 @@ Layout of a run directory:
         loader_rank{r}.json   each rank's data-loader cursor (StreamingCellDataset.state_dict)
         rng_rank{r}.pt        each rank's masking generator + torch RNG (tensors only; loaded weights_only=True)
         COMPLETE              written by rank 0 after every rank finished: only such checkpoints are resumed from
+    RUN/checkpoints/latest    DeepSpeed's pointer to the newest tag, written only after that tag's COMPLETE
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from data_prep.io_utils import atomic_write_text
 from pretrain.config import ConfigError
 
 COMPLETE = "COMPLETE"
+LATEST = "latest"  # DeepSpeed's pointer file (the tag name), in the checkpoints root
 
 
 def tag_for(step: int) -> str:
@@ -76,7 +78,9 @@ def load_rank_state(directory: Path, rank: int) -> tuple[dict, dict]:
 
 
 def mark_complete(directory: Path, info: dict) -> None:
+    """COMPLETE first, then DeepSpeed's `latest` file: `latest` never names a partial checkpoint."""
     atomic_write_text(directory / COMPLETE, json.dumps(info))
+    atomic_write_text(directory.parent / LATEST, directory.name)
 
 
 def prune(run_dir: Path, keep_last: int) -> None:

@@ -55,6 +55,10 @@ class TrainConfig:
     out_dir: str = "runs/pretrain"
     resume: str = "none"  # none | auto (latest complete checkpoint in out_dir) | a checkpoint directory
     peak_tflops: float = 0.0  # device peak for the MFU estimate (0: not logged)
+    # Audit log of the cells each rank trains on: false (off) | true (RUN/cell_ids/rank{r}.jsonl) | a directory.
+    # One JSON line per micro batch, {"step", "micro", "cell_ids"}, flushed as written; on resume, lines past
+    # the resumed step are dropped, so the file is the exact sequence the model state has seen.
+    log_cell_ids: bool | str = False
 
 
 @dataclass
@@ -92,6 +96,7 @@ class PretrainConfig:
             (t.save_every >= 1, "train.save_every", t.save_every, ">= 1"),
             (t.keep_last >= 1, "train.keep_last", t.keep_last, ">= 1"),
             (t.peak_tflops >= 0, "train.peak_tflops", t.peak_tflops, ">= 0"),
+            (isinstance(t.log_cell_ids, bool | str), "train.log_cell_ids", t.log_cell_ids, "true, false or a dir"),
             (d.micro_batch_cells >= 1, "data.micro_batch_cells", d.micro_batch_cells, ">= 1"),
             (d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0"),
             (d.block_cells >= 1, "data.block_cells", d.block_cells, ">= 1"),
@@ -114,7 +119,11 @@ class PretrainConfig:
             problems.append(f"unknown top-level key(s) {unknown}; allowed: {sorted(known)}")
         sections = {}
         for name, kind in (("data", DataConfig), ("train", TrainConfig), ("parallel", ParallelConfig)):
-            values = dict(raw.get(name) or {})
+            section = raw.get(name) or {}
+            if not isinstance(section, dict):
+                problems.append(f"'{name}' must be a mapping of fields, got {type(section).__name__} {section!r:.60}")
+                section = {}
+            values = dict(section)
             allowed = {f.name for f in fields(kind)}
             bad = sorted(set(values) - allowed)
             if bad:
@@ -136,9 +145,13 @@ class PretrainConfig:
             raise ConfigError(msg)
         try:
             raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
             msg = f"{path}: not valid YAML ({err})."
             raise ConfigError(msg) from None
+        if not isinstance(raw, dict):  # found by fuzzing: a scalar or list document crashed from_dict
+            msg = f"{path}: the top level must be a mapping of sections (family, model, data, train, parallel), "
+            msg += f"got a {type(raw).__name__}."
+            raise ConfigError(msg)
         for item in overrides or []:
             apply_override(raw, item)
         return cls.from_dict(raw, str(path))
@@ -179,7 +192,11 @@ def apply_override(raw: dict, item: str) -> None:
         if not isinstance(node, dict):
             msg = f"override {item!r}: {part!r} is not a section"
             raise ConfigError(msg)
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:  # found by fuzzing: a control character in the value crashed the parser
+        msg = f"override {item!r}: the value {text!r} is not valid YAML ({err})."
+        raise ConfigError(msg) from None
     if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
         with contextlib.suppress(ValueError):
             value = float(value)

@@ -2,10 +2,14 @@
 
 A release is what finetuning reads, with no pickle and no DeepSpeed:
     model.safetensors        fp32 weights (ZeRO shards consolidated with DeepSpeed's zero_to_fp32)
-    config.json              {"format": "scgrn-release", "version": 1, family, model config, vocab_sha256, value_kind}
+    config.json              {"format": "scgrn-release", "version": 1, family, model config, vocab_sha256, value_kind,
+                              model_sha256}
     vocab.json               the corpus vocabulary (its sha256 must match config.json)
     training_summary.json    corpus manifest hash, steps, tokens, final losses
     README.md                model card
+
+`model_sha256` (sha256 of model.safetensors) is checked by `load_release`, which refuses weights that were damaged or
+modified. Releases written before the field existed (still version 1) load without that check.
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ def write_release(
         "vocab_sha256": vocab.sha256,
         "value_kind": manifest["value_kind"],
         "checkpoint": checkpoint,
+        "model_sha256": sha256_file(tmp / "model.safetensors"),
     }
     atomic_write_text(tmp / "config.json", json.dumps(config, indent=1))
     vocab.save(tmp / "vocab.json")
@@ -157,9 +162,22 @@ def load_release(path: Path, device: str | torch.device = "cpu") -> tuple[torch.
     if vocab.sha256 != config["vocab_sha256"]:
         msg = f"{path}: vocab.json does not match config.json (sha256 differs); the release is damaged."
         raise ConfigError(msg)
+    weights = path / "model.safetensors"
+    if not weights.exists():
+        msg = f"{weights}: missing; the release is incomplete. Re-export it with `scgrn export RUN_DIR --out {path}`."
+        raise ConfigError(msg)
+    expected = config.get("model_sha256")  # absent in releases written before the check existed: accepted
+    if expected is not None:
+        actual = sha256_file(weights)
+        if actual != expected:
+            msg = (
+                f"{weights}: sha256 {actual[:16]}… does not match config.json's model_sha256 {str(expected)[:16]}…; "
+                "the release is damaged or was modified; re-export it with `scgrn export`."
+            )
+            raise ConfigError(msg)
     config_cls, _ = families()[config["family"]]
     model = build_model(config["family"], config_cls(**config["model"]))
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    model.load_state_dict(load_file(str(weights)))
     return model.to(device).eval(), vocab
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -29,6 +30,47 @@ log = logging.getLogger("scgrn.pretrain")
 
 class NonFiniteLossError(RuntimeError):
     """Training stopped on a NaN/inf loss; a checkpoint of the last good state was written."""
+
+
+# Test-only fault injection (tests/pretrain/test_kill_resume.py, test_kill_save.py); never set in real runs.
+# The value is "STEP" (every rank) or "STEP:RANK". A matching rank writes its pid to RUN/test_hold/rank{r}.pid and
+# sleeps, so the test can SIGKILL it at a known point instead of racing a fast run.
+HOLD_IN_SAVE = "SCGRN_TEST_HOLD_IN_SAVE"  # after this rank's checkpoint files are written, before COMPLETE
+HOLD_AFTER_SAVE = "SCGRN_TEST_HOLD_AFTER_SAVE"  # after that checkpoint is complete
+
+
+class CellIdLog:
+    """`train.log_cell_ids`: one JSON line per micro batch, `{"step", "micro", "cell_ids"}`, in RUN/cell_ids/.
+
+    Lines are flushed as they are written, so a kill loses at most the line being written. `open(step)` keeps
+    only whole lines of steps <= `step` (the resumed step): what remains is what the restored state has seen.
+    """
+
+    def __init__(self, directory: Path, rank: int) -> None:
+        self.path = directory / f"rank{rank}.jsonl"
+        self.file = None
+
+    def open(self, step: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # the torn last line of a killed run
+                    continue
+                if entry["step"] <= step:
+                    kept.append(line + "\n")
+        atomic_write_text(self.path, "".join(kept))
+        self.file = self.path.open("a")
+
+    def write(self, step: int, micro: int, cell_ids) -> None:
+        self.file.write(json.dumps({"step": step, "micro": micro, "cell_ids": [str(c) for c in cell_ids]}) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 class Trainer:
@@ -68,6 +110,10 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.last_losses: dict[str, float] = {}
+        ids = cfg.train.log_cell_ids
+        self.cell_id_log = None
+        if ids not in (False, ""):
+            self.cell_id_log = CellIdLog(self.run_dir / "cell_ids" if ids is True else Path(ids), self.rank)
 
     # -- data ----------------------------------------------------------------------------------------
     def _batches(self):
@@ -91,8 +137,10 @@ class Trainer:
     # -- steps ---------------------------------------------------------------------------------------
     def train_step(self, batches) -> dict[str, float]:
         total_loss, tokens, cells = 0.0, 0, 0
-        for _ in range(self.cfg.train.grad_accum):
+        for micro in range(self.cfg.train.grad_accum):
             batch = next(batches)
+            if self.cell_id_log is not None:
+                self.cell_id_log.write(self.step + 1, micro, batch.cell_ids)
             inputs = self._to_device(batch)
             out = self.engine(inputs, generator=self.generator)
             loss = out["loss"]
@@ -158,6 +206,7 @@ class Trainer:
         root = ckpt.checkpoint_root(self.run_dir)
         dist.save_checkpoint(self.engine, root, tag, self._client_state())
         ckpt.save_rank_state(root / tag, self.rank, self.train_data.state_dict(), self.generator)
+        self._test_hold(HOLD_IN_SAVE)
         dist.barrier()
         if self.rank == 0:
             ckpt.mark_complete(
@@ -172,7 +221,18 @@ class Trainer:
             )
             ckpt.prune(self.run_dir, self.cfg.train.keep_last)
         dist.barrier()
+        self._test_hold(HOLD_AFTER_SAVE)
         return root / tag
+
+    def _test_hold(self, variable: str) -> None:
+        """Sleep here if the test-only `variable` names this step (and rank); see HOLD_IN_SAVE."""
+        step, _, rank = os.environ.get(variable, "").partition(":")
+        if not step or int(step) != self.step or (rank and int(rank) != self.rank):
+            return
+        hold_dir = self.run_dir / "test_hold"
+        hold_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(hold_dir / f"rank{self.rank}.pid", str(os.getpid()))
+        time.sleep(600)  # the test kills this process; the sleep only bounds a test that forgets to
 
     def _resume(self) -> None:
         path = ckpt.resolve_resume(self.cfg.train.resume, self.run_dir)
@@ -207,6 +267,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self._resume()
+        if self.cell_id_log is not None:
+            self.cell_id_log.open(self.step)
         metrics = MetricsLogger(self.run_dir, self.rank, cfg.train.steps, self.step)
         batches = self._batches()
         flops_per_token = float(self.engine.module.flops_per_token())
@@ -248,6 +310,8 @@ class Trainer:
                     self._save()
         finally:
             metrics.close()
+            if self.cell_id_log is not None:
+                self.cell_id_log.close()
         summary = {
             "steps": self.step,
             "tokens": self.tokens_seen,

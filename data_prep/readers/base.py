@@ -6,12 +6,41 @@ range of cells, so shards can be written in parallel and redone one by one on `-
 
 from __future__ import annotations
 
+import csv
+import zlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+
+from data_prep.errors import DataPrepError, InputError
+
+# What a damaged or mis-typed text input makes the parsing libraries raise (pandas' ParserError / EmptyDataError and
+# UnicodeDecodeError are ValueErrors; BadGzipFile is an OSError).
+_PARSE_ERRORS = (ValueError, IndexError, KeyError, TypeError, OSError, EOFError, csv.Error, zlib.error)
+
+
+@contextmanager
+def input_errors(path: Path, what: str) -> Iterator[None]:
+    """Turn a library exception raised while parsing `path` into one InputError naming the file.
+
+    Found by fuzzing (tests/test_fuzz_inputs.py): a mutated mtx/tsv/csv otherwise surfaced as a bare traceback
+    from deep inside pandas or codecs. scgrn's own errors pass through unchanged.
+    """
+    try:
+        yield
+    except DataPrepError:
+        raise
+    except _PARSE_ERRORS as err:
+        msg = (
+            f"{path}: cannot be read as {what} ({type(err).__name__}: {str(err)[:200]}). "
+            "Check that the file is complete and in the expected format, then export or copy it again."
+        )
+        raise InputError(msg) from None
 
 
 @dataclass(frozen=True)

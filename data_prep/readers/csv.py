@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep.errors import InputError
-from data_prep.readers.base import CellChunk, CellReader, InputSpec
+from data_prep.readers.base import CellChunk, CellReader, InputSpec, input_errors
 from data_prep.readers.spill import TransposeSpill
 
 ORIENTATIONS = ("genes-by-cells", "cells-by-genes")
@@ -39,7 +39,8 @@ class CsvReader(CellReader):
             msg = f"--csv-orientation {spec.csv_orientation!r} is not allowed; use one of {ORIENTATIONS}."
             raise InputError(msg)
         self._sep = _delimiter(self.path)
-        header, self._row_names = self._scan()
+        with input_errors(self.path, "delimited text (a header of ids, then a name and numbers per row)"):
+            header, self._row_names = self._scan()
         columns = np.asarray(header[1:], dtype=object)
         rows = np.asarray(self._row_names, dtype=object)
         if spec.csv_orientation == "genes-by-cells":
@@ -134,7 +135,8 @@ class CsvReader(CellReader):
             msg = f"{self.path}: a text input needs a spill directory (internal error)."
             raise InputError(msg)
         self._spill = TransposeSpill(self.spec.spill_dir, self.n_cells, len(self.gene_names), self.spec.spill_cells)
-        self._spill.build(self._triplets())
+        with input_errors(self.path, "a delimited matrix (a header of ids, then a name and numbers per row)"):
+            self._spill.build(self._triplets())
 
     def read(self, start: int, stop: int) -> CellChunk:
         if self._spill is None:

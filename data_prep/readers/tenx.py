@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from data_prep.errors import InputError
-from data_prep.readers.base import CellChunk, CellReader, InputSpec
+from data_prep.readers.base import CellChunk, CellReader, InputSpec, input_errors
 from data_prep.readers.spill import TransposeSpill
 
 GENE_EXPRESSION = "Gene Expression"
@@ -56,15 +56,16 @@ class TenxMtxReader(CellReader):
         if missing:
             msg = f"{d}: not a 10x matrix directory, missing {', '.join(missing)}."
             raise InputError(msg)
-        feat = _read_tsv(features)
-        self._n_features = len(feat)
-        # v3 feature tables also list antibody / CRISPR features; only gene expression is kept.
-        self._keep = (feat[2] == GENE_EXPRESSION).to_numpy() if feat.shape[1] > 2 else np.ones(len(feat), bool)
-        feat = feat[self._keep]
-        self.gene_ids = feat[0].to_numpy(dtype=object)
-        self.gene_names = (feat[1] if feat.shape[1] > 1 else feat[0]).to_numpy(dtype=object)
-        self._cell_ids = _read_tsv(barcodes)[0].to_numpy(dtype=object)
-        self._header_lines, n_rows, n_cols, self._nnz = self._read_header()
+        with input_errors(d, "a 10x matrix directory (matrix.mtx + features.tsv + barcodes.tsv)"):
+            feat = _read_tsv(features)
+            self._n_features = len(feat)
+            # v3 feature tables also list antibody / CRISPR features; only gene expression is kept.
+            self._keep = (feat[2] == GENE_EXPRESSION).to_numpy() if feat.shape[1] > 2 else np.ones(len(feat), bool)
+            feat = feat[self._keep]
+            self.gene_ids = feat[0].to_numpy(dtype=object)
+            self.gene_names = (feat[1] if feat.shape[1] > 1 else feat[0]).to_numpy(dtype=object)
+            self._cell_ids = _read_tsv(barcodes)[0].to_numpy(dtype=object)
+            self._header_lines, n_rows, n_cols, self._nnz = self._read_header()
         if n_rows != self._n_features or n_cols != len(self._cell_ids):
             msg = (
                 f"{self._mtx}: matrix is {n_rows} x {n_cols} but {features.name} lists {self._n_features} "
@@ -107,14 +108,27 @@ class TenxMtxReader(CellReader):
         )
         for chunk in reader:
             arr = chunk.to_numpy()
-            yield arr[:, 1].astype(np.int64) - 1, arr[:, 0].astype(np.int64) - 1, arr[:, 2]
+            if arr.ndim != 2 or arr.shape[1] != 3:
+                msg = f"{self._mtx}: entries must be 'row col value' (3 fields per line), got {arr.shape[1]} fields."
+                raise InputError(msg)
+            genes, cells = arr[:, 0].astype(np.int64) - 1, arr[:, 1].astype(np.int64) - 1
+            bad = (genes < 0) | (genes >= self._n_features) | (cells < 0) | (cells >= self.n_cells)
+            if bad.any():
+                k = int(np.flatnonzero(bad)[0])
+                msg = (
+                    f"{self._mtx}: entry ({genes[k] + 1}, {cells[k] + 1}) is outside the declared "
+                    f"{self._n_features} x {self.n_cells} matrix (1-based); the file is damaged. Copy it again."
+                )
+                raise InputError(msg)
+            yield cells, genes, arr[:, 2]
 
     def prepare(self) -> None:
         if self.spec.spill_dir is None:
             msg = f"{self.path}: a Matrix Market input needs a spill directory (internal error)."
             raise InputError(msg)
         self._spill = TransposeSpill(self.spec.spill_dir, self.n_cells, self._n_features, self.spec.spill_cells)
-        self._spill.build(self._triplets())
+        with input_errors(self._mtx, "Matrix Market entries ('row col value' per line)"):
+            self._spill.build(self._triplets())
 
     def read(self, start: int, stop: int) -> CellChunk:
         if self._spill is None:

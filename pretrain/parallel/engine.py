@@ -155,7 +155,9 @@ def create_engine(model: torch.nn.Module, cfg: PretrainConfig, ds_config: dict):
 
 
 def save_checkpoint(engine, directory: Path, tag: str, client_state: dict) -> None:
-    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
+    # save_latest=False: DeepSpeed would point `latest` at this tag before every rank has finished writing it;
+    # `checkpointing.mark_complete` writes `latest` after the COMPLETE marker instead.
+    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
 
 
 def load_checkpoint(engine, directory: Path, tag: str) -> dict:
