@@ -37,6 +37,7 @@ class NonFiniteLossError(RuntimeError):
 # sleeps, so the test can SIGKILL it at a known point instead of racing a fast run.
 HOLD_IN_SAVE = "SCGRN_TEST_HOLD_IN_SAVE"  # after this rank's checkpoint files are written, before COMPLETE
 HOLD_AFTER_SAVE = "SCGRN_TEST_HOLD_AFTER_SAVE"  # after that checkpoint is complete
+POISON_AT = "SCGRN_TEST_POISON_AT"  # "STEP[:RANK]": that step's batch gets NaN values (test_nonfinite.py)
 
 
 class CellIdLog:
@@ -142,6 +143,8 @@ class Trainer:
             if self.cell_id_log is not None:
                 self.cell_id_log.write(self.step + 1, micro, batch.cell_ids)
             inputs = self._to_device(batch)
+            if self._test_matches(POISON_AT, self.step + 1):
+                inputs["values"] = torch.full_like(inputs["values"], float("nan"))
             out = self.engine(inputs, generator=self.generator)
             loss = out["loss"]
             # One host sync per micro step: every rank must agree to stop before anyone runs backward.
@@ -224,10 +227,14 @@ class Trainer:
         self._test_hold(HOLD_AFTER_SAVE)
         return root / tag
 
+    def _test_matches(self, variable: str, step: int) -> bool:
+        """Does the test-only `variable` ("STEP" or "STEP:RANK") name `step` on this rank?"""
+        at, _, rank = os.environ.get(variable, "").partition(":")
+        return bool(at) and int(at) == step and (not rank or int(rank) == self.rank)
+
     def _test_hold(self, variable: str) -> None:
         """Sleep here if the test-only `variable` names this step (and rank); see HOLD_IN_SAVE."""
-        step, _, rank = os.environ.get(variable, "").partition(":")
-        if not step or int(step) != self.step or (rank and int(rank) != self.rank):
+        if not self._test_matches(variable, self.step):
             return
         hold_dir = self.run_dir / "test_hold"
         hold_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import subprocess
+
+import pytest
 from conftest import make_adata
+from test_train_distributed import REPO, VENV_BIN, _port
+
+from pretrain import checkpointing as ckpt
+
+# Exceiver: NaN counts give NaN log-values and a NaN loss (scBERT would bin them to 0, never NaN; the sharder refuses
+# non-finite values, so only a fault past the corpus can poison a batch)
+EXCEIVER = REPO / "launch" / "configs" / "pretrain" / "exceiver-debug.yaml"
+
+
+def _launch_raw(run, corpus, extra_env: dict, *overrides: str) -> subprocess.CompletedProcess:
+    """The 2-rank deepspeed launch of test_train_distributed, with extra environment and no success check."""
+    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(_port()), "--module", "pretrain",
+           "--config", str(EXCEIVER), f"data.corpus={corpus}", f"train.out_dir={run}", *overrides]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra_env}
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600, check=False)
 
 
 def test_nonfinite_loss_stops_with_message_and_checkpoint(tmp_path, cli):
@@ -27,3 +48,26 @@ def test_nonfinite_loss_stops_with_message_and_checkpoint(tmp_path, cli):
     assert "Traceback" not in proc.stderr
     saved = [p for p in (run / "checkpoints").iterdir() if p.name.startswith("step")]
     assert saved and all((p / "COMPLETE").exists() for p in saved)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_poisoned_batch_on_one_rank_stops_both_ranks_with_a_resumable_checkpoint(tmp_path, cli):
+    """Rank 1's step-3 batch gets NaN values (test-only SCGRN_TEST_POISON_AT): the guard's all-reduce stops both
+    ranks before backward, the last good state (step 2) is saved complete, and a plain relaunch resumes and ends."""
+    make_adata(600, 60, seed=2).write_h5ad(tmp_path / "a.h5ad")
+    cli("shard", tmp_path / "a.h5ad", "--out", tmp_path / "corpus", "--quiet", check=True)
+    run = tmp_path / "run"
+    common = ("train.steps=6", "train.save_every=100", "train.eval_every=100", "train.resume=auto")
+    proc = _launch_raw(run, tmp_path / "corpus", {"SCGRN_TEST_POISON_AT": "3:1"}, *common)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    output = proc.stdout + proc.stderr
+    assert "loss became nan at step 2" in output and "Lower train.lr" in output, output[-3000:]
+    complete = ckpt.complete_checkpoints(run)
+    assert [p.name for p in complete] == ["step00000002"]  # the last good state, saved by both ranks
+    assert not (run / "run_summary.json").exists()
+    again = _launch_raw(run, tmp_path / "corpus", {}, *common)  # no poison: resumes from step 2 and finishes
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    summary = json.loads((run / "run_summary.json").read_text())
+    assert summary["steps"] == 6 and len(summary["loss_history"]) == 4
+    assert all(math.isfinite(x) for x in summary["loss_history"])
