@@ -9,6 +9,7 @@ import numpy as np
 
 from data_prep.cell_block import CellBlock, slice_block
 from data_prep.errors import CorpusError
+from data_prep.io_utils import sha256_tree
 from data_prep.manifest import read_manifest
 from data_prep.values import ValueKind
 from data_prep.vocab import GeneVocab
@@ -26,8 +27,14 @@ class Corpus:
     stay in bounded memory.
     """
 
-    def __init__(self, directory: Path, fmt: str | None = None, max_open_shards: int = 64) -> None:
+    def __init__(
+        self, directory: Path, fmt: str | None = None, max_open_shards: int = 64, *, verify: bool = False
+    ) -> None:
         self.directory = Path(directory)
+        # verify: hash each shard against its manifest sha256 the first time this process opens it (one extra read
+        # per shard per process), so a bit flip that still decodes fails loudly instead of training on wrong values
+        self.verify = verify
+        self._verified: set[int] = set()
         self.manifest = read_manifest(self.directory)
         available = self.manifest["formats"]
         fmt = fmt or ("zarr" if "zarr" in available else available[0])
@@ -76,6 +83,15 @@ class Corpus:
         if not path.exists():
             msg = f"{path}: shard file missing. Run `scgrn validate {self.directory}`, then re-shard with --resume."
             raise CorpusError(msg)
+        if self.verify and k not in self._verified:
+            if sha256_tree(path) != info["sha256"]:
+                msg = (
+                    f"{path}: shard {k}'s sha256 does not match manifest.json; the file is corrupt or was changed "
+                    f"after sharding. Run `scgrn validate {self.directory}`, then re-create it with "
+                    "`scgrn shard ... --resume` (the corrupt shard is detected and rewritten)."
+                )
+                raise CorpusError(msg)
+            self._verified.add(k)
         shard = ZarrShard(path) if self.format == "zarr" else WdsShard(path)
         self._check_against_manifest(k, shard)
         self._open[k] = shard

@@ -74,6 +74,7 @@ class StreamingCellDataset(IterableDataset):
         drop_last: bool = False,
         prefetch: bool | None = None,
         obs_columns: list[str] | None = None,
+        verify_shards: bool = False,
     ) -> None:
         super().__init__()
         if split not in SPLITS:
@@ -95,6 +96,7 @@ class StreamingCellDataset(IterableDataset):
         self.block_cells, self.window_blocks = block_cells, window_blocks
         self.batch_size, self.drop_last = batch_size, drop_last
         self.obs_columns = obs_columns
+        self.verify_shards = verify_shards  # hash each shard on first open (see Corpus); training turns it on
         # Read the next window on a thread while this one is emitted. Default: on for zarr (zarrs decodes outside
         # the GIL: 1.3x measured), off for webdataset (.npy parsing holds the GIL: 0.7x measured).
         self.prefetch = prefetch
@@ -111,7 +113,7 @@ class StreamingCellDataset(IterableDataset):
     @property
     def corpus(self) -> Corpus:
         if self._corpus is None:
-            self._corpus = Corpus(self.corpus_dir, self.fmt)
+            self._corpus = Corpus(self.corpus_dir, self.fmt, verify=self.verify_shards)
         return self._corpus
 
     def __getstate__(self) -> dict:

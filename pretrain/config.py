@@ -32,6 +32,7 @@ class DataConfig:
     block_cells: int = 1024  # loader read unit (cells)
     window_blocks: int = 4  # loader shuffle window (units)
     eval_batches: int = 8  # validation batches per evaluation
+    verify_shards: bool = True  # hash each shard against the manifest when a loader first opens it (bit flips fail)
 
 
 @dataclass

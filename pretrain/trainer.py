@@ -105,6 +105,7 @@ class Trainer:
                 block_cells=d.block_cells,
                 window_blocks=d.window_blocks,
                 obs_columns=[],
+                verify_shards=d.verify_shards,
             ),
             num_workers=d.num_workers,
         )

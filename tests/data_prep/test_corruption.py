@@ -4,10 +4,10 @@ Each case damages a fresh copy of one finished corpus (both formats, 4 shards), 
 `scgrn validate` (exit 1, the shard's file named) and iterates `StreamingCellDataset` over every cell as training
 does (a `CorpusError` naming the shard, never a bare zarr / numcodecs / tarfile traceback).
 
-The loader does not hash shards on every read (that would read each shard twice per epoch). It catches what fails to
-decode, a truncated tar, a missing file, and a manifest record that disagrees with the shard's own header; a bit
-flip that still decodes (an lz4 payload byte) or an edited checksum is caught by `scgrn validate`, which is the tool
-to run after copying a corpus or when results look wrong.
+Without `verify_shards` the loader does not hash shards; it catches what fails to decode, a truncated tar, a missing
+file, and a manifest record that disagrees with the shard's own header. A bit flip that still decodes (an lz4 payload
+byte) or an edited checksum needs a hash: training turns on `verify_shards` (`data.verify_shards`, default true), which
+hashes each shard the first time a process opens it, and `scgrn validate` hashes everything.
 """
 
 from __future__ import annotations
@@ -59,9 +59,9 @@ def _edit_manifest(directory: Path, edit) -> None:
     path.write_text(json.dumps(manifest, indent=1))
 
 
-def _read_everything(directory: Path, fmt: str) -> int:
+def _read_everything(directory: Path, fmt: str, verify: bool = False) -> int:
     """Iterate every cell once, as a training epoch does; returns the number of cells."""
-    dataset = StreamingCellDataset(directory, split="all", fmt=fmt, batch_size=16, block_cells=16)
+    dataset = StreamingCellDataset(directory, split="all", fmt=fmt, batch_size=16, block_cells=16, verify_shards=verify)
     return sum(batch.n_cells for batch in dataset)
 
 
@@ -93,12 +93,14 @@ def test_flipped_byte_in_string_chunk(damaged):
     _assert_loader_names(damaged, "zarr", ZARR, "cannot be decoded")
 
 
-def test_flipped_byte_in_lz4_payload_only_validate_sees(damaged):
-    # A payload byte that lz4 still decodes: wrong numbers, no decoding error. The loader does not hash on
-    # every read, so it streams the cells; `scgrn validate` (sha256) is the check that finds it.
+def test_flipped_byte_in_lz4_payload_needs_the_hash(damaged):
+    # A payload byte that lz4 still decodes: wrong numbers, no decoding error. Without hashing the loader streams the
+    # cells; with verify_shards (what training uses) it refuses the shard, as `scgrn validate` does.
     _flip_byte(damaged / ZARR / "values" / "c" / "0", 20)
     _assert_validate_names(damaged, ZARR, "sha256 does not match")
     assert _read_everything(damaged, "zarr") == N_CELLS
+    with pytest.raises(CorpusError, match=rf"{ZARR}: shard {K}'s sha256 does not match manifest.json"):
+        _read_everything(damaged, "zarr", verify=True)
 
 
 def test_truncated_tar(damaged):
@@ -143,4 +145,6 @@ def test_manifest_checksum_edited(damaged):
 
     _edit_manifest(damaged, edit)
     _assert_validate_names(damaged, ZARR, "sha256 does not match")
-    assert _read_everything(damaged, "zarr") == N_CELLS  # the data are intact; only `scgrn validate` hashes
+    assert _read_everything(damaged, "zarr") == N_CELLS  # the data are intact; only a hash notices
+    with pytest.raises(CorpusError, match=r"sha256 does not match manifest\.json"):
+        _read_everything(damaged, "zarr", verify=True)
