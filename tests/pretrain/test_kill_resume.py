@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, make_adata, run_cli
-from test_train_distributed import DEBUG, VENV_BIN, _launch, _port
+from test_train_distributed import _launch, deepspeed_command
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 COMMON = (
@@ -43,20 +43,7 @@ def small_corpus(tmp_path_factory) -> Path:
 def start_held(run_dir: Path, corpus: Path, hold: dict[str, str], *overrides: str) -> subprocess.Popen:
     """Start a 2-rank deepspeed run in its own process group with a test-only hold set; output goes to files."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        str(VENV_BIN / "deepspeed"),
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(_port()),
-        "--module",
-        "pretrain",
-        "--config",
-        str(DEBUG),
-        f"data.corpus={corpus}",
-        f"train.out_dir={run_dir}",
-        *overrides,
-    ]
+    cmd = deepspeed_command(run_dir, corpus, *overrides)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **hold}
     with (run_dir / "launcher.log").open("w") as log:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 from conftest import make_adata
-from test_train_distributed import REPO, VENV_BIN, _port
+from test_train_distributed import REPO, deepspeed_command
 
 from pretrain import checkpointing as ckpt
 
@@ -20,8 +20,7 @@ EXCEIVER = REPO / "launch" / "configs" / "pretrain" / "exceiver-debug.yaml"
 
 def _launch_raw(run, corpus, extra_env: dict, *overrides: str) -> subprocess.CompletedProcess:
     """The 2-rank deepspeed launch of test_train_distributed, with extra environment and no success check."""
-    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(_port()), "--module", "pretrain",
-           "--config", str(EXCEIVER), f"data.corpus={corpus}", f"train.out_dir={run}", *overrides]  # fmt: skip
+    cmd = deepspeed_command(run, corpus, *overrides, config=EXCEIVER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra_env}
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600, check=False)
 

@@ -29,20 +29,18 @@ def counts_corpus(tmp_path_factory) -> Path:
     return out
 
 
+def deepspeed_command(run_dir: Path, corpus: Path, *overrides: str, config: Path = DEBUG) -> list[str]:
+    """2 ranks under the deepspeed launcher (gloo on CPU) on a free port; shared by the kill / NaN tests."""
+    args = ["--config", str(config), f"data.corpus={corpus}", f"train.out_dir={run_dir}", *overrides]
+    launcher = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(_port())]
+    return [*launcher, "--module", "pretrain", *args]
+
+
 def _launch(kind: str, run_dir: Path, corpus: Path, *overrides: str, timeout: int = 600) -> dict:
     args = ["--config", str(DEBUG), f"data.corpus={corpus}", f"train.out_dir={run_dir}", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     if kind == "deepspeed":
-        cmd = [
-            str(VENV_BIN / "deepspeed"),
-            "--num_gpus",
-            "2",
-            "--master_port",
-            str(_port()),
-            "--module",
-            "pretrain",
-            *args,
-        ]
+        cmd = deepspeed_command(run_dir, corpus, *overrides)
     elif kind == "torchrun":
         cmd = [
             str(VENV_BIN / "torchrun"),
