@@ -130,9 +130,9 @@ def goals(rows: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from finetune.beeline import discover
-    from finetune.config import GrnConfig
-    from finetune.grn import run_grn
+    from finetune.grn.beeline import discover
+    from finetune.grn.config import GrnConfig
+    from finetune.grn.pipeline import run_grn
 
     p = argparse.ArgumentParser(prog="scgrn bench grn", description=__doc__)
     p.add_argument("--release", required=True, type=Path)

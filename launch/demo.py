@@ -57,9 +57,9 @@ def _obs_columns(inputs: list[Path]) -> list[str]:
 
 
 def run_demo(out: Path, data: list[Path] | None = None, prior: Path | None = None, steps: int | None = None) -> int:
-    from finetune.config import GrnConfig
     from finetune.errors import GrnInputError
-    from finetune.grn import run_grn
+    from finetune.grn.config import GrnConfig
+    from finetune.grn.pipeline import run_grn
     from pretrain.release import export_release
 
     start = time.perf_counter()
@@ -121,7 +121,7 @@ def run_demo(out: Path, data: list[Path] | None = None, prior: Path | None = Non
     grn_out = out / "grn"
     tree = "grnboost2" if _has_arboreto() else "genie3"
     # pair_correlation: the simulator's negatives are density-matched, so no degree signal exists to learn from;
-    # the learned models then need each pair's co-expression as an input (see finetune/link_model.py)
+    # the learned models then need each pair's co-expression as an input (see finetune/grn/link_model.py)
     cfg = GrnConfig(release=release, out=grn_out, expression=inputs[0], truth=truth, seeds=3, tree_method=tree,
                     max_genes=1000, pair_correlation=True, progress=True)  # fmt: skip
     try:

@@ -1,4 +1,4 @@
-"""`scgrn grn`: the parser (fields of `finetune.config.GrnConfig`) and the command."""
+"""`scgrn grn`: the parser (fields of `finetune.grn.config.GrnConfig`) and the command."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from finetune.config import BASELINES, GNNS, NEGATIVE_MODES, POOLING_CHOICES, TREE_METHODS
+from finetune.grn.config import BASELINES, GNNS, NEGATIVE_MODES, POOLING_CHOICES, TREE_METHODS
 
 
 def add_grn_parser(sub) -> None:
@@ -52,7 +52,7 @@ def add_grn_parser(sub) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from finetune.config import GrnConfig
+    from finetune.grn.config import GrnConfig
 
     return GrnConfig(
         release=args.release,
@@ -86,7 +86,7 @@ def config_from_args(args: argparse.Namespace):
 
 def cmd_grn(args: argparse.Namespace) -> int:
     from finetune.errors import GrnInputError
-    from finetune.grn import run_grn
+    from finetune.grn.pipeline import run_grn
     from pretrain.config import ConfigError
 
     try:

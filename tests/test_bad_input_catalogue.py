@@ -22,11 +22,11 @@ from data_prep.errors import CorpusError, InputError
 from data_prep.manifest import read_manifest
 from data_prep.readers import InputSpec, open_reader
 from data_prep.wds_shard import WdsShard
-from finetune.beeline import discover, load_benchmark
-from finetune.config import GrnConfig
 from finetune.errors import GrnInputError
 from finetune.evaluation.config import EvalConfig
-from finetune.user_data import read_prior
+from finetune.grn.beeline import discover, load_benchmark
+from finetune.grn.config import GrnConfig
+from finetune.grn.user_data import read_prior
 from pretrain.config import ConfigError, PretrainConfig, apply_override
 from pretrain.release import load_release
 

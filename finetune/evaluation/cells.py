@@ -21,7 +21,7 @@ from sklearn.metrics import accuracy_score, adjusted_rand_score, f1_score, norma
 from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 
-from finetune.plots import _save_atomic
+from finetune.grn.plots import _save_atomic
 
 MAP_METHODS = ("auto", "umap", "pca")
 MIN_CELLS = 10

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from data_prep.io_utils import atomic_write_text
 from finetune.evaluation.cells import plot_cell_maps
-from finetune.plots import _save_atomic
+from finetune.grn.plots import _save_atomic
 
 
 def _f(x, digits: int = 3) -> str:

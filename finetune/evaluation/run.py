@@ -27,7 +27,7 @@ from finetune.evaluation.masked import masked_value_prediction
 from finetune.evaluation.pooling import embed_cells
 from finetune.evaluation.report import write_report
 from finetune.evaluation.transfer import finetune_classifier, linear_probe, split_cells
-from finetune.user_data import read_prior
+from finetune.grn.user_data import read_prior
 from pretrain.model_factory import build_model
 from pretrain.release import load_release, release_sha256
 

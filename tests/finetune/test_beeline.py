@@ -1,4 +1,4 @@
-"""finetune.beeline: GENELink/BEELINE folders load with PROVENANCE.md's counts, discover() separates complete folders
+"""grn.beeline: GENELink/BEELINE folders load with PROVENANCE.md's counts, discover() separates complete folders
 from those missing their expression matrix, the density reproduces GENELink's table and the published test sets, and
 every bad input gets one GrnInputError naming the file and the problem."""
 
@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from conftest import require_shared
 
-from finetune.beeline import NETWORKS, GrnDataset, discover, load_benchmark, network_density
 from finetune.errors import GrnInputError
+from finetune.grn.beeline import NETWORKS, GrnDataset, discover, load_benchmark, network_density
 
 CELLS = ("hESC", "hHEP", "mDC", "mESC", "mHSC-E", "mHSC-GM", "mHSC-L")
 

@@ -9,8 +9,8 @@ import torch
 from conftest import make_counts
 
 from data_prep.vocab import GeneVocab
-from finetune.embeddings import GeneEmbeddings, extract_gene_embeddings
 from finetune.errors import GrnInputError
+from finetune.grn.embeddings import GeneEmbeddings, extract_gene_embeddings
 from pretrain.models.scbert import ScBert, ScBertConfig
 from pretrain.release import write_release
 

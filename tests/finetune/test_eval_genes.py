@@ -17,7 +17,7 @@ from finetune.evaluation.genes import (
     pair_set,
     separation,
 )
-from finetune.user_data import read_prior
+from finetune.grn.user_data import read_prior
 
 
 def random_prior(n_genes: int = 200, n_edges: int = 300, n_regulators: int = 30, seed: int = 0) -> pd.DataFrame:

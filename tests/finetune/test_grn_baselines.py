@@ -1,4 +1,4 @@
-"""Tests for finetune.baselines and finetune.plots: exact parity for correlations, recovery of a simulated linear
+"""Tests for grn.baselines and grn.plots: exact parity for correlations, recovery of a simulated linear
 network by every method, GRNBoost2 and its scikit-learn fallback, the on-disk cache, degree leakage, plotting.
 
 GRNBoost2 runs once, on a small simulated slice (60 genes × 200 cells, 10 TFs), so the file stays fast.
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from finetune import baselines
 from finetune.errors import GrnInputError
-from finetune.metrics import auroc
-from finetune.plots import plot_curves
+from finetune.grn import baselines
+from finetune.grn.metrics import auroc
+from finetune.grn.plots import plot_curves
 
 N_TFS, N_GENES, N_CELLS = 10, 60, 200
 

@@ -1,4 +1,4 @@
-"""Tests for finetune.metrics: hand-worked cases, parity with scikit-learn, BEELINE's EPR tie rule, validation.
+"""Tests for finetune.grn.metrics: hand-worked cases, parity with scikit-learn, BEELINE's EPR tie rule, validation.
 
 A wrong metric would silently misrank every method in the benchmark tables, so the small cases are worked out by
 hand in the comments and the large ones are checked against scikit-learn directly.
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from finetune import metrics
 from finetune.errors import GrnInputError
+from finetune.grn import metrics
 
 # Six edges, three positives (positive rate 0.5), with a tie at rank k = 3 between a positive and a negative.
 HAND_SCORES = np.array([0.9, 0.8, 0.7, 0.7, 0.3, 0.1])

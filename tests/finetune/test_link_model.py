@@ -7,8 +7,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from finetune.fit import TrainConfig, auroc_torch, fit_link_model, predict, training_graph
-from finetune.link_model import ENCODERS, LinkModelConfig, LinkPredictor
+from finetune.grn.fit import TrainConfig, auroc_torch, fit_link_model, predict, training_graph
+from finetune.grn.link_model import ENCODERS, LinkModelConfig, LinkPredictor
 
 
 def tiny_graph():

@@ -1,4 +1,4 @@
-"""finetune.splits: GENELink's split protocols per TF, no pair in two sets, density-matched test sets, determinism,
+"""finetune.grn.splits: GENELink's split protocols per TF, no pair in two sets, density-matched test sets, determinism,
 degree-aware negatives that leave degree heuristics at chance, split files by index or symbol, and prior hold-outs."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 from conftest import require_shared
 from sklearn.metrics import roc_auc_score
 
-from finetune.beeline import GrnDataset, load_benchmark
 from finetune.errors import GrnInputError
-from finetune.splits import NEGATIVE_MODES, EdgeSplit, genelink_split, read_split, split_prior
+from finetune.grn.beeline import GrnDataset, load_benchmark
+from finetune.grn.splits import NEGATIVE_MODES, EdgeSplit, genelink_split, read_split, split_prior
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
@@ -182,7 +182,7 @@ def test_degree_aware_hub_is_topped_up(caplog):
     edges = np.array(hub + pairs)
     genes = [f"G{i}" for i in range(360)]
     dataset = GrnDataset("hub", "Non-Specific", genes, np.zeros((360, 1)), ["c"], [], edges)
-    with caplog.at_level("INFO", logger="finetune.splits"):
+    with caplog.at_level("INFO", logger="finetune.grn.splits"):
         split = genelink_split(dataset, 0, "degree-aware")
     assert "drawn by global in-degree" in caplog.text
     _assert_leak_free(split, dataset)

@@ -14,8 +14,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from data_prep.readers import InputSpec, open_reader
-from finetune.beeline import GrnDataset
 from finetune.errors import GrnInputError
+from finetune.grn.beeline import GrnDataset
 
 HEADER_WORDS = {"tf", "source", "regulator", "gene1", "from"}
 

@@ -12,26 +12,50 @@ Protocols
 - `read_split` reads a published split (GENELink layout, or one table with a `split` column), by index or symbol.
 - `split_prior` holds out part of a user prior for early stopping before ranking new edges (no test set).
 
-This module holds `EdgeSplit`, the GENELink protocols and `split_prior`; the degree-aware negatives live in
-`finetune.degree_negatives` and split-file reading in `finetune.split_files` (`read_split` is re-exported here).
+`EdgeSplit` and the sampling helpers live in `edge_sets.py`, the degree-aware negatives in `degree_negatives.py`,
+split-file reading in `split_files.py`; this module holds the protocols and re-exports `EdgeSplit` and `read_split`.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 
-from finetune.beeline import GrnDataset
 from finetune.errors import GrnInputError
+from finetune.grn.beeline import GrnDataset
+from finetune.grn.degree_negatives import degree_aware_negatives
+from finetune.grn.edge_sets import (
+    _BLOCK_CELLS,
+    SPLIT_NAMES,
+    TEST,
+    TRAIN,
+    VAL,
+    EdgeSplit,
+    _codes,
+    _draw_per_tf,
+    _per_tf_counts,
+    _random_ranks,
+    _rows,
+    _sorted_rows,
+    _warn_short,
+    logger,
+)
+from finetune.grn.split_files import read_split
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "NEGATIVE_MODES",
+    "SPLIT_NAMES",
+    "_BLOCK_CELLS",
+    "EdgeSplit",
+    "_codes",
+    "_draw_per_tf",
+    "_per_tf_counts",
+    "genelink_split",
+    "logger",
+    "read_split",
+    "split_prior",
+]
 
 NEGATIVE_MODES = ("genelink", "degree-aware")
-SPLIT_NAMES = ("train", "val", "test")
-TRAIN, VAL, TEST = 0, 1, 2  # set codes used while assigning edges
 
 # GENELink's Train_Test_Split.py arguments: --ratio 0.67 (train share, Specific), validation takes the next 0.1,
 # --p_val 0.5 (chance that the single edge of a one-target TF goes to train rather than test).
@@ -39,125 +63,9 @@ GENELINK_TRAIN_RATIO = 0.67
 GENELINK_VAL_RATIO = 0.1
 GENELINK_P_SINGLE_TO_TRAIN = 0.5
 
-# Negative sampling builds (TFs x genes) candidate matrices; cap one block at this many cells (~32 MB of float64).
-_BLOCK_CELLS = 1 << 22
-
-
-@dataclass(frozen=True, eq=False)
-class EdgeSplit:
-    """Train / validation / test edge sets.
-
-    Shapes: train, val, test (n_set, 3) int64 with columns [tf, target, label], label in {0, 1}.
-    `protocol` names where the split came from: "genelink-specific", "genelink-density", "degree-aware",
-    "prior-holdout" or "file:<path>".
-    """
-
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-    protocol: str
-
-    def __post_init__(self) -> None:
-        for name in SPLIT_NAMES:
-            rows = np.asarray(getattr(self, name))
-            if rows.size == 0:
-                rows = rows.reshape(0, 3)
-            if rows.ndim != 2 or rows.shape[1] != 3:
-                msg = (
-                    f"EdgeSplit ({self.protocol}): {name} must have shape (n, 3) [tf, target, label], got {rows.shape}"
-                )
-                raise GrnInputError(msg)
-            object.__setattr__(self, name, rows.astype(np.int64, copy=False))
-
-    def sets(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in SPLIT_NAMES}
-
-    def summary(self) -> dict[str, dict[str, int | float | None]]:
-        """Per set: edges, positives and positive_rate (None for an empty set)."""
-        out: dict[str, dict[str, int | float | None]] = {}
-        for name, rows in self.sets().items():
-            positives = int(rows[:, 2].sum()) if len(rows) else 0
-            out[name] = {
-                "edges": len(rows),
-                "positives": positives,
-                "positive_rate": positives / len(rows) if len(rows) else None,
-            }
-        return out
-
-    def check(self, n_genes: int) -> None:
-        """Raise GrnInputError on a label other than 0/1, an index outside 0..n_genes-1, a pair with two labels in one
-        set, or a (tf, target) pair in two sets (a leak between training, selection and test)."""
-        where = f"edge split ({self.protocol})"
-        unique_codes = []
-        for name, rows in self.sets().items():
-            bad_label = (rows[:, 2] != 0) & (rows[:, 2] != 1)
-            if bad_label.any():
-                row = int(np.flatnonzero(bad_label)[0])
-                msg = (
-                    f"{where}: {name} row {row} has label {int(rows[row, 2])}; labels must be 0 (negative) or 1 (edge)"
-                )
-                raise GrnInputError(msg)
-            out_of_range = (rows[:, :2] < 0) | (rows[:, :2] >= n_genes)
-            if out_of_range.any():
-                row = int(np.flatnonzero(out_of_range.any(axis=1))[0])
-                msg = (
-                    f"{where}: {name} row {row} is edge {rows[row, :2].tolist()} but there are {n_genes} genes "
-                    f"(allowed 0..{n_genes - 1}); {int(out_of_range.any(axis=1).sum())} rows are out of range — was "
-                    "the split made for another folder or network (row order differs between them)?"
-                )
-                raise GrnInputError(msg)
-            codes = rows[:, 0] * n_genes + rows[:, 1]
-            pair_codes = np.unique(codes)
-            labelled = np.unique(codes * 2 + rows[:, 2])
-            if len(labelled) != len(pair_codes):
-                conflicted = labelled[np.flatnonzero(np.diff(labelled // 2) == 0)[0]] // 2
-                tf, target = divmod(int(conflicted), n_genes)
-                msg = (
-                    f"{where}: {name} holds edge [{tf}, {target}] with both label 0 and label 1; keep one row per pair"
-                )
-                raise GrnInputError(msg)
-            unique_codes.append(pair_codes)
-        all_codes = np.concatenate(unique_codes)
-        values, counts = np.unique(all_codes, return_counts=True)
-        shared = values[counts > 1]
-        if len(shared):
-            tf, target = divmod(int(shared[0]), n_genes)
-            holders = [name for name, codes in zip(SPLIT_NAMES, unique_codes, strict=True) if shared[0] in codes]
-            msg = (
-                f"{where}: edge [{tf}, {target}] is in more than one set ({', '.join(holders)}; {len(shared)} pairs "
-                "are shared between sets); a pair may be in one set only, or training and selection leak into the "
-                "test score"
-            )
-            raise GrnInputError(msg)
-
 
 # ---------------------------------------------------------------------------------------------------------------
-# helpers
-
-
-def _rows(pairs: np.ndarray, label: int) -> np.ndarray:
-    """(n, 2) pairs -> (n, 3) [tf, target, label]."""
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    return np.column_stack([pairs, np.full(len(pairs), label, dtype=np.int64)])
-
-
-def _sorted_rows(*parts: np.ndarray) -> np.ndarray:
-    rows = np.concatenate(parts, axis=0) if parts else np.zeros((0, 3), np.int64)
-    return rows[np.lexsort((rows[:, 1], rows[:, 0]))]
-
-
-def _random_ranks(rng: np.random.Generator, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A random order inside each group: (rank of each element within its group, size of its group). Shapes (n,)."""
-    n = len(groups)
-    order = np.lexsort((rng.random(n), groups))  # by group, then by a random key
-    sorted_groups = groups[order]
-    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
-    sizes = np.diff(np.r_[starts, n])
-    rank = np.empty(n, dtype=np.int64)
-    size = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n) - np.repeat(starts, sizes)
-    size[order] = np.repeat(sizes, sizes)
-    return rank, size
+# GENELink's per-TF positive split
 
 
 def _ratio_sets(rank: np.ndarray, size: np.ndarray) -> np.ndarray:
@@ -165,6 +73,8 @@ def _ratio_sets(rank: np.ndarray, size: np.ndarray) -> np.ndarray:
     n_train = np.floor(size * GENELINK_TRAIN_RATIO).astype(np.int64)
     n_train_val = np.floor(size * (GENELINK_TRAIN_RATIO + GENELINK_VAL_RATIO)).astype(np.int64)
     return np.where(rank < n_train, TRAIN, np.where(rank < n_train_val, VAL, TEST))
+
+
 
 
 def _assign_positives(rng: np.random.Generator, positives: np.ndarray, *, specific: bool) -> np.ndarray:
@@ -181,82 +91,6 @@ def _assign_positives(rng: np.random.Generator, positives: np.ndarray, *, specif
     return np.where(size == 1, np.where(to_train, TRAIN, TEST), sets)
 
 
-def _codes(pairs: np.ndarray, n_genes: int) -> np.ndarray:
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    return pairs[:, 0] * n_genes + pairs[:, 1]
-
-
-def _draw_per_tf(
-    rng: np.random.Generator,
-    tfs: np.ndarray,
-    need: np.ndarray,
-    n_genes: int,
-    forbidden: np.ndarray,
-    weights: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """For each TF tfs[i], need[i] distinct targets g (g != tf, tf * n_genes + g not in `forbidden`).
-
-    Uniform without replacement (the law of GENELink's draw-and-reject loop): each TF's allowed genes get random keys
-    and the `need` smallest win. With `weights` (n_genes,), keys are Exp(1) / weights[g], which is successive
-    sampling in proportion to the weights (Efraimidis & Spirakis 2006); genes of weight 0 are never drawn. A TF with
-    fewer allowed targets than it needs gets all of them. Returns (pairs (m, 2) grouped by TF, taken (n_tfs,)).
-    """
-    tfs = np.asarray(tfs, dtype=np.int64)
-    need = np.asarray(need, dtype=np.int64)
-    taken = np.zeros(len(tfs), dtype=np.int64)
-    forbidden_tf, forbidden_gene = np.divmod(np.asarray(forbidden, dtype=np.int64), n_genes)
-    row_of = np.full(n_genes, -1, dtype=np.int64)
-    out_tf, out_gene = [], []
-    rows_per_block = max(1, _BLOCK_CELLS // n_genes)
-    for start in range(0, len(tfs), rows_per_block):
-        block = slice(start, start + rows_per_block)
-        block_tfs, block_need = tfs[block], need[block]
-        n_rows = len(block_tfs)
-        allowed = np.ones((n_rows, n_genes), dtype=bool)  # (block TFs, genes)
-        if weights is not None:
-            allowed &= weights[None, :] > 0
-        allowed[np.arange(n_rows), block_tfs] = False
-        row_of[block_tfs] = np.arange(n_rows)
-        rows = row_of[forbidden_tf]
-        hit = rows >= 0
-        allowed[rows[hit], forbidden_gene[hit]] = False
-        row_of[block_tfs] = -1
-        keys = rng.random((n_rows, n_genes))  # (block TFs, genes); smallest keys win
-        if weights is not None:
-            keys = -np.log1p(-keys) / np.where(weights > 0, weights, 1.0)[None, :]
-        keys = np.where(allowed, keys, np.inf)
-        take = np.minimum(block_need, allowed.sum(axis=1))
-        taken[block] = take
-        k_max = int(take.max(initial=0))
-        if k_max == 0:
-            continue
-        # The k_max smallest keys of each row, smallest first.
-        top = np.argpartition(keys, k_max - 1, axis=1)[:, :k_max] if k_max < n_genes else np.argsort(keys, axis=1)
-        top = np.take_along_axis(top, np.argsort(np.take_along_axis(keys, top, axis=1), axis=1), axis=1)
-        picked = np.arange(top.shape[1])[None, :] < take[:, None]
-        out_gene.append(top[picked])
-        out_tf.append(np.repeat(block_tfs, take))
-    if not out_tf:
-        return np.zeros((0, 2), dtype=np.int64), taken
-    return np.column_stack([np.concatenate(out_tf), np.concatenate(out_gene)]), taken
-
-
-def _per_tf_counts(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    tfs, counts = np.unique(pairs[:, 0], return_counts=True)
-    return tfs, counts
-
-
-def _warn_short(what: str, dataset: GrnDataset, need: np.ndarray, taken: np.ndarray) -> None:
-    short = need - taken
-    if short.any():
-        logger.warning(
-            "%s: %d TF(s) have too few allowed non-targets for %s; %d negative(s) missing (those TFs target most "
-            "genes)",
-            dataset.name,
-            int((short > 0).sum()),
-            what,
-            int(short.sum()),
-        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -341,10 +175,8 @@ def genelink_split(dataset: GrnDataset, seed: int, negatives: str = "genelink") 
     specific = dataset.network == "Specific"
     assign = _assign_positives(rng, dataset.positives, specific=specific)
     if negatives == "degree-aware":
-        from finetune.degree_negatives import _degree_aware_negatives  # see the note above read_split
-
         protocol = "degree-aware"
-        negative_sets = _degree_aware_negatives(rng, dataset, assign)
+        negative_sets = degree_aware_negatives(rng, dataset, assign)
     elif specific:
         protocol = "genelink-specific"
         negative_sets = _specific_negatives(rng, dataset)
@@ -401,18 +233,3 @@ def split_prior(dataset: GrnDataset, seed: int, val_fraction: float = 0.2) -> Ed
     return split
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# split files (finetune/split_files.py) and degree-aware negatives (finetune/degree_negatives.py)
-
-# Both modules import helpers from this one, so this one imports them only inside functions (here and in
-# genelink_split): a bottom-of-module import would fail whenever one of them is imported before finetune.splits.
-
-
-def read_split(path: Path, dataset: GrnDataset) -> EdgeSplit:
-    """Read a split made elsewhere for `dataset`: a GENELink split folder or a TF,Target,Label,split table.
-
-    See `finetune.split_files.read_split` for the accepted layouts and the checks.
-    """
-    from finetune.split_files import read_split as read_split_file
-
-    return read_split_file(path, dataset)

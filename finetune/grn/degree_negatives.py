@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from finetune.beeline import GrnDataset
-
-# `logger` is the splits logger on purpose: these records keep the "finetune.splits" name they had before the split.
-from finetune.splits import TEST, TRAIN, VAL, _codes, _draw_per_tf, _per_tf_counts, _warn_short, logger
+from finetune.grn.beeline import GrnDataset
+from finetune.grn.edge_sets import TEST, TRAIN, VAL, _codes, _draw_per_tf, _per_tf_counts, _warn_short, logger
 
 # Degree-aware repair stops after this many rounds of target swaps without fewer invalid pairs.
 _REWIRE_PATIENCE = 25
@@ -94,7 +92,7 @@ def _rewire_targets(rng: np.random.Generator, pairs: np.ndarray, n_genes: int, f
     return np.column_stack([tf[keep], target[keep]])
 
 
-def _degree_aware_negatives(rng: np.random.Generator, dataset: GrnDataset, assign: np.ndarray) -> list[np.ndarray]:
+def degree_aware_negatives(rng: np.random.Generator, dataset: GrnDataset, assign: np.ndarray) -> list[np.ndarray]:
     """For every set, negatives with the same TF counts and (where possible) target counts as its positives.
 
     Each positive (t, g) gets a negative (t, g') where the g' are the set's positive targets in random order (draws

@@ -20,16 +20,16 @@ import numpy as np
 import torch
 
 from data_prep.io_utils import sha256_file
-from finetune import baselines as bl
-from finetune.beeline import GrnDataset, load_benchmark
-from finetune.config import GrnConfig
-from finetune.embeddings import GeneEmbeddings, cached_gene_embeddings
 from finetune.errors import GrnInputError
-from finetune.methods import LearnedMethod, fit_method, learned_methods, score, zscore_genes
-from finetune.metrics import edge_metrics, summarize
-from finetune.plots import plot_curves
-from finetune.report import write_edges, write_metrics, write_results_md
-from finetune.splits import EdgeSplit, genelink_split, read_split, split_prior
+from finetune.grn import baselines as bl
+from finetune.grn.beeline import GrnDataset, load_benchmark
+from finetune.grn.config import GrnConfig
+from finetune.grn.embeddings import GeneEmbeddings, cached_gene_embeddings
+from finetune.grn.methods import LearnedMethod, fit_method, learned_methods, score, zscore_genes
+from finetune.grn.metrics import edge_metrics, summarize
+from finetune.grn.plots import plot_curves
+from finetune.grn.report import write_edges, write_metrics, write_results_md
+from finetune.grn.splits import EdgeSplit, genelink_split, read_split, split_prior
 
 POOLINGS = ("mean", "attention", "static")
 
@@ -44,7 +44,7 @@ def run_grn(cfg: GrnConfig) -> dict:
         dataset = load_benchmark(Path(cfg.benchmark))
         expression_file, value_kind = _expression_file(Path(cfg.benchmark)), "log1p"
     else:
-        from finetune.user_data import load_user_dataset
+        from finetune.grn.user_data import load_user_dataset
 
         edges = cfg.truth if cfg.truth is not None else cfg.prior
         flag = "--truth" if cfg.truth is not None else "--prior"

@@ -1,7 +1,7 @@
 """Unsupervised GRN baselines: co-expression, tree-ensemble importance, and node degree.
 
 Each returns a dense score matrix S of shape (n_genes, n_genes), float32, with S[regulator, target]; higher means
-more confident. Score a split with `score_pairs(S, split[:, :2])` and evaluate with `finetune.metrics`.
+more confident. Score a split with `score_pairs(S, split[:, :2])` and evaluate with `finetune.grn.metrics`.
 
 - `correlation_matrix`: |Pearson| or |Spearman| co-expression, the simplest baselines in BEELINE
   (Pratapa et al. 2020).

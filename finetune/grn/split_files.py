@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from finetune.beeline import GrnDataset, describe_value
 from finetune.errors import GrnInputError
-from finetune.splits import SPLIT_NAMES, EdgeSplit, _codes
+from finetune.grn.beeline import GrnDataset, describe_value
+from finetune.grn.edge_sets import SPLIT_NAMES, EdgeSplit, _codes
 
 _SPLIT_FILE_STEMS = {"train": "Train_set", "val": "Validation_set", "test": "Test_set"}
 _SPLIT_ALIASES = {

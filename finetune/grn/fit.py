@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from finetune.link_model import LinkPredictor
+from finetune.grn.link_model import LinkPredictor
 
 
 @dataclass

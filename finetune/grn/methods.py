@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from finetune.config import GrnConfig
-from finetune.fit import FitResult, TrainConfig, fit_link_model, predict, training_graph
-from finetune.link_model import LinkModelConfig, LinkPredictor
+from finetune.grn.config import GrnConfig
+from finetune.grn.fit import FitResult, TrainConfig, fit_link_model, predict, training_graph
+from finetune.grn.link_model import LinkModelConfig, LinkPredictor
 
 
 @dataclass(frozen=True)

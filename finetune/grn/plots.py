@@ -14,8 +14,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from finetune import metrics
 from finetune.errors import GrnInputError
+from finetune.grn import metrics
 
 
 def _save_atomic(figure: Figure, path: Path) -> None:
