@@ -54,6 +54,10 @@ def _cmd_bench(args) -> int:
         from bench.grn_bench import main as grn_main
 
         return grn_main(args.rest)
+    if args.what == "grn-sim":
+        from bench.grn_sim_bench import main as grn_sim_main
+
+        return grn_sim_main(args.rest)
     if args.what == "eval":
         from bench.eval_bench import main as eval_main
 
@@ -114,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tfs", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
-    p = sub.add_parser("bench", help="benchmarks: loader | shard | train | grn | eval (see bench/RESULTS.md)")
-    p.add_argument("what", choices=["loader", "shard", "train", "grn", "eval"])
+    p = sub.add_parser("bench", help="benchmarks: loader | shard | train | grn | grn-sim | eval (see bench/RESULTS.md)")
+    p.add_argument("what", choices=["loader", "shard", "train", "grn", "grn-sim", "eval"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p = sub.add_parser("pretrain", help="pretrain a model (one process; see README for deepspeed / torchrun)")
     p.add_argument("--config", required=True, type=Path)

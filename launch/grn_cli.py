@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from finetune.grn.config import BASELINES, GNNS, NEGATIVE_MODES, POOLING_CHOICES, TREE_METHODS
+from finetune.grn.config import BASELINES, EVIDENCE, GNNS, NEGATIVE_MODES, POOLING_CHOICES, TREE_METHODS
 
 
 def add_grn_parser(sub) -> None:
@@ -28,13 +28,21 @@ def add_grn_parser(sub) -> None:
     p.add_argument("--gnn", default="gcn", choices=GNNS)
     p.add_argument("--layers", type=int, default=2, help="graph encoder depth")
     p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--decoder", default="mlp", choices=["mlp", "dot"])
+    p.add_argument("--decoder", default="mlp", choices=["mlp", "dot"], help="interaction MLP or dot product")
     p.add_argument(
-        "--pair-correlation", action="store_true", help="learned models' decoders also see each pair's Pearson r"
+        "--evidence",
+        help=f"pair evidence the learned models see: comma-separated subset of {','.join(EVIDENCE)}, or none "
+        "(default: all, without trees when --tree-method none)",
     )
+    p.add_argument("--tuning-budget", type=int, default=3, help="configurations per learned method and seed")
+    p.add_argument("--supervision-fraction", type=float, default=0.3, help="training rows held out of the graph")
+    p.add_argument("--isd-cells", type=int, default=600, help="cells for the in-silico deletion evidence")
+    p.add_argument("--method", help="write edges.tsv from this method (default: the best on validation)")
     p.add_argument("--pooling", default="auto", choices=POOLING_CHOICES)
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--split", default="genelink", help="genelink, or a split file / GENELink split directory")
+    p.add_argument(
+        "--split", default="genelink", help="genelink, cold-start (held-out TFs), or a split file / directory"
+    )
     p.add_argument("--negatives", default="genelink", choices=NEGATIVE_MODES)
     p.add_argument(
         "--baselines",
@@ -44,7 +52,7 @@ def add_grn_parser(sub) -> None:
     p.add_argument("--tree-method", default="grnboost2", choices=TREE_METHODS)
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--patience", type=int, default=20)
+    p.add_argument("--patience", type=int, default=40)
     p.add_argument("--min-vocab-coverage", type=float, default=0.5)
     p.add_argument("--cache-dir", type=Path, help="gene-embedding / tree-baseline cache (default OUT/cache)")
     p.add_argument("--workers", type=int, default=2)
@@ -67,7 +75,11 @@ def config_from_args(args: argparse.Namespace):
         layers=args.layers,
         hidden=args.hidden,
         decoder=args.decoder,
-        pair_correlation=args.pair_correlation,
+        evidence=None if args.evidence is None else [e for e in args.evidence.split(",") if e and e != "none"],
+        tuning_budget=args.tuning_budget,
+        supervision_fraction=args.supervision_fraction,
+        isd_cells=args.isd_cells,
+        method=args.method,
         pooling=args.pooling,
         seeds=args.seeds,
         split=args.split,
@@ -97,6 +109,7 @@ def cmd_grn(args: argparse.Namespace) -> int:
     print((Path(args.out) / "results.md").read_text())
     print(
         f"wrote {args.out}/: edges.tsv, metrics.json, results.md"
-        + (", roc.png, pr.png" if payload["mode"] == "benchmark" else ", known_edges.tsv")
+        + (", roc.png, pr.png" if payload["mode"] == "benchmark" else ", roc.png, pr.png, known_edges.tsv")
+        + f"; edges.tsv ranked by {payload['edges_method']}"
     )
     return 0

@@ -11,7 +11,20 @@ GNNS = ("gcn", "sage", "gat")
 POOLING_CHOICES = ("auto", "mean", "attention", "static")
 NEGATIVE_MODES = ("genelink", "degree-aware")
 TREE_METHODS = ("grnboost2", "genie3", "none")
-BASELINES = ("genelink-gat", "random-embedding", "no-gnn", "degree", "pearson", "spearman", "trees")
+LEARNED_BASELINES = ("genelink-gat", "expression-gcn", "random-embedding", "random-init", "no-gnn", "evidence-logreg")
+UNSUPERVISED_BASELINES = (
+    "pretrained-isd",
+    "random-init-isd",
+    "pearson",
+    "spearman",
+    "partial",
+    "regression",
+    "trees",
+    "degree",
+)
+BASELINES = LEARNED_BASELINES + UNSUPERVISED_BASELINES
+EVIDENCE = ("pearson", "regression", "partial", "trees", "isd")
+SPLITS = ("genelink", "cold-start")
 
 
 @dataclass
@@ -41,16 +54,29 @@ class GrnConfig:
     hidden: int = 128
     """Width of the first encoder layer (halved at each further layer)."""
     decoder: str = "mlp"
-    """Pair decoder: mlp on [tf ‖ target] or dot product."""
-    pair_correlation: bool = False
-    """Every learned model's decoder also sees the pair's expression correlation (see LinkModelConfig)."""
+    """Pair decoder of the joint model and its ablations: "mlp" (interaction MLP on [tf ‖ target ‖ tf ⊙ target]) or
+    "dot"."""
+    evidence: list[str] | None = None
+    """Pair evidence the learned models' decoders see (evidence.py): pearson (|r|), regression (|t| of the TF's
+    coefficient when the target is regressed on all TFs), partial (|partial correlation| given all genes), trees (the
+    tree baseline's importance), isd (the release's in-silico deletion effect). Empty: none. Default: all of them,
+    without trees when --tree-method is none."""
+    tuning_budget: int = 3
+    """Hyper-parameter configurations every learned method tries per seed (chosen on that seed's validation set)."""
+    supervision_fraction: float = 0.3
+    """Training rows held out of message passing each epoch as the loss's targets (fit.py)."""
+    isd_cells: int = 600
+    """Cells streamed through the release for the in-silico deletion evidence."""
+    method: str | None = None
+    """Which method writes edges.tsv; default: the one with the best validation AUROC (named in the output)."""
     pooling: str = "auto"
-    """How gene states are pooled over cells: mean, attention, static (token embedding), or auto = the best of the
-    three by validation AUROC on the first seed (never by test)."""
+    """How gene states are pooled over cells: mean, attention, static (token embedding), or auto = part of each
+    seed's hyper-parameter choice on that seed's validation set (never by test)."""
     seeds: int = 5
     """Independent splits + initialisations; metrics are reported as mean ± sd over them."""
     split: str = "genelink"
-    """genelink (scgrn implements GENELink's protocol, one split per seed) or a split file / directory."""
+    """genelink (scgrn implements GENELink's protocol, one split per seed), cold-start (held-out TFs: none of a test
+    TF's edges is in training) or a split file / directory."""
     negatives: str = "genelink"
     """genelink, or degree-aware negatives (Stock et al. 2025) that take node degree out of the signal."""
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
@@ -59,7 +85,8 @@ class GrnConfig:
     """The tree-ensemble baseline: grnboost2 (arboreto), genie3 (scikit-learn) or none."""
     epochs: int = 300
     lr: float = 1e-2
-    patience: int = 20
+    """The first learning rate of the scgrn recipe's grid (then lr / 3, lr × 3)."""
+    patience: int = 40
     min_vocab_coverage: float = 0.5
     """Refuse a release whose vocabulary knows fewer of the dataset's genes than this fraction."""
     cache_dir: Path | None = None
@@ -92,7 +119,20 @@ class GrnConfig:
         unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
             problems.append(f"--baselines {unknown}: unknown; allowed {BASELINES}")
-        for name in ("seeds", "layers", "hidden", "epochs", "patience", "workers", "max_genes"):
+        if self.evidence is None:
+            self.evidence = [e for e in EVIDENCE if e != "trees" or self.tree_method != "none"]
+        unknown = sorted(set(self.evidence) - set(EVIDENCE))
+        if unknown:
+            problems.append(f"--evidence {unknown}: unknown; allowed {EVIDENCE} (or none)")
+        if "trees" in self.evidence and self.tree_method == "none":
+            problems.append("--evidence trees needs a tree method; drop trees from --evidence or set --tree-method")
+        if not 0.0 <= self.supervision_fraction < 1.0:
+            problems.append(f"--supervision-fraction {self.supervision_fraction}: must be within [0, 1)")
+        if self.method is not None and self.method not in (*BASELINES, f"joint-{self.gnn}"):
+            problems.append(f"--method {self.method!r}: allowed joint-{self.gnn} or one of {BASELINES}")
+        positive = ("seeds", "layers", "hidden", "epochs", "patience", "workers", "max_genes")
+        positive += ("tuning_budget", "isd_cells")
+        for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} {getattr(self, name)!r}: must be an int >= 1")
         if not 0.0 <= self.min_vocab_coverage <= 1.0:
@@ -103,8 +143,8 @@ class GrnConfig:
             path = getattr(self, name)
             if path is not None and not Path(path).exists():
                 problems.append(f"--{name} {path}: no such file or directory")
-        if self.split != "genelink" and not Path(self.split).exists():
-            problems.append(f"--split {self.split!r}: neither 'genelink' nor an existing split file or directory")
+        if self.split not in SPLITS and not Path(self.split).exists():
+            problems.append(f"--split {self.split!r}: neither one of {SPLITS} nor an existing split file or directory")
         if problems:
             msg = "invalid scgrn grn options:\n  - " + "\n  - ".join(problems)
             raise GrnInputError(msg)

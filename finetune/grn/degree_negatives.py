@@ -1,16 +1,30 @@
-"""Degree-aware negative sampling for TF -> target edge splits (`genelink_split(..., negatives="degree-aware")`).
+"""Degree-aware negatives for TF -> target edge splits (`genelink_split(..., negatives="degree-aware")` and
+`cold_start_split`): node degree carries no signal about which pairs are edges.
 
 Why: GENELink's negatives are uniform non-targets (or all non-targets), so node degree differs between positives and
 negatives; Stock et al. (2025) showed that this degree leakage lets degree heuristics match GNNs on GENELink splits.
 On GENELink's negatives a degree heuristic (train out-degree(tf) x train in-degree(target)) scores 0.65-0.95 AUROC.
 
-Method: GENELink's positive split is kept and every set (train, validation, test) gets one negative per positive,
-(t, g) -> (t, g'), where the g' are that set's own positive targets in random order (a draw without replacement from
-the multiset of targets, i.e. in proportion to in-degree). Invalid pairs (a self pair, a known edge, a repeat or a
-pair already used by another set) are repaired by degree-preserving target swaps (Maslov & Sneppen 2002). Each TF then
-has as many negatives as positives and each target is as often a negative as a positive, so node degree carries no
-signal and the degree heuristic scores about 0.5 AUROC. Hub TFs that cannot be matched inside a set are topped up by
-drawing from all genes in proportion to global in-degree; only a TF with no allowed target left ends up short.
+Method (`degree_aware_negatives`): the sets are filled training first; each set gets exactly one negative per kept
+positive of the same TF, (t, g) -> (t, g'), with g' in the same target-degree bin as g. Degree is the training
+in-degree the heuristic (or a GNN on the training graph) sees: of the kept training positives for validation and
+test, of the training positives for training itself. Inside a bin the g' are the set's own positive targets in random
+order, repaired by degree-preserving target swaps (Maslov & Sneppen 2002; `_rewire_targets`), so each target is
+(nearly, see below) as often a negative as a positive; a slot the swaps cannot fill takes another allowed gene of the
+bin. No negative is a self pair, a known edge or a pair of another set.
+
+What is dropped, and why: a TF can only have as many negatives in a bin as it has non-targets there (left over by the
+other sets; each TF's non-targets are shared out between the sets in proportion to its positives in each). A hub TF
+that targets most of a bin's genes keeps a random subset of its positives in that bin of that size and the rest are
+dropped from the split (they are in no set; nothing moves between sets). Matching per TF *and* per degree bin is what
+takes the degree signal out on dense networks: a hub's non-targets are mostly low-degree genes, so matching only
+the TF counts leaves hub-positive pairs with high target degree and hub-negative pairs with low (degree heuristic
+0.65-0.75 AUROC on the cell-type-specific ChIP-seq networks). With it the degree heuristic scores 0.50 +- 0.02 test
+AUROC on all 25 BEELINE benchmark folders with expression (seeds 0-4). The price is the dropped positives: about
+0-3% on Non-Specific and the sparse Specific mDC, 3-12% on STRING, 20% on Lofgof and 49-67% on the dense Specific
+networks (hHEP, mESC, mHSC; up to 75% under cold-start), where many TFs target most genes; `logger.info` reports the
+counts per set. On those dense networks a hub's negatives are its few non-targets, so targets are no longer as often
+negatives as positives (the swaps stay within a few % of the most that the per-TF, per-bin counts allow).
 """
 
 from __future__ import annotations
@@ -18,10 +32,18 @@ from __future__ import annotations
 import numpy as np
 
 from finetune.grn.beeline import GrnDataset
-from finetune.grn.edge_sets import TEST, TRAIN, VAL, _codes, _draw_per_tf, _per_tf_counts, _warn_short, logger
+from finetune.grn.edge_sets import TEST, TRAIN, VAL, _codes, _draw_per_tf, _random_ranks, logger
 
+# Set code of a positive that no set can match with a negative (degree-aware splits drop it).
+DROPPED = -1
 # Degree-aware repair stops after this many rounds of target swaps without fewer invalid pairs.
 _REWIRE_PATIENCE = 25
+# Target-degree bins: each holds at least this many genes (so the TFs that point at a bin's hub targets still have
+# non-targets in it), and at most this many bins per set.
+_BIN_GENES = 32
+_MAX_BINS = 48
+# Slots the swaps cannot fill take genes that still lack negatives (weight = that deficit); others get this weight.
+_FILL_OTHER_WEIGHT = 1e-3
 # Pair membership uses a dense bitmap up to this many (tf, target) cells (64 MB), a sorted array above.
 _BITMAP_CELLS = 1 << 26
 
@@ -92,46 +114,144 @@ def _rewire_targets(rng: np.random.Generator, pairs: np.ndarray, n_genes: int, f
     return np.column_stack([tf[keep], target[keep]])
 
 
-def degree_aware_negatives(rng: np.random.Generator, dataset: GrnDataset, assign: np.ndarray) -> list[np.ndarray]:
-    """For every set, negatives with the same TF counts and (where possible) target counts as its positives.
+def _degree_bins(key: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Bin of every gene by `key` (an in-degree, >= 0), as ranges of key values; never splits a value.
 
-    Each positive (t, g) gets a negative (t, g') where the g' are the set's positive targets in random order (draws
-    without replacement from the multiset of targets, i.e. in proportion to in-degree), repaired by degree-preserving
-    swaps so that no negative is a self pair, a known edge or a pair used by another set (`_rewire_targets`). TF
-    out-degree and target in-degree are then identical between a set's positives and negatives.
+    Key 0 (a gene with no training edge, which a degree heuristic scores 0) is a bin of its own. Positive keys are
+    binned from the highest down, a bin closing once it holds `_BIN_GENES` genes and at least a `_MAX_BINS`-th of
+    `targets`, so a bin of hub targets also holds non-targets of the TFs that point at them; the lowest, unfinished
+    bin joins the one above it.
+    Shapes: key (n_genes,), targets (n,) -> (n_genes,) int64 bin ids 0..n_bins-1, ordered by key.
+    """
+    values, genes = np.unique(key, return_counts=True)
+    slots = np.bincount(np.searchsorted(values, key[targets]), minlength=len(values))
+    min_slots = max(1, -(-len(targets) // _MAX_BINS))
+    lowest = 1 if values[0] == 0 else 0  # position of the lowest positive key
+    cuts: list[int] = []  # lowest key of each bin of positive keys, from the top down
+    n_slots = n_genes = 0
+    for position in range(len(values) - 1, lowest - 1, -1):
+        n_slots += int(slots[position])
+        n_genes += int(genes[position])
+        if n_slots >= min_slots and n_genes >= _BIN_GENES:
+            cuts.append(int(values[position]))
+            n_slots = n_genes = 0
+    if n_genes and cuts:
+        cuts.pop()  # the lowest bin is unfinished: merge it into the one above
+    if lowest == 1 and len(values) > 1:
+        cuts.append(int(values[1]))  # keep key 0 apart (a no-op when that cut is already there)
+    return np.searchsorted(np.unique(np.array(cuts, dtype=np.int64)), key, side="right").astype(np.int64)
 
-    Matching each set to itself, not to all positives, matters: a held-out edge is missing from the training graph,
-    so its target's training in-degree is one lower than the degree it was drawn by; drawing test negatives by total
-    in-degree made low training in-degree predict held-out positives (degree-heuristic AUROC 0.36 on Specific mDC).
 
-    A hub TF whose positives cover most of a set's targets cannot be matched inside the set; its missing negatives are
-    drawn from all genes in proportion to their in-degree over all positives, which keeps its TF count exact and its
-    targets' degrees close. Only a TF with no allowed target left at all ends up short (logged); sets are filled test
-    first, so on dense networks (Specific) the shortfall lands in training.
+def _matched_set(
+    rng: np.random.Generator,
+    pairs: np.ndarray,
+    key: np.ndarray,
+    n_genes: int,
+    forbidden: np.ndarray,
+    cap: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One set's negatives, matched to its positives per TF and per target-degree bin; returns (keep, negatives).
+
+    `pairs` (n, 2) are the set's positives, `key` (n_genes,) the target degree to match, `forbidden` the codes no
+    negative may use (known edges, other sets' pairs) and `cap` (n_genes,) the most negatives each TF may take.
+
+    Genes are binned by `key` (`_degree_bins`). TF t keeps min(its positives in bin b, its allowed non-targets in bin
+    b) positives of bin b, and at most cap[t] in all (a random subset of those); its other positives are dropped
+    (`keep` False), chosen at random inside each bin. The kept positives get their negatives by rewiring targets
+    inside each bin (`_rewire_targets`); a slot that rewiring cannot fill takes another of the TF's allowed genes
+    of the bin, preferring genes that still have fewer negatives than positives. As a TF never keeps more positives
+    in a bin than it has allowed genes there, every TF ends with exactly as many negatives as kept positives in
+    every bin. Shapes: keep (n,) bool, negatives (keep.sum(), 2).
+    """
+    if len(pairs) == 0:
+        return np.zeros(0, dtype=bool), np.zeros((0, 2), dtype=np.int64)
+    bins = _degree_bins(key, pairs[:, 1])  # (n_genes,)
+    n_bins = int(bins.max()) + 1
+    tfs, tf_row = np.unique(pairs[:, 0], return_inverse=True)
+    slot_bin = bins[pairs[:, 1]]
+    positives = np.zeros((len(tfs), n_bins), dtype=np.int64)  # (set TFs, bins)
+    np.add.at(positives, (tf_row, slot_bin), 1)
+    # Allowed genes per TF and bin: the bin's genes minus the TF itself and the TF's forbidden pairs.
+    allowed = np.broadcast_to(np.bincount(bins, minlength=n_bins), positives.shape).copy()
+    allowed[np.arange(len(tfs)), bins[tfs]] -= 1
+    row_of = np.full(n_genes, -1, dtype=np.int64)
+    row_of[tfs] = np.arange(len(tfs))
+    forbidden_tf, forbidden_gene = np.divmod(np.unique(forbidden), n_genes)
+    hit = (row_of[forbidden_tf] >= 0) & (forbidden_tf != forbidden_gene)
+    np.add.at(allowed, (row_of[forbidden_tf[hit]], bins[forbidden_gene[hit]]), -1)
+    keep_count = np.minimum(positives, allowed)
+    for row in np.flatnonzero(keep_count.sum(axis=1) > cap[tfs]).tolist():
+        units = np.repeat(np.arange(n_bins), keep_count[row])  # one entry per keepable positive: its bin
+        chosen = rng.choice(len(units), size=int(max(cap[tfs[row]], 0)), replace=False)
+        keep_count[row] = np.bincount(units[chosen], minlength=n_bins)
+    rank, _ = _random_ranks(rng, tf_row * n_bins + slot_bin)
+    keep = rank < keep_count[tf_row, slot_bin]
+    # Rewire targets inside each bin (bins hold different targets, so two bins never make the same pair).
+    excluded = _PairSet(forbidden, n_genes)
+    matched = np.concatenate(
+        [_rewire_targets(rng, pairs[keep & (slot_bin == b)], n_genes, excluded) for b in range(n_bins)]
+    )
+    have = np.zeros_like(positives)
+    np.add.at(have, (row_of[matched[:, 0]], bins[matched[:, 1]]), 1)
+    short = keep_count - have
+    deficit = np.bincount(pairs[keep, 1], minlength=n_genes) - np.bincount(matched[:, 1], minlength=n_genes)
+    weights = np.maximum(deficit, 0).astype(np.float64) + _FILL_OTHER_WEIGHT  # (n_genes,)
+    used = np.concatenate([forbidden, _codes(matched, n_genes)])
+    filled = [matched]
+    for b in np.flatnonzero(short.sum(axis=0)).tolist():
+        rows = np.flatnonzero(short[:, b])
+        drawn, taken = _draw_per_tf(rng, tfs[rows], short[rows, b], n_genes, used, np.where(bins == b, weights, 0))
+        if (taken != short[rows, b]).any():  # cannot happen: keep_count <= allowed genes per TF and bin
+            msg = "degree-aware negatives: a degree bin ran out of allowed genes; please report this as a bug"
+            raise RuntimeError(msg)
+        filled.append(drawn)
+    return keep, np.concatenate(filled)
+
+
+def degree_aware_negatives(
+    rng: np.random.Generator, dataset: GrnDataset, assign: np.ndarray
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Degree-matched negatives for every set; returns (assign with the dropped positives set to DROPPED, negatives).
+
+    `assign` (n_edges,) holds the set code (TRAIN, VAL, TEST) of every positive of `dataset`; negatives are
+    [training, validation, test] arrays of (tf, target) pairs, one per kept positive of the same TF and target-degree
+    bin (`_matched_set`). Training is filled first and matched on its positives' in-degree; validation and test are
+    matched on the in-degree of the kept training positives, which is what the degree heuristic sees (matching on
+    total in-degree made held-out targets look low-degree: their own held-out edges are missing from training).
+    Each TF's non-targets are shared out between the sets in proportion to its positives in each (its cap), so a
+    hub TF keeps edges in every set rather than training using up all of its non-targets. Positives without a
+    matching negative are dropped (module docstring); the counts per set go to logger.info.
     """
     n_genes = dataset.n_genes
     positives = dataset.positives
-    global_in_degree = np.bincount(positives[:, 1], minlength=n_genes).astype(np.float64)  # (n_genes,)
+    assign = np.array(assign, dtype=np.int64)
+    out_degree = np.bincount(positives[:, 0], minlength=n_genes)
+    non_targets = n_genes - 1 - out_degree  # (n_genes,): what each TF can have as negatives over all sets
     used = _codes(positives, n_genes)
+    spent = np.zeros(n_genes, dtype=np.int64)  # negatives each TF has taken in the sets filled so far
+    seen = np.zeros(n_genes, dtype=np.int64)  # positives of each TF in the sets filled so far
+    key = np.bincount(positives[assign == TRAIN, 1], minlength=n_genes)
     negatives: dict[int, np.ndarray] = {}
-    # Test first, then validation: when hub TFs run out of non-targets, the sets that score models stay balanced.
-    for code, name in ((TEST, "test"), (VAL, "validation"), (TRAIN, "training")):
-        set_positives = positives[assign == code]
-        matched = _rewire_targets(rng, set_positives, n_genes, _PairSet(used, n_genes))
+    counts = []
+    for code, name in ((TRAIN, "training"), (VAL, "validation"), (TEST, "test")):
+        index = np.flatnonzero(assign == code)
+        set_positives = positives[index]
+        seen += np.bincount(set_positives[:, 0], minlength=n_genes)
+        share = non_targets if code == TEST else non_targets * seen // np.maximum(out_degree, 1)
+        keep, matched = _matched_set(rng, set_positives, key, n_genes, used, share - spent)
+        assign[index[~keep]] = DROPPED
         used = np.concatenate([used, _codes(matched, n_genes)])
-        tfs, need = _per_tf_counts(set_positives)
-        have = dict(zip(*_per_tf_counts(matched), strict=True))
-        short = need - np.array([have.get(tf, 0) for tf in tfs.tolist()], dtype=np.int64)
-        topped, taken = _draw_per_tf(rng, tfs, short, n_genes, used, weights=global_in_degree)
-        used = np.concatenate([used, _codes(topped, n_genes)])
-        if len(topped):
-            logger.info(
-                "%s: %d degree-aware %s negatives of %d hub TF(s) drawn by global in-degree (not matchable in the set)",
-                dataset.name,
-                len(topped),
-                name,
-                int((short > 0).sum()),
-            )
-        _warn_short(f"the degree-aware {name} negatives", dataset, short, taken)
-        negatives[code] = np.concatenate([matched, topped])
-    return [negatives[code] for code in (TRAIN, VAL, TEST)]
+        spent += np.bincount(matched[:, 0], minlength=n_genes)
+        negatives[code] = matched
+        counts.append(f"{int((~keep).sum())} of {len(keep)} {name}")
+        if code == TRAIN:
+            key = np.bincount(set_positives[keep, 1], minlength=n_genes)
+    logger.info(
+        "%s: degree-aware negatives dropped %s positives (%d of %d in all: TFs with too few non-targets of matching "
+        "target degree)",
+        dataset.name,
+        ", ".join(counts),
+        int((assign == DROPPED).sum()),
+        len(assign),
+    )
+    return assign, [negatives[code] for code in (TRAIN, VAL, TEST)]

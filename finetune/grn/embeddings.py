@@ -149,6 +149,7 @@ def extract_gene_embeddings(
     min_coverage: float = DEFAULT_MIN_COVERAGE,
     seed: int = 0,
     progress: bool = False,
+    model: torch.nn.Module | None = None,
 ) -> GeneEmbeddings:
     """Run `release` over the cells of `expression_file` and pool per gene (see the module docstring).
 
@@ -158,9 +159,15 @@ def extract_gene_embeddings(
         value_kind: "counts" or "log1p" (BEELINE). log1p values are turned back into relative expression
             (expm1) before the model's own per-cell normalisation; both families normalise per cell, so the
             unknown scale of a log-normalised matrix does not matter, only its log base does (natural assumed).
+        model: run this model instead of the release's weights, with the release's vocabulary (the random-init
+            ablation: `evidence.random_init_like(release)`).
     """
     release = Path(release)
-    model, vocab = load_release(release)
+    if model is None:
+        model, vocab = load_release(release)
+        origin = release_sha256(release)
+    else:
+        vocab, origin = GeneVocab.load(release / "vocab.json"), f"random-init:{release_sha256(release)}"
     ids = vocab_ids(genes, vocab, str(expression_file))
     check_coverage(genes, ids, release, min_coverage, str(expression_file))
     if not hasattr(model, "gene_states"):
@@ -173,18 +180,7 @@ def extract_gene_embeddings(
         if i >= 0 and row_of_id[i] < 0:
             row_of_id[i] = row
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        corpus = Path(tmp) / "corpus"
-        cfg = ShardConfig(
-            inputs=[Path(expression_file)],
-            out=corpus,
-            format="zarr",
-            vocab=release / "vocab.json",
-            values=value_kind,
-            unmapped="drop",
-            val_fraction=0.0,
-            mapping=MappingOptions(case_insensitive=True, duplicate_genes="sum", min_mapped_fraction=0.0),
-        )
-        shard(cfg, progress=False)
+        corpus = release_corpus(release, expression_file, value_kind, Path(tmp))
         pooled = _pool(model, corpus, row_of_id, len(genes), value_kind, batch_cells, seed, progress)
     static = model.gene_embedding.weight.detach().float().numpy()  # (V, D)
     static_rows = np.zeros((len(genes), static.shape[1]), dtype=np.float32)
@@ -200,22 +196,43 @@ def extract_gene_embeddings(
         static=static_rows,
         mapped=ids >= 0,
         cells_expressing=cells,
-        release=release_sha256(release),
+        release=origin,
         meta={"release_path": str(release), "family": type(model).__name__, "value_kind": value_kind},
     )
 
 
-def _batches(corpus: Path, batch_cells: int):
+def release_corpus(release: Path, expression_file: Path, value_kind: str, work_dir: Path) -> Path:
+    """Shard `expression_file` with the release's own vocabulary (case-insensitive, unmapped genes dropped) into
+    `work_dir/corpus`, so its cells stream through the model exactly as pretraining's did."""
+    corpus = Path(work_dir) / "corpus"
+    cfg = ShardConfig(
+        inputs=[Path(expression_file)],
+        out=corpus,
+        format="zarr",
+        vocab=Path(release) / "vocab.json",
+        values=value_kind,
+        unmapped="drop",
+        val_fraction=0.0,
+        mapping=MappingOptions(case_insensitive=True, duplicate_genes="sum", min_mapped_fraction=0.0),
+    )
+    shard(cfg, progress=False)
+    return corpus
+
+
+def release_batches(corpus: Path, batch_cells: int, value_kind: str = "counts"):
+    """Packed batches of the corpus's cells in file order; log1p values are turned back into relative expression
+    (expm1) for the model's own per-cell normalisation."""
     data = StreamingCellDataset(corpus, split="all", shuffle=False, batch_size=batch_cells, obs_columns=[])
     for batch in data:
-        yield batch.to_torch()
+        out = batch.to_torch()
+        if value_kind == "log1p":
+            out["values"] = torch.expm1(out["values"])
+        yield out
 
 
 def _states(model, batch: dict, value_kind: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    values = batch["values"]
-    if value_kind == "log1p":
-        values = torch.expm1(values)  # relative expression; the model renormalises per cell
-    states = model.gene_states(batch["gene_ids"], values, batch["cu_seqlens"], generator=generator)  # (T, D)
+    del value_kind  # release_batches has already turned log1p back into relative expression
+    states = model.gene_states(batch["gene_ids"], batch["values"], batch["cu_seqlens"], generator=generator)  # (T, D)
     return batch["gene_ids"], states.float()
 
 
@@ -234,7 +251,8 @@ def _pool(model, corpus, row_of_id, n_genes, value_kind, batch_cells, seed, prog
             best = torch.full((n_genes,), -math.inf)
             weighted = torch.zeros(n_genes, d)
             norm = torch.zeros(n_genes)
-        for batch in tqdm(_batches(corpus, batch_cells), desc=f"gene states ({pass_})", disable=not progress):
+        batches = release_batches(corpus, batch_cells, value_kind)
+        for batch in tqdm(batches, desc=f"gene states ({pass_})", disable=not progress):
             gene_ids, states = _states(model, batch, value_kind, generator)
             rows = row_of_id[gene_ids]  # (T,)
             keep = rows >= 0

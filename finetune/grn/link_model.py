@@ -6,12 +6,20 @@ encoder. Both are instances of `LinkPredictor`:
 
     x_g  = [ W_e · z_g  ‖  W_p · LN(p_g) ]         z_g: the gene's z-scored expression over cells (n_cells,)
                                                    p_g: its pretrained embedding (or a learned vector if unmapped)
-    h    = Encoder(x, training edges)               GCN / GraphSAGE / GAT layers, or an MLP (no graph)
+    h    = Encoder(x, message-passing edges)        GCN / GraphSAGE / GAT layers, or an MLP (no graph)
     t_g  = MLP_tf(h_g),  s_g = MLP_target(h_g)      GENELink's separate regulator and target views
-    logit(tf → target) = MLP([t_tf ‖ s_target])  or  ⟨t_tf, s_target⟩ / √d
+    logit(tf → target) = a · e_ts + MLP([t ‖ s ‖ t ⊙ s ‖ e_ts])    "mlp": an interaction decoder
+                      or a · e_ts + w · ⟨t, s⟩ / √d                    "dot": GENELink's decoder
 
-Shapes: expression (N, C), embedding (N, E), edge_index (2, M) with M training edges in both directions,
-pairs (P, 2) [tf, target] → logits (P,).
+e_ts (F,) is the pair's evidence (`evidence.py`: co-expression, partial correlation, tree importance, the release's
+in-silico deletion effect), each as a normal score of its rank among the candidate pairs; models built without pair
+evidence drop the e terms. The t ⊙ s product lets the decoder score an interaction of the two genes instead of a sum
+of two per-gene terms (an additive MLP on [t ‖ s] can only learn "good regulator" + "good target", i.e. degree).
+With evidence, a starts at 1/F and the MLP's last layer (or w) at 0, so the untrained model ranks pairs by the mean
+evidence score and training, early-stopped on validation, keeps only what the gene views add.
+
+Shapes: expression (N, C), embedding (N, E), evidence (F, N, N), edge_index (2, M) with M message-passing edges in
+both directions, pairs (P, 2) [tf, target] → logits (P,).
 """
 
 from __future__ import annotations
@@ -42,15 +50,11 @@ class LinkModelConfig:
     out_dim: int = 32
     """Width of the TF and target views fed to the decoder."""
     decoder: str = "mlp"
-    """Pair decoder: mlp on [tf ‖ target] or dot product."""
+    """Pair decoder: "mlp", an interaction MLP on [tf ‖ target ‖ tf ⊙ target] (and the pair evidence), or "dot"
+    (GENELink's scaled dot product)."""
     dropout: float = 0.0
     """Dropout between encoder layers and on GAT attention. 0 by default: early stopping regularises, and without
     dropout the training forward pass also scores the validation pairs (one pass per epoch)."""
-    pair_correlation: bool = False
-    """Give the decoder each pair's co-expression as well: the Pearson r of the TF's and the target's expression across
-    cells (and |r|), plus the product of their views for the MLP decoder. Off by default (GENELink and scTransNet
-    decode from the two genes' views alone); without it the learned models cannot pick up co-expression on a network
-    whose negatives carry no degree signal (e.g. the simulator's, with density-matched negatives)."""
     skip: bool = True
     """Concatenate the encoder's input to its output before the heads (scTransNet concatenates the pretrained
     embedding to the GNN output), so message passing adds to the gene's own features instead of replacing them."""
@@ -89,7 +93,8 @@ class GraphEncoder(nn.Module):
         for i, out in enumerate(dims):
             last = i == len(dims) - 1
             if self.kind == "gcn":
-                layer = GCNConv(in_dim, out, cached=True)  # the graph is fixed for a model's lifetime
+                # not cached: training passes a different message-passing graph each epoch (held-out supervision)
+                layer = GCNConv(in_dim, out, cached=False)
             elif self.kind == "sage":
                 layer = SAGEConv(in_dim, out)
             elif self.kind == "gat":
@@ -118,6 +123,7 @@ class LinkPredictor(nn.Module):
         expression_dim: C, cells per gene feature vector (0: no expression block).
         embedding: (N, E) fixed pretrained gene embeddings, or None for expression-only models (GENELink).
         mapped: (N,) bool; rows where it is False (genes the release's vocab lacks) use one learned vector.
+        evidence: (F, N, N) fixed pair evidence e[:, tf, target], or None (decode from the two views alone).
     """
 
     def __init__(
@@ -126,6 +132,7 @@ class LinkPredictor(nn.Module):
         config: LinkModelConfig,
         embedding: Tensor | None = None,
         mapped: Tensor | None = None,
+        evidence: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -154,25 +161,28 @@ class LinkPredictor(nn.Module):
         self.target_head = nn.Sequential(
             nn.Linear(d, config.out_dim), nn.LeakyReLU(), nn.Linear(config.out_dim, config.out_dim)
         )
-        if config.pair_correlation and expression_dim == 0:
-            msg = "pair_correlation needs the expression block (expression_dim > 0)."
-            raise ValueError(msg)
-        pair_in = (3 * config.out_dim + 2) if config.pair_correlation else 2 * config.out_dim
-        self.pair_mlp = (
-            nn.Sequential(nn.Linear(pair_in, config.out_dim), nn.LeakyReLU(), nn.Linear(config.out_dim, 1))
-            if config.decoder == "mlp"
-            else None
-        )
-        self.correlation_weight = None
-        if config.pair_correlation:
-            # residual learning over a co-expression prior: logit = a · z + b · |z| + g(views), with z = r · sqrt(C);
-            # (a, b) start at (0, 1) and g at 0, so epoch 0 scores pairs by |r| and training (with early stopping on
-            # validation) keeps only what the views add
-            self.correlation_weight = nn.Parameter(torch.tensor([0.0, 1.0]))
-            self.view_weight = nn.Parameter(torch.zeros(1))  # dot decoder: g = w · <tf, target> / sqrt(d)
+        n_evidence = 0
+        self.evidence_weight = None
+        if evidence is not None:
+            if evidence.dim() != 3 or evidence.shape[1] != evidence.shape[2] or evidence.shape[0] < 1:
+                msg = f"evidence must be (F >= 1, N, N) pair scores; got shape {tuple(evidence.shape)}"
+                raise ValueError(msg)
+            n_evidence = evidence.shape[0]
+            self.register_buffer("evidence", evidence.float())
+            self.evidence_weight = nn.Parameter(torch.full((n_evidence,), 1.0 / n_evidence))
+        self.pair_mlp = None
+        if config.decoder == "mlp":
+            self.pair_mlp = nn.Sequential(
+                nn.Linear(3 * config.out_dim + n_evidence, config.out_dim), nn.LeakyReLU(), nn.Linear(config.out_dim, 1)
+            )
+        self.view_weight = None
+        if evidence is not None:
+            # residual learning over the evidence: the view term starts at 0 (see the module docstring)
             if self.pair_mlp is not None:
                 nn.init.zeros_(self.pair_mlp[-1].weight)
                 nn.init.zeros_(self.pair_mlp[-1].bias)
+            else:
+                self.view_weight = nn.Parameter(torch.zeros(1))
 
     def node_features(self, expression: Tensor | None) -> Tensor:
         parts = []
@@ -183,34 +193,27 @@ class LinkPredictor(nn.Module):
             parts.append(self.embedding_proj(self.embedding_norm(emb)))  # (N, input_dim)
         return torch.cat(parts, dim=1)  # (N, blocks · input_dim)
 
-    def encode(self, expression: Tensor | None, edge_index: Tensor) -> tuple[Tensor, ...]:
-        """Regulator and target views of every gene: (N, out_dim) each; with `pair_correlation` also the genes'
-        unit-norm centred expression profiles (N, C), whose dot products are Pearson correlations."""
+    def encode(self, expression: Tensor | None, edge_index: Tensor) -> tuple[Tensor, Tensor]:
+        """Regulator and target views of every gene: (N, out_dim) each."""
         x = self.node_features(expression)  # (N, blocks · input_dim)
         h = self.encoder(x, edge_index)  # (N, hidden_dims[-1])
         if self.config.skip:
             h = torch.cat([h, x], dim=1)  # (N, d)
-        if not self.config.pair_correlation:
-            return self.tf_head(h), self.target_head(h)
-        centred = expression - expression.mean(dim=1, keepdim=True)
-        profiles = centred / centred.norm(dim=1, keepdim=True).clamp(min=1e-12)  # (N, C)
-        return self.tf_head(h), self.target_head(h), profiles
+        return self.tf_head(h), self.target_head(h)
 
     def decode(self, views: tuple[Tensor, Tensor], pairs: Tensor) -> Tensor:
-        """Logits (P,) of pairs (P, 2) [tf, target] from `encode`'s views."""
+        """Logits (P,) of pairs (P, 2) [tf, target] from `encode`'s views (and the pair evidence)."""
         tf = views[0][pairs[:, 0]]  # (P, out_dim)
         target = views[1][pairs[:, 1]]  # (P, out_dim)
-        if not self.config.pair_correlation:
+        if self.evidence_weight is None:
             if self.pair_mlp is None:
                 return (tf * target).sum(-1) / self.config.out_dim**0.5  # (P,)
-            return self.pair_mlp(torch.cat([tf, target], dim=1)).squeeze(-1)  # (P,)
-        r = (views[2][pairs[:, 0]] * views[2][pairs[:, 1]]).sum(-1, keepdim=True)  # (P, 1) Pearson r
-        # r · sqrt(C) is ~N(0, 1) for unrelated genes: on the scale of the other inputs, whatever the cell count
-        co = torch.cat([r, r.abs()], dim=1) * views[2].shape[1] ** 0.5  # (P, 2)
-        prior = co @ self.correlation_weight  # (P,)
+            return self.pair_mlp(torch.cat([tf, target, tf * target], dim=1)).squeeze(-1)  # (P,)
+        evidence = self.evidence[:, pairs[:, 0], pairs[:, 1]].T  # (P, F)
+        prior = evidence @ self.evidence_weight  # (P,)
         if self.pair_mlp is None:
             return prior + self.view_weight * (tf * target).sum(-1) / self.config.out_dim**0.5  # (P,)
-        return prior + self.pair_mlp(torch.cat([tf, target, tf * target, co], dim=1)).squeeze(-1)  # (P,)
+        return prior + self.pair_mlp(torch.cat([tf, target, tf * target, evidence], dim=1)).squeeze(-1)  # (P,)
 
     def forward(self, expression: Tensor | None, edge_index: Tensor, pairs: Tensor) -> Tensor:
         return self.decode(self.encode(expression, edge_index), pairs)

@@ -1,53 +1,116 @@
-"""The methods compared by `scgrn grn`, all run on the same splits: the joint model, its ablations and baselines.
+"""Every learned method of `scgrn grn` behind one interface: fit on a seed's train set, choose on that seed's
+validation set, score pairs (BEELINE's BLRun gives each algorithm the same three steps; STYLE.md habit 13).
 
-Learned (trained on the split's train set, early-stopped on its validation set):
-    joint-<gnn>        expression ‖ pretrained embedding → GNN over training edges (scTransNet, Kommu et al. 2024)
-    genelink-gat       expression only → GAT (GENELink, Chen & Liu 2022)
-    random-embedding   the joint model with the pretrained embedding replaced by a random one (ablation)
-    no-gnn             expression ‖ pretrained embedding → MLP, no message passing (ablation)
-Unsupervised / heuristic (scored on the same test edges):
-    degree             out-degree(tf) × in-degree(target) in the training positives (exposes degree leakage,
-                       Stock et al. 2025)
-    pearson, spearman  |correlation| over cells
-    grnboost2          arboreto's GRNBoost2 (Moerman et al. 2019), or a GENIE3-style scikit-learn ensemble
+Learned methods (each gets `tuning_budget` hyper-parameter configurations, chosen by validation AUROC, per seed):
+    joint-<gnn>        expression ‖ pretrained gene embedding → GNN, interaction decoder over the pair evidence
+                       (scTransNet, Kommu et al. 2024, with pair evidence); held-out supervision edges
+    expression-gcn     the joint model without any embedding (expression only)
+    random-embedding   the joint model with the pretrained embedding replaced by Gaussian vectors of its scale
+    random-init        the joint model with everything from the release (embedding *and* in-silico deletion
+                       evidence) computed by a randomly initialised copy of the release: what pretraining adds
+    no-gnn             the joint model with an MLP in place of message passing
+    evidence-logreg    logistic regression on the pair evidence alone (no genes' vectors, no graph)
+    genelink-gat       GENELink (Chen & Liu 2022) as published: expression → GAT, dot decoder, Adam lr 3e-3,
+                       mini-batches of 256, no pair evidence; its grid varies lr and decoder
+The unsupervised and heuristic scores (correlations, partial correlation, trees, in-silico deletion, degree) are
+(G, G) matrices computed by `pipeline.py` and `baselines.py`; they need no choice.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from finetune.errors import GrnInputError
 from finetune.grn.config import GrnConfig
-from finetune.grn.fit import FitResult, TrainConfig, fit_link_model, predict, training_graph
+from finetune.grn.embeddings import GeneEmbeddings
+from finetune.grn.fit import TrainConfig, auroc_torch, fit_link_model, predict, training_graph
 from finetune.grn.link_model import LinkModelConfig, LinkPredictor
+
+POOLINGS = ("mean", "attention", "static")
 
 
 @dataclass(frozen=True)
 class LearnedMethod:
     name: str
-    encoder: str  # gcn | sage | gat | mlp
-    embedding: str | None  # "pretrained", "random" or None (expression only)
+    encoder: str  # gcn | sage | gat | mlp; "logreg" for evidence-logreg
+    embedding: str | None  # "pretrained", "random", "random-init" or None (expression only)
+    evidence: str | None  # which release's pair evidence the decoder sees: "pretrained", "random-init" or None
+    recipe: str  # "scgrn" (full batch, AdamW, held-out supervision), "genelink" or "logreg"
     description: str
 
 
+@dataclass
+class GrnInputs:
+    """What every learned method may read: node features and the pair evidence, for one dataset."""
+
+    features: torch.Tensor  # (G, C) z-scored expression
+    embeddings: GeneEmbeddings  # the release's pooled gene states
+    evidence: torch.Tensor | None  # (F, G, G) normal scores of the pair evidence (pretrained release)
+    random_init_embeddings: GeneEmbeddings | None = None
+    random_init_evidence: torch.Tensor | None = None
+    evidence_names: list[str] = field(default_factory=list)
+
+    @property
+    def n_genes(self) -> int:
+        return int(self.features.shape[0])
+
+
+@dataclass
+class Choice:
+    """A method fitted on one seed's train set with the configuration that won on its validation set."""
+
+    params: dict
+    val_auroc: float
+    tried: list[dict]  # every configuration with its validation AUROC
+    best_epoch: int | None
+    epochs_run: int | None
+    seconds: float
+    scorer: Callable[[np.ndarray], np.ndarray]  # (P, ≥2) pairs → real scores (logits), higher = more likely
+
+
 def learned_methods(cfg: GrnConfig) -> list[LearnedMethod]:
+    evidence = "pretrained" if cfg.evidence else None
+    gnn = cfg.gnn
     methods = [
         LearnedMethod(
-            f"joint-{cfg.gnn}", cfg.gnn, "pretrained", f"expression ‖ pretrained embedding, {cfg.gnn} (scgrn)"
+            f"joint-{gnn}", gnn, "pretrained", evidence, "scgrn", f"expression ‖ pretrained embedding, {gnn} (scgrn)"
         )
     ]
-    if "genelink-gat" in cfg.baselines:
-        methods.append(LearnedMethod("genelink-gat", "gat", None, "expression only, GAT (GENELink-style)"))
-    if "random-embedding" in cfg.baselines:
-        methods.append(
-            LearnedMethod("random-embedding", cfg.gnn, "random", f"expression ‖ random embedding, {cfg.gnn} (ablation)")
-        )
-    if "no-gnn" in cfg.baselines:
-        methods.append(
-            LearnedMethod("no-gnn", "mlp", "pretrained", "expression ‖ pretrained embedding, MLP (ablation)")
-        )
+    optional = {
+        "expression-gcn": LearnedMethod(
+            "expression-gcn", "gcn", None, evidence, "scgrn", "expression only, gcn (no embedding; ablation)"
+        ),
+        "random-embedding": LearnedMethod(
+            "random-embedding", gnn, "random", evidence, "scgrn", f"expression ‖ random embedding, {gnn} (ablation)"
+        ),
+        "random-init": LearnedMethod(
+            "random-init",
+            gnn,
+            "random-init",
+            "random-init" if evidence else None,
+            "scgrn",
+            f"embedding and deletion evidence from a random-init copy of the release, {gnn} (ablation)",
+        ),
+        "no-gnn": LearnedMethod(
+            "no-gnn", "mlp", "pretrained", evidence, "scgrn", "expression ‖ pretrained embedding, MLP (ablation)"
+        ),
+        "evidence-logreg": LearnedMethod(
+            "evidence-logreg", "logreg", None, "pretrained", "logreg", "logistic regression on the pair evidence"
+        ),
+        "genelink-gat": LearnedMethod(
+            "genelink-gat", "gat", None, None, "genelink", "GENELink as published: expression → GAT, Adam, batch 256"
+        ),
+    }
+    for name, method in optional.items():
+        if name not in cfg.baselines:
+            continue
+        if method.evidence is not None and not cfg.evidence:
+            continue  # evidence-logreg needs evidence
+        methods.append(method)
     return methods
 
 
@@ -64,31 +127,120 @@ def random_embedding(like: np.ndarray, seed: int) -> np.ndarray:
     return (rng.standard_normal(like.shape) * like.std(axis=0, keepdims=True)).astype(np.float32)
 
 
-def fit_method(
-    method: LearnedMethod,
-    cfg: GrnConfig,
-    features: torch.Tensor,
-    embedding: np.ndarray | None,
-    mapped: np.ndarray,
-    train: np.ndarray,
-    val: np.ndarray,
-    seed: int,
-) -> FitResult:
-    """Build and train one learned method on one split (the same seed gives the same initialisation)."""
-    torch.manual_seed(seed)
-    emb = None
+def candidate_configs(method: LearnedMethod, cfg: GrnConfig) -> list[dict]:
+    """The first `cfg.tuning_budget` configurations of the method's grid, most standard first; every method gets
+    the same number (the budget), so none is tuned harder than another."""
+    lrs = (cfg.lr, cfg.lr / 3, cfg.lr * 3)
+    if method.recipe == "genelink":
+        grid = [{"lr": lr, "decoder": d} for d in ("dot", "mlp") for lr in (3e-3, 1e-3, 1e-2)]
+    elif method.recipe == "logreg":
+        grid = [{"C": c} for c in (1.0, 0.1, 10.0, 0.01, 100.0, 0.001)]
+    elif method.embedding in ("pretrained", "random-init"):
+        # learning rate and pooling alternate, so a small budget explores both
+        poolings = POOLINGS if cfg.pooling == "auto" else (cfg.pooling,)
+        n_p, n_lr = len(poolings), len(lrs)
+        grid = [{"pooling": poolings[i % n_p], "lr": lrs[(i + i // n_p) % n_lr]} for i in range(n_p * n_lr)]
+    else:
+        grid = [{"lr": lr, "hidden": h} for h in (cfg.hidden, max(8, cfg.hidden // 2)) for lr in lrs]
+    return grid[: cfg.tuning_budget]
+
+
+def _evidence(method: LearnedMethod, inputs: GrnInputs) -> torch.Tensor | None:
+    if method.evidence == "pretrained":
+        return inputs.evidence
+    if method.evidence == "random-init":
+        if inputs.random_init_evidence is None:
+            msg = "the random-init ablation needs the random-init release's evidence; it was not computed"
+            raise GrnInputError(msg)
+        return inputs.random_init_evidence
+    return None
+
+
+def _embedding(method: LearnedMethod, inputs: GrnInputs, params: dict, seed: int) -> torch.Tensor | None:
     if method.embedding == "pretrained":
-        emb = torch.from_numpy(embedding)
-    elif method.embedding == "random":
-        emb = torch.from_numpy(random_embedding(embedding, seed))
+        return torch.from_numpy(inputs.embeddings.get(params["pooling"]))
+    if method.embedding == "random-init":
+        if inputs.random_init_embeddings is None:
+            msg = "the random-init ablation needs the random-init release's gene embeddings; they were not computed"
+            raise GrnInputError(msg)
+        return torch.from_numpy(inputs.random_init_embeddings.get(params["pooling"]))
+    if method.embedding == "random":
+        return torch.from_numpy(random_embedding(inputs.embeddings.mean, seed))
+    return None
+
+
+def _fit_link(method, cfg, inputs, train, val, seed, params):
+    torch.manual_seed(seed)
+    hidden = params.get("hidden", cfg.hidden)
+    hidden_dims = [max(8, hidden // (2**i)) for i in range(cfg.layers)]
+    genelink = method.recipe == "genelink"
     model_cfg = LinkModelConfig(
-        encoder=method.encoder, hidden_dims=cfg.hidden_dims, decoder=cfg.decoder, pair_correlation=cfg.pair_correlation
+        encoder=method.encoder, hidden_dims=hidden_dims, decoder=params.get("decoder", cfg.decoder)
     )
-    model = LinkPredictor(features.shape[1], model_cfg, emb, torch.from_numpy(mapped))
-    train_cfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, patience=cfg.patience)
-    return fit_link_model(model, features, train, val, features.shape[0], train_cfg, seed)
+    model = LinkPredictor(
+        inputs.features.shape[1],
+        model_cfg,
+        _embedding(method, inputs, params, seed),
+        torch.from_numpy(inputs.embeddings.mapped) if method.embedding else None,
+        _evidence(method, inputs),
+    )
+    if model.evidence_weight is not None:
+        # start from the best evidence-only ranking of the training pairs (the evidence-logreg baseline's model), so
+        # training with early stopping on validation keeps only what the gene views add on top of it
+        weights = _logreg(model.evidence.numpy(), train, c=1.0).coef_[0]
+        with torch.no_grad():
+            model.evidence_weight.copy_(torch.from_numpy(weights).float())
+    train_cfg = TrainConfig(
+        epochs=cfg.epochs,
+        lr=params["lr"],
+        patience=cfg.patience,
+        optimizer="adam" if genelink else "adamw",
+        weight_decay=0.0 if genelink else 1e-4,
+        batch_size=256 if genelink else None,
+        supervision_fraction=0.0 if genelink else cfg.supervision_fraction,
+    )
+    result = fit_link_model(model, inputs.features, train, val, inputs.n_genes, train_cfg, seed)
+    graph = training_graph(train, inputs.n_genes)
+
+    def scorer(pairs: np.ndarray) -> np.ndarray:
+        return predict(result.model, inputs.features, graph, pairs, logits=True)
+
+    return result.val_auroc, result.best_epoch, result.epochs_run, scorer
 
 
-def score(result: FitResult, features: torch.Tensor, train: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Probabilities for `pairs` with the graph of `train`'s positives (the graph the model was trained on)."""
-    return predict(result.model, features, training_graph(train, features.shape[0]), pairs)
+def _logreg(evidence: np.ndarray, train: np.ndarray, c: float):
+    """Logistic regression of the training labels on the training pairs' evidence (F, G, G) → (P, F)."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, max_iter=1000).fit(evidence[:, train[:, 0], train[:, 1]].T, train[:, 2])
+
+
+def _fit_logreg(inputs, train, val, params):
+    evidence = inputs.evidence.numpy()
+    model = _logreg(evidence, train, params["C"])
+
+    def scorer(pairs: np.ndarray) -> np.ndarray:
+        return model.decision_function(evidence[:, pairs[:, 0], pairs[:, 1]].T)
+
+    val_auroc = auroc_torch(torch.from_numpy(val[:, 2].astype(np.float32)), torch.from_numpy(scorer(val)))
+    return val_auroc, None, None, scorer
+
+
+def fit_and_choose(
+    method: LearnedMethod, cfg: GrnConfig, inputs: GrnInputs, train: np.ndarray, val: np.ndarray, seed: int
+) -> Choice:
+    """Fit every candidate configuration on `train`, keep the one with the best AUROC on `val` (this seed's)."""
+    import time
+
+    start = time.perf_counter()
+    best, tried = None, []
+    for params in candidate_configs(method, cfg):
+        if method.recipe == "logreg":
+            outcome = _fit_logreg(inputs, train, val, params)
+        else:
+            outcome = _fit_link(method, cfg, inputs, train, val, seed, params)
+        tried.append({**params, "val_auroc": outcome[0]})
+        if best is None or outcome[0] > best[1][0]:
+            best = (params, outcome)
+    params, (val_auroc, best_epoch, epochs_run, scorer) = best
+    return Choice(params, val_auroc, tried, best_epoch, epochs_run, time.perf_counter() - start, scorer)

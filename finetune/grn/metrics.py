@@ -8,8 +8,11 @@ evaluated set, which is the AUPRC (and precision) of a random scorer on that set
 - AUPRC ratio = AUPRC / (n_positives / n_edges). BEELINE computes it over all TF→gene pairs, so there the
   positive rate is the network density; on a split file it is that file's positive rate.
 - EPR (early precision ratio) = precision among the top-k edges, k = n_positives, divided by the same rate.
+- Per-TF macro AUROC (`per_tf_auroc`, `edge_metrics_per_tf`) = the mean over TFs of the AUROC among that TF's edges
+  alone (TFs with both a positive and a negative), so a TF's degree cannot help: only the ranking of each TF's own
+  candidate targets counts.
 
-Shapes: `labels` and `scores` are 1-D arrays of length n_edges.
+Shapes: `labels` and `scores` are 1-D arrays of length n_edges (and `tfs`, for the per-TF metrics).
 """
 
 from __future__ import annotations
@@ -24,8 +27,13 @@ from finetune.errors import GrnInputError
 METRIC_NAMES = ("auroc", "auprc", "auprc_ratio", "epr")
 
 
-def _validate(labels: np.ndarray, scores: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Return (labels as int8, scores as float64) or raise GrnInputError saying what was received."""
+def _validate(
+    labels: np.ndarray, scores: np.ndarray, metric: str, *, both_classes: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (labels as int8, scores as float64) or raise GrnInputError saying what was received.
+
+    `both_classes=False` accepts labels of a single class (the per-TF metrics then score no TF).
+    """
     labels = np.asarray(labels)
     scores = np.asarray(scores)
     if labels.ndim != 1 or scores.ndim != 1:
@@ -54,7 +62,7 @@ def _validate(labels: np.ndarray, scores: np.ndarray, metric: str) -> tuple[np.n
     labels = labels.astype(np.int8)
     n_pos = int(labels.sum())
     n_neg = int(labels.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
+    if both_classes and (n_pos == 0 or n_neg == 0):
         msg = (
             f"labels hold only one class ({n_pos} positives, {n_neg} negatives): {metric} is undefined; "
             "the evaluated set needs both"
@@ -133,6 +141,65 @@ def edge_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float | in
         "n_positives": n_positives,
         "positive_rate": n_positives / labels.size,
     }
+
+
+def per_tf_auroc(tfs: np.ndarray, labels: np.ndarray | None, scores: np.ndarray) -> tuple[float | None, int]:
+    """Macro AUROC over TFs: the mean of each TF's AUROC among its own edges, and the number of TFs it averages.
+
+    `tfs` is the TF of every edge: a 1-D array, or the (n, 2) [tf, target] / (n, 3) [tf, target, label] rows of a
+    split (column 0 is the TF); with (n, 3) rows `labels` may be None to take column 2. Only TFs with at least one
+    positive and one negative are scored (AUROC is undefined otherwise); with none, returns (None, 0). Each TF's
+    AUROC equals sklearn's `roc_auc_score` on its edges (ties count one half).
+    Shapes: tfs (n,) or (n, 2 | 3), labels (n,), scores (n,) -> (float | None, int).
+    """
+    tfs = np.asarray(tfs)
+    if tfs.ndim == 2 and tfs.shape[1] in (2, 3):
+        if labels is None and tfs.shape[1] == 3:
+            labels = tfs[:, 2]
+        tfs = tfs[:, 0]
+    if labels is None:
+        msg = "per-TF AUROC: labels is None; pass labels, or (n, 3) [tf, target, label] rows as tfs"
+        raise GrnInputError(msg)
+    if tfs.ndim != 1:
+        msg = f"per-TF AUROC: tfs must be 1-D or (n, 2 | 3) [tf, target(, label)] rows; received shape {tfs.shape}"
+        raise GrnInputError(msg)
+    labels, scores = _validate(labels, scores, "per-TF AUROC", both_classes=False)
+    if len(tfs) != len(labels):
+        msg = f"per-TF AUROC: tfs ({len(tfs)} edges) and labels ({len(labels)} edges) differ in length"
+        raise GrnInputError(msg)
+    _, group = np.unique(tfs, return_inverse=True)
+    group = group.ravel()
+    n_groups = int(group.max()) + 1
+    # Rank scores inside each TF (1-based, ties averaged) in one pass: sort by TF, then score.
+    order = np.lexsort((scores, group))
+    sorted_group, sorted_score = group[order], scores[order]
+    n = len(order)
+    group_start = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
+    position = np.arange(n) - np.repeat(group_start, np.diff(np.r_[group_start, n]))  # 0-based rank in its TF
+    run_start = np.flatnonzero(
+        np.r_[True, (sorted_group[1:] != sorted_group[:-1]) | (sorted_score[1:] != sorted_score[:-1])]
+    )
+    run_length = np.diff(np.r_[run_start, n])
+    run_rank = position[run_start] + (run_length + 1) / 2.0  # average 1-based rank of each tie run
+    rank = np.empty(n)
+    rank[order] = np.repeat(run_rank, run_length)
+    n_pos = np.bincount(group, weights=labels, minlength=n_groups)
+    n_neg = np.bincount(group, minlength=n_groups) - n_pos
+    rank_sum = np.bincount(group, weights=rank * labels, minlength=n_groups)
+    scored = (n_pos > 0) & (n_neg > 0)
+    if not scored.any():
+        return None, 0
+    auc = (rank_sum[scored] - n_pos[scored] * (n_pos[scored] + 1) / 2) / (n_pos[scored] * n_neg[scored])
+    return float(auc.mean()), int(scored.sum())
+
+
+def edge_metrics_per_tf(tfs: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> dict[str, float | int | None]:
+    """Per-TF metrics on one labelled edge set: {"tf_macro_auroc": mean per-TF AUROC or None, "n_tfs_scored": int}.
+
+    See `per_tf_auroc`; `tfs` is each edge's TF (1-D) or the set's [tf, target(, label)] rows.
+    """
+    value, n_tfs = per_tf_auroc(tfs, labels, scores)
+    return {"tf_macro_auroc": value, "n_tfs_scored": n_tfs}
 
 
 def summarize(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:

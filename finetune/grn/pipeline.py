@@ -1,19 +1,24 @@
-"""`scgrn grn`: GRN inference with a pretrained release, on a BEELINE folder (evaluation) or the user's data.
+"""`scgrn grn`, top to bottom: load → evidence → (per seed) split → fit and choose on validation → score → report.
 
-Benchmark mode, per seed: split the dataset's edges (GENELink's protocol or a given split), train every learned
-method on the train set with early stopping on the validation set, score the test set with every method, and
-keep the metrics. The test set is read only to compute those metrics. Outputs: `metrics.json` (every method,
-every seed), `results.md` (mean ± sd), `edges.tsv` (all TF → gene pairs ranked by the joint model, averaged over
-the seeds' models), `roc.png` / `pr.png` (first seed's test set).
+Three modes share the loop:
+- benchmark (`--benchmark DIR`): a BEELINE folder's ground truth, split per seed (GENELink's protocol, degree-aware
+  negatives, cold-start TFs or a split file);
+- evaluation on the user's cells (`--expression X --truth EDGES`): the same, with the user's ground truth;
+- inference (`--expression X --prior P`): the prior's edges are split per seed with degree-matched negatives; every
+  method is scored on the held-out prior edges, and every TF → gene pair that is not a prior edge is ranked by the
+  method with the best *validation* AUROC (or `--method`), which the output names.
 
-Inference mode: the prior's edges among the data's genes are the known edges; they are split into train and
-validation, the joint model is trained, and every TF → gene pair that is not a known edge is ranked.
+Every method (the joint model, its ablations, the learned and unsupervised baselines) is run on the same splits;
+every choice (hyper-parameters, pooling, epochs) is made per seed on that seed's validation set, and the test set is
+read only to compute metrics. Outputs: `metrics.json`, `results.md`, `edges.tsv`, `roc.png` / `pr.png`. They are
+written at the end, so a run that fails leaves nothing under `--out` that looks finished (only the cache).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,47 +27,61 @@ import torch
 from data_prep.io_utils import sha256_file
 from finetune.errors import GrnInputError
 from finetune.grn import baselines as bl
+from finetune.grn import splits
 from finetune.grn.beeline import GrnDataset, load_benchmark
 from finetune.grn.config import GrnConfig
-from finetune.grn.embeddings import GeneEmbeddings, cached_gene_embeddings
-from finetune.grn.methods import LearnedMethod, fit_method, learned_methods, score, zscore_genes
+from finetune.grn.embeddings import GeneEmbeddings, cached_gene_embeddings, extract_gene_embeddings
+from finetune.grn.evidence import (
+    DeletionConfig,
+    evidence_tensor,
+    partial_correlation_matrix,
+    random_init_like,
+    release_deletion_evidence,
+    tf_regression_matrix,
+)
+from finetune.grn.methods import GrnInputs, fit_and_choose, learned_methods, zscore_genes
 from finetune.grn.metrics import edge_metrics, summarize
 from finetune.grn.plots import plot_curves
-from finetune.grn.report import write_edges, write_metrics, write_results_md
-from finetune.grn.splits import EdgeSplit, genelink_split, read_split, split_prior
+from finetune.grn.report import write_edges, write_metrics, write_results
+from finetune.grn.splits import EdgeSplit, genelink_split, read_split
 
-POOLINGS = ("mean", "attention", "static")
+SUMMARY_METRICS = ("auroc", "auprc", "auprc_ratio", "epr", "val_auroc")
 
 
 def run_grn(cfg: GrnConfig) -> dict:
     """Run `scgrn grn` as configured; returns the metrics.json payload."""
+    return run_grn_detailed(cfg)[0]
+
+
+def run_grn_detailed(cfg: GrnConfig) -> tuple[dict, Evaluation, GrnDataset]:
+    """`run_grn`, also returning every method's scores of every candidate pair (for benchmarks that score them
+    against a truth the run never saw, e.g. the simulator's held-out edges)."""
     start = time.perf_counter()
     torch.set_num_threads(cfg.workers)
-    cfg.out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    if cfg.benchmark is not None:
-        dataset = load_benchmark(Path(cfg.benchmark))
-        expression_file, value_kind = _expression_file(Path(cfg.benchmark)), "log1p"
-    else:
-        from finetune.grn.user_data import load_user_dataset
-
-        edges = cfg.truth if cfg.truth is not None else cfg.prior
-        flag = "--truth" if cfg.truth is not None else "--prior"
-        dataset = load_user_dataset(cfg.expression, edges, values=cfg.values, max_genes=cfg.max_genes, flag=flag)
-        expression_file, value_kind = Path(cfg.expression), cfg.values
+    dataset, expression_file, value_kind = load(cfg)
     timings["load"] = time.perf_counter() - start
-
-    t = time.perf_counter()
-    embeddings = _embeddings(cfg, dataset, expression_file, value_kind)
-    timings["gene_embeddings"] = time.perf_counter() - t
-    features = torch.from_numpy(zscore_genes(dataset.expression))  # (G, C)
-    if cfg.benchmark is not None or cfg.truth is not None:
-        payload = _benchmark(cfg, dataset, embeddings, features, timings)
-    else:
-        payload = _inference(cfg, dataset, embeddings, features, timings)
+    inputs, unsupervised = gather_evidence(cfg, dataset, expression_file, value_kind, timings)
+    evaluation = evaluate(cfg, dataset, inputs, unsupervised, timings)
+    payload = report(cfg, dataset, inputs, evaluation, timings)
     payload["timings_s"]["total"] = time.perf_counter() - start
-    write_metrics(cfg.out / "metrics.json", payload)
-    return payload
+    write_metrics(cfg.out / "metrics.json", payload)  # last: its presence means the run finished
+    return payload, evaluation, dataset
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. load
+
+
+def load(cfg: GrnConfig) -> tuple[GrnDataset, Path, str]:
+    if cfg.benchmark is not None:
+        return load_benchmark(Path(cfg.benchmark)), _expression_file(Path(cfg.benchmark)), "log1p"
+    from finetune.grn.user_data import load_user_dataset
+
+    edges = cfg.truth if cfg.truth is not None else cfg.prior
+    flag = "--truth" if cfg.truth is not None else "--prior"
+    dataset = load_user_dataset(cfg.expression, edges, values=cfg.values, max_genes=cfg.max_genes, flag=flag)
+    return dataset, Path(cfg.expression), cfg.values
 
 
 def _expression_file(folder: Path) -> Path:
@@ -73,54 +92,164 @@ def _expression_file(folder: Path) -> Path:
     raise GrnInputError(msg)
 
 
-def _embeddings(cfg: GrnConfig, dataset: GrnDataset, expression_file: Path, value_kind: str) -> GeneEmbeddings:
-    genes_key = hashlib.sha256("\n".join(dataset.genes).encode()).hexdigest()
-    key = [sha256_file(Path(cfg.release) / "model.safetensors"), sha256_file(expression_file), genes_key, value_kind]
-    return cached_gene_embeddings(
-        cfg.cache_dir,
-        key,
-        release=cfg.release,
-        genes=dataset.genes,
-        expression_file=expression_file,
-        value_kind=value_kind,
-        min_coverage=cfg.min_vocab_coverage,
-        progress=cfg.progress,
-    )
+# ---------------------------------------------------------------------------------------------------------------
+# 2. evidence: per-gene vectors and per-pair scores, computed once per dataset (and cached)
 
 
-def _unsupervised(cfg: GrnConfig, dataset: GrnDataset, timings: dict) -> dict[str, tuple[np.ndarray, str]]:
-    """Score matrices (G, G) of the methods that do not train: computed once, read for every seed's test set."""
-    out = {}
+def gather_evidence(
+    cfg: GrnConfig, dataset: GrnDataset, expression_file: Path, value_kind: str, timings: dict
+) -> tuple[GrnInputs, dict[str, tuple[np.ndarray, str]]]:
+    """The learned methods' inputs and the unsupervised score matrices {name: ((G, G), description)}."""
+    wanted = set(cfg.baselines)
+    t = time.perf_counter()
+    embeddings = _embeddings(cfg, dataset, expression_file, value_kind)
+    random_init_embeddings = None
+    if "random-init" in wanted:
+        random_init_embeddings = _embeddings(cfg, dataset, expression_file, value_kind, random_init=True)
+    timings["gene_embeddings"] = time.perf_counter() - t
+
+    matrices: dict[str, tuple[np.ndarray, str]] = {}
     t = time.perf_counter()
     for method in ("pearson", "spearman"):
-        if method in cfg.baselines:
-            out[method] = (bl.correlation_matrix(dataset.expression, method), f"|{method} r| over cells")
-    timings["correlation"] = time.perf_counter() - t
-    if "trees" in cfg.baselines and cfg.tree_method != "none":
-        t = time.perf_counter()
-        # canonical gene order: BEELINE's network types hold the same matrix with rows permuted, so one cached run
-        # serves all of them
-        order = np.argsort(np.asarray(dataset.genes, dtype=object), kind="stable")
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-        matrix, label = bl.tree_importance_matrix(
-            dataset.expression[order],
-            [dataset.genes[i] for i in order],
-            np.sort(rank[dataset.tf_index]),
-            method=cfg.tree_method,
-            workers=cfg.workers,
-            cache_dir=cfg.cache_dir,
+        if method in wanted or (method == "pearson" and "pearson" in cfg.evidence):
+            matrices[method] = (bl.correlation_matrix(dataset.expression, method), f"|{method} r| over cells")
+    if "regression" in wanted or "regression" in cfg.evidence:
+        matrices["regression"] = (
+            tf_regression_matrix(dataset.expression, dataset.tf_index),
+            "|t| of the TF in a ridge regression of the target on all TFs",
         )
-        matrix = matrix[np.ix_(rank, rank)]  # back to the dataset's order
-        out[label.split(" ")[0]] = (matrix, label)
+    if "partial" in wanted or "partial" in cfg.evidence:
+        matrices["partial"] = (
+            partial_correlation_matrix(dataset.expression),
+            "|partial correlation| (Ledoit–Wolf shrunk precision)",
+        )
+    timings["correlation"] = time.perf_counter() - t
+    if ("trees" in wanted or "trees" in cfg.evidence) and cfg.tree_method != "none":
+        t = time.perf_counter()
+        matrix, label = _trees(cfg, dataset)
+        matrices["trees"] = (matrix, label)
         timings["trees"] = time.perf_counter() - t
-    return out
+    isd = {}
+    for name, random_init in (("pretrained-isd", False), ("random-init-isd", True)):
+        needed = name in wanted or ("isd" in cfg.evidence and (not random_init or "random-init" in wanted))
+        if not needed:
+            continue
+        t = time.perf_counter()
+        stats = release_deletion_evidence(
+            cfg.release,
+            dataset.genes,
+            dataset.tf_index,
+            expression_file,
+            value_kind=value_kind,
+            config=DeletionConfig(max_cells=cfg.isd_cells),
+            random_init=random_init,
+            min_coverage=cfg.min_vocab_coverage,
+            cache_dir=cfg.cache_dir,
+            progress=cfg.progress,
+        )
+        isd[name] = np.abs(stats["isd_mean"])
+        what = "random-init copy of the release" if random_init else "pretrained release"
+        matrices[name] = (isd[name], f"|mean in-silico deletion effect|, {what} (unsupervised)")
+        timings[name] = time.perf_counter() - t
+
+    def stacked(isd_name: str) -> torch.Tensor | None:
+        if not cfg.evidence:
+            return None
+        parts = {}
+        for name in cfg.evidence:
+            key = isd_name if name == "isd" else name
+            if key in matrices:
+                parts[name] = matrices[key][0]
+        return evidence_tensor(parts, dataset.tf_index) if parts else None
+
+    inputs = GrnInputs(
+        features=torch.from_numpy(zscore_genes(dataset.expression)),
+        embeddings=embeddings,
+        evidence=stacked("pretrained-isd"),
+        random_init_embeddings=random_init_embeddings,
+        random_init_evidence=stacked("random-init-isd") if "random-init" in wanted else None,
+        evidence_names=[n for n in cfg.evidence if (n if n != "isd" else "pretrained-isd") in matrices],
+    )
+    # the tree baseline is reported under the algorithm that ran (grnboost2, or genie3-sklearn when arboreto is absent)
+    unsupervised = {
+        (m[1].split(" ")[0] if name == "trees" else name): m for name, m in matrices.items() if name in wanted
+    }
+    return inputs, unsupervised
 
 
-def _split(cfg: GrnConfig, dataset: GrnDataset, seed: int) -> EdgeSplit:
+def _embeddings(cfg, dataset, expression_file, value_kind, *, random_init: bool = False) -> GeneEmbeddings:
+    genes_key = hashlib.sha256("\n".join(dataset.genes).encode()).hexdigest()
+    key = [sha256_file(Path(cfg.release) / "model.safetensors"), sha256_file(expression_file), genes_key, value_kind]
+    kwargs = {
+        "release": cfg.release,
+        "genes": dataset.genes,
+        "expression_file": expression_file,
+        "value_kind": value_kind,
+        "min_coverage": cfg.min_vocab_coverage,
+        "progress": cfg.progress,
+    }
+    if random_init:
+        key.append("random-init-v1")
+        kwargs["model"] = random_init_like(cfg.release)
+    if random_init and cfg.cache_dir is None:
+        return extract_gene_embeddings(**kwargs)
+    return cached_gene_embeddings(cfg.cache_dir, key, **kwargs)
+
+
+def _trees(cfg: GrnConfig, dataset: GrnDataset) -> tuple[np.ndarray, str]:
+    # canonical gene order: BEELINE's network types hold the same matrix with rows permuted, so one cached run
+    # serves all of them
+    order = np.argsort(np.asarray(dataset.genes, dtype=object), kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    matrix, label = bl.tree_importance_matrix(
+        dataset.expression[order],
+        [dataset.genes[i] for i in order],
+        np.sort(rank[dataset.tf_index]),
+        method=cfg.tree_method,
+        workers=cfg.workers,
+        cache_dir=cfg.cache_dir,
+    )
+    return matrix[np.ix_(rank, rank)], label  # back to the dataset's order
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3-5. per seed: split → fit and choose on validation → score validation, test and every candidate pair
+
+
+@dataclass
+class Evaluation:
+    methods: dict[str, dict] = field(default_factory=dict)  # name -> kind, description, per-seed rows
+    candidate_scores: dict[str, np.ndarray] = field(default_factory=dict)  # name -> summed scores over seeds
+    candidates: np.ndarray | None = None  # (P, 2) every TF → gene pair but self pairs
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # seed 0's test set
+    splits: list[dict] = field(default_factory=list)
+    protocol: str = ""
+
+
+def make_split(cfg: GrnConfig, dataset: GrnDataset, seed: int) -> EdgeSplit:
+    if cfg.benchmark is None and cfg.truth is None:  # inference: hold out prior edges, degree-matched negatives
+        return genelink_split(dataset, seed, negatives="degree-aware")
     if cfg.split == "genelink":
         return genelink_split(dataset, seed, negatives=cfg.negatives)
+    if cfg.split == "cold-start":
+        return splits.cold_start_split(dataset, seed)
     return read_split(Path(cfg.split), dataset)
+
+
+def _check_split(cfg: GrnConfig, split: EdgeSplit, seed: int) -> None:
+    flag = "--benchmark" if cfg.benchmark is not None else ("--truth" if cfg.truth is not None else "--prior")
+    source = cfg.benchmark or cfg.truth or cfg.prior
+    for name in ("val", "test"):
+        labels = getattr(split, name)[:, 2]
+        if len(np.unique(labels)) < 2:
+            msg = (
+                f"{flag} {source}: seed {seed}'s {name} set ({split.protocol}) has {int(labels.sum())} positive(s) "
+                f"among {len(labels)} pairs, so AUROC is undefined there and no method can be chosen or scored. "
+                "Give a network with more edges (at least ~10 per set), or a split file whose validation and test "
+                "sets hold both edges and non-edges."
+            )
+            raise GrnInputError(msg)
 
 
 def _candidates(dataset: GrnDataset) -> np.ndarray:
@@ -131,101 +260,132 @@ def _candidates(dataset: GrnDataset) -> np.ndarray:
     return np.stack([tfs[keep], targets[keep]], axis=1).astype(np.int64)
 
 
-def _choose_pooling(cfg, method, features, embeddings, split, seed, record) -> tuple[str, object]:
-    """The pooling with the best *validation* AUROC on the first seed (or the one asked for)."""
-    choices = POOLINGS if cfg.pooling == "auto" else (cfg.pooling,)
-    best = None
-    for pooling in choices:
-        result = fit_method(
-            method, cfg, features, embeddings.get(pooling), embeddings.mapped, split.train, split.val, seed
-        )
-        record[pooling] = result.val_auroc
-        if best is None or result.val_auroc > best[1].val_auroc:
-            best = (pooling, result)
-    return best
-
-
-def _benchmark(cfg: GrnConfig, dataset: GrnDataset, embeddings: GeneEmbeddings, features, timings) -> dict:
-    unsup = _unsupervised(cfg, dataset, timings)
-    learned = learned_methods(cfg)
-    joint = learned[0]
-    methods: dict[str, dict] = {m.name: {"kind": "learned", "description": m.description, "seeds": []} for m in learned}
-    if "degree" in cfg.baselines:
-        methods["degree"] = {"kind": "heuristic", "description": "train out-degree × in-degree", "seeds": []}
-    for name, (_, label) in unsup.items():
-        methods[name] = {"kind": "unsupervised", "description": label, "seeds": []}
-    candidates = _candidates(dataset)
-    edge_weights = np.zeros(len(candidates), dtype=np.float64)
-    pooling, pooling_val = None, {}
-    curves = {}
-    splits = []
-    t_learn = time.perf_counter()
+def evaluate(cfg: GrnConfig, dataset: GrnDataset, inputs: GrnInputs, unsupervised: dict, timings: dict) -> Evaluation:
     from tqdm.auto import tqdm
 
+    learned = learned_methods(cfg)
+    ev = Evaluation(candidates=_candidates(dataset))
+    for m in learned:
+        ev.methods[m.name] = {"kind": "learned", "description": m.description, "seeds": []}
+    for name, (_, label) in unsupervised.items():
+        ev.methods[name] = {"kind": "unsupervised", "description": label, "seeds": []}
+    if "degree" in cfg.baselines:
+        ev.methods["degree"] = {"kind": "heuristic", "description": "train out-degree × in-degree", "seeds": []}
+    t = time.perf_counter()
     for seed in tqdm(range(cfg.seeds), desc=f"grn {dataset.name}", disable=not cfg.progress):
-        split = _split(cfg, dataset, seed)
-        splits.append(split.summary())
-        test, labels = split.test, split.test[:, 2]
+        split = make_split(cfg, dataset, seed)
+        _check_split(cfg, split, seed)
+        ev.splits.append(split.summary())
+        ev.protocol = split.protocol
+        scorers = {}
         for method in learned:
-            if method is joint and pooling is None:
-                pooling, result = _choose_pooling(cfg, method, features, embeddings, split, seed, pooling_val)
-            else:
-                emb = embeddings.get(pooling or "mean") if method.embedding else embeddings.mean
-                result = fit_method(method, cfg, features, emb, embeddings.mapped, split.train, split.val, seed)
-            scores = score(result, features, split.train, test)
-            row = {
-                "seed": seed,
-                **edge_metrics(labels, scores),
-                "val_auroc": result.val_auroc,
-                "best_epoch": result.best_epoch,
-                "epochs": result.epochs_run,
-                "seconds": result.seconds,
+            choice = fit_and_choose(method, cfg, inputs, split.train, split.val, seed)
+            scorers[method.name] = choice.scorer
+            extra = {
+                "chosen": choice.params,
+                "tried": choice.tried,
+                "best_epoch": choice.best_epoch,
+                "epochs": choice.epochs_run,
+                "seconds": choice.seconds,
             }
-            methods[method.name]["seeds"].append(row)
-            if seed == 0:
-                curves[method.name] = (labels, scores)
-            if method is joint:
-                edge_weights += score(result, features, split.train, candidates)
-        heuristics = dict(unsup)
+            _record(ev, method.name, seed, split, choice.scorer, extra)
+        matrices = {name: m for name, (m, _) in unsupervised.items()}
         if "degree" in cfg.baselines:
-            heuristics["degree"] = (bl.degree_matrix(split.train, dataset.n_genes), "")
-        for name, (matrix, _) in heuristics.items():
-            scores = bl.score_pairs(matrix, test)
-            methods[name]["seeds"].append({"seed": seed, **edge_metrics(labels, scores)})
-            if seed == 0:
-                curves[name] = (labels, scores)
-    timings["learned_and_scoring"] = time.perf_counter() - t_learn
-    for m in methods.values():
-        m["summary"] = summarize([{k: r[k] for k in ("auroc", "auprc", "auprc_ratio", "epr")} for r in m["seeds"]])
+            matrices["degree"] = bl.degree_matrix(split.train, dataset.n_genes)
+        for name, matrix in matrices.items():
+            scorers[name] = _matrix_scorer(matrix)
+            _record(ev, name, seed, split, scorers[name], {})
+        for name, scorer in scorers.items():
+            scores = np.asarray(scorer(ev.candidates), dtype=np.float64)
+            ev.candidate_scores[name] = ev.candidate_scores.get(name, 0.0) + scores
+    timings["fit_and_score"] = time.perf_counter() - t
+    for m in ev.methods.values():
+        rows = [{k: r[k] for k in SUMMARY_METRICS if r.get(k) is not None} for r in m["seeds"]]
+        m["summary"] = summarize(rows)
+    return ev
 
-    n_edges = write_edges(cfg.out / "edges.tsv", dataset.genes, candidates, edge_weights / cfg.seeds)
-    plot_curves(curves, cfg.out, f"{dataset.name} — test edges, seed 0")
-    emb_report = embeddings.report()
-    protocol = f"{cfg.split} split, {cfg.negatives} negatives" if cfg.split == "genelink" else f"split from {cfg.split}"
+
+def _matrix_scorer(matrix: np.ndarray):
+    def scorer(pairs: np.ndarray) -> np.ndarray:
+        return bl.score_pairs(matrix, pairs[:, :2])
+
+    return scorer
+
+
+def _record(ev: Evaluation, name: str, seed: int, split: EdgeSplit, scorer, extra: dict) -> None:
+    val_scores = scorer(split.val)
+    test_scores = scorer(split.test)
+    row = {"seed": seed, **edge_metrics(split.test[:, 2], test_scores)}
+    row["val_auroc"] = edge_metrics(split.val[:, 2], val_scores)["auroc"]
+    row.update(_per_tf(split.test, test_scores))
+    row.update(extra)
+    ev.methods[name]["seeds"].append(row)
+    if seed == 0:
+        ev.curves[name] = (split.test[:, 2], test_scores)
+
+
+def _per_tf(pairs: np.ndarray, scores: np.ndarray) -> dict:
+    """Macro AUROC over TFs with both classes: a score that needs each TF's edges ranked above its own non-edges,
+    so a TF's degree cannot help (metrics.edge_metrics_per_tf)."""
+    from finetune.grn import metrics
+
+    if not hasattr(metrics, "edge_metrics_per_tf"):
+        return {}
+    return metrics.edge_metrics_per_tf(pairs[:, 0], pairs[:, 2], scores)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. report
+
+
+def winner(cfg: GrnConfig, methods: dict[str, dict]) -> str:
+    """The method whose edges.tsv is written: `--method`, else the best mean validation AUROC."""
+    if cfg.method is not None:
+        if cfg.method not in methods:
+            msg = f"--method {cfg.method!r} did not run (is it in --baselines?); ran: {sorted(methods)}"
+            raise GrnInputError(msg)
+        return cfg.method
+    return max(methods, key=lambda name: methods[name]["summary"]["val_auroc"]["mean"])
+
+
+def report(cfg: GrnConfig, dataset: GrnDataset, inputs: GrnInputs, ev: Evaluation, timings: dict) -> dict:
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    inference = cfg.benchmark is None and cfg.truth is None
+    chosen = winner(cfg, ev.methods)
+    joint = next(name for name, m in ev.methods.items() if m["kind"] == "learned" and name.startswith("joint-"))
+    weights = ev.candidate_scores[chosen] / cfg.seeds
+    candidates = ev.candidates
+    if inference:
+        known = {tuple(e) for e in dataset.positives.tolist()}
+        new = np.array([tuple(p) not in known for p in candidates.tolist()])
+        write_edges(cfg.out / "known_edges.tsv", dataset.genes, candidates[~new], weights[~new])
+        candidates, weights = candidates[new], weights[new]
+    n_edges = write_edges(cfg.out / "edges.tsv", dataset.genes, candidates, weights)
+    plot_curves(ev.curves, cfg.out, f"{dataset.name} — held-out edges, seed 0")
+    emb = inputs.embeddings.report()
+    held_out = "held-out prior edges" if inference else "test edges"
     intro = [
         f"dataset: {dataset.name} ({dataset.n_genes} genes × {dataset.n_cells} cells, {len(dataset.tf_index)} TFs, "
-        f"{len(dataset.positives)} true edges)",
-        f"protocol: {protocol}; {cfg.seeds} seeds; early stopping and pooling choice on validation only",
-        f"release: {cfg.release} ({emb_report['family']}, {emb_report['n_mapped']}/{emb_report['n_genes']} genes in "
-        f"its vocab; {emb_report['n_unmapped']} unmapped get a learned vector); pooling: {pooling} "
-        f"(validation AUROC {', '.join(f'{k} {v:.3f}' for k, v in pooling_val.items())})",
-        f"test set (seed 0): {splits[0]['test']['edges']} edges, "
-        f"positive rate {splits[0]['test']['positive_rate']:.3f}",
+        f"{len(dataset.positives)} {'prior' if inference else 'true'} edges)",
+        f"protocol: {ev.protocol}; {cfg.seeds} seeds; every choice (hyper-parameters from a budget of "
+        f"{cfg.tuning_budget} per learned method, pooling, epochs) on each seed's validation set; metrics on "
+        f"{held_out} (seed 0: {ev.splits[0]['test']['edges']} pairs, positive rate "
+        f"{ev.splits[0]['test']['positive_rate']:.3f})",
+        f"release: {cfg.release} ({emb['family']}, {emb['n_mapped']}/{emb['n_genes']} genes in its vocab); pair "
+        f"evidence for the learned models: {', '.join(inputs.evidence_names) or 'none'}",
     ]
-    write_results_md(
-        cfg.out / "results.md",
-        f"scgrn grn — {dataset.name}",
-        intro,
-        methods,
-        [
-            f"edges.tsv: {n_edges} TF → gene pairs ranked by {joint.name} (mean over seeds)",
-            f"wall time {sum(timings.values()):.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()),
-        ],
-    )
+    verdict = verdicts(ev.methods, joint, chosen, cfg.method is not None)
+    notes = [
+        f"edges.tsv: {n_edges} {'new ' if inference else ''}TF → gene pairs ranked by **{chosen}** "
+        f"(mean score over the seeds' models; logits for learned methods)",
+        f"wall time {sum(timings.values()):.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()),
+    ]
+    title = f"scgrn grn — {dataset.name}" + (f" with prior {Path(cfg.prior).name}" if inference else "")
+    write_results(cfg.out / "results.md", title, intro, ev.methods, verdict, notes)
     return {
         "format": "scgrn-grn-metrics",
-        "version": 1,
-        "mode": "benchmark",
+        "version": 2,
+        "mode": "inference" if inference else "benchmark",
         "dataset": {
             "name": dataset.name,
             "network": dataset.network,
@@ -236,69 +396,39 @@ def _benchmark(cfg: GrnConfig, dataset: GrnDataset, embeddings: GeneEmbeddings, 
             "source": str(dataset.source),
         },
         "config": cfg.to_dict(),
-        "protocol": protocol,
-        "pooling": {"chosen": pooling, "validation_auroc": pooling_val},
-        "embeddings": emb_report,
-        "splits": splits,
-        "methods": methods,
+        "protocol": ev.protocol,
+        "joint": joint,
+        "edges_method": chosen,
+        "verdict": verdict,
+        "evidence": inputs.evidence_names,
+        "embeddings": emb,
+        "splits": ev.splits,
+        "methods": ev.methods,
         "timings_s": timings,
+        "new_edges" if inference else "ranked_edges": n_edges,
     }
 
 
-def _inference(cfg: GrnConfig, dataset: GrnDataset, embeddings: GeneEmbeddings, features, timings) -> dict:
-    joint: LearnedMethod = learned_methods(cfg)[0]
-    candidates = _candidates(dataset)
-    known = {tuple(e) for e in dataset.positives.tolist()}
-    new = np.array([tuple(p) not in known for p in candidates.tolist()])
-    weights = np.zeros(len(candidates))
-    runs, pooling, pooling_val = [], None, {}
-    t = time.perf_counter()
-    for seed in range(cfg.seeds):
-        split = split_prior(dataset, seed)
-        if pooling is None:
-            pooling, result = _choose_pooling(cfg, joint, features, embeddings, split, seed, pooling_val)
-        else:
-            result = fit_method(
-                joint, cfg, features, embeddings.get(pooling), embeddings.mapped, split.train, split.val, seed
-            )
-        val_scores = score(result, features, split.train, split.val)
-        runs.append({"seed": seed, **edge_metrics(split.val[:, 2], val_scores), "best_epoch": result.best_epoch})
-        weights += score(result, features, split.train, candidates)
-    timings["learned"] = time.perf_counter() - t
-    n_edges = write_edges(cfg.out / "edges.tsv", dataset.genes, candidates[new], weights[new] / cfg.seeds)
-    known_pairs = candidates[~new]
-    write_edges(cfg.out / "known_edges.tsv", dataset.genes, known_pairs, weights[~new] / cfg.seeds)
-    summary = summarize([{k: r[k] for k in ("auroc", "auprc", "auprc_ratio", "epr")} for r in runs])
-    methods = {joint.name: {"kind": "learned", "description": joint.description, "seeds": runs, "summary": summary}}
-    emb_report = embeddings.report()
-    write_results_md(
-        cfg.out / "results.md",
-        f"scgrn grn — {dataset.name} with prior {Path(cfg.prior).name}",
-        [
-            f"{dataset.n_genes} genes × {dataset.n_cells} cells; {len(dataset.tf_index)} TFs; "
-            f"{len(dataset.positives)} prior edges among them",
-            "metrics below are on held-out *prior* edges (validation, per seed) against random TF → gene pairs",
-            f"release {cfg.release}: {emb_report['n_mapped']}/{emb_report['n_genes']} genes in its vocab; "
-            f"pooling {pooling}",
-        ],
-        methods,
-        [f"edges.tsv: {n_edges} new TF → gene edges ranked (known prior edges in known_edges.tsv)"],
-    )
-    return {
-        "format": "scgrn-grn-metrics",
-        "version": 1,
-        "mode": "inference",
-        "dataset": {
-            "name": dataset.name,
-            "n_genes": dataset.n_genes,
-            "n_cells": dataset.n_cells,
-            "n_tfs": len(dataset.tf_index),
-            "n_prior_edges": len(dataset.positives),
-        },
-        "config": cfg.to_dict(),
-        "pooling": {"chosen": pooling, "validation_auroc": pooling_val},
-        "embeddings": emb_report,
-        "methods": methods,
-        "timings_s": timings,
-        "new_edges": n_edges,
-    }
+def verdicts(methods: dict[str, dict], joint: str, chosen: str, user_chosen: bool) -> list[str]:
+    """Plain sentences: who wins on validation, and the joint model's margins over the strongest simple methods."""
+
+    def mean(name: str, metric: str) -> float:
+        return methods[name]["summary"][metric]["mean"]
+
+    lines = [
+        f"best on validation: **{chosen}**" + (" (chosen with --method)" if user_chosen else "")
+        + f" (validation AUROC {mean(chosen, 'val_auroc'):.3f}, held-out AUROC {mean(chosen, 'auroc'):.3f})"
+    ]
+    best_test = max(methods, key=lambda n: mean(n, "auroc"))
+    lines.append(f"best on held-out edges: {best_test} (AUROC {mean(best_test, 'auroc'):.3f})")
+    others = ("pearson", "regression", "grnboost2", "genie3-sklearn", "degree", "genelink-gat", "random-init")
+    for name in others:
+        if name not in methods:
+            continue
+        d_auroc = mean(joint, "auroc") - mean(name, "auroc")
+        ratio = mean(joint, "auprc_ratio") / max(mean(name, "auprc_ratio"), 1e-12)
+        word = "beats" if d_auroc > 0 else "LOSES to"
+        lines.append(
+            f"{joint} {word} {name}: AUROC {d_auroc:+.3f}, AUPRC ratio × {ratio:.2f} (held-out, mean over seeds)"
+        )
+    return lines

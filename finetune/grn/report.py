@@ -21,7 +21,7 @@ def write_edges(path: Path, genes: list[str], pairs: np.ndarray, weights: np.nda
         {"Gene1": names[pairs[order, 0]], "Gene2": names[pairs[order, 1]], "EdgeWeight": weights[order]}
     )
     tmp = path.with_name(f".{path.name}.tmp")
-    table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    table.to_csv(tmp, sep="\t", index=False, float_format="%.10g")  # no ties from rounding
     tmp.replace(path)
     return len(table)
 
@@ -49,18 +49,28 @@ def fmt(summary: dict, metric: str) -> str:
 
 
 def results_table(methods: dict[str, dict]) -> str:
-    """Markdown table: one row per method, mean ± sd over seeds of every metric."""
+    """Markdown table: one row per method, best validation AUROC first; mean ± sd over seeds of every metric."""
     lines = [
-        "| method | kind | AUROC | AUPRC | AUPRC ratio | EPR |",
-        "|---|---|---:|---:|---:|---:|",
+        "| method | kind | validation AUROC | AUROC | AUPRC ratio | EPR | per-TF AUROC |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for name, m in methods.items():
-        lines.append(f"| {name} | {m['kind']} | " + " | ".join(fmt(m["summary"], k) for k in METRICS) + " |")
+    order = sorted(methods, key=lambda n: -methods[n]["summary"].get("val_auroc", {}).get("mean", -1.0))
+    for name in order:
+        m = methods[name]
+        per_tf = [r["tf_macro_auroc"] for r in m["seeds"] if r.get("tf_macro_auroc") is not None]
+        per_tf_cell = f"{np.mean(per_tf):.3f}" if per_tf else "—"
+        cells = [fmt(m["summary"], k) for k in ("val_auroc", "auroc", "auprc_ratio", "epr")]
+        lines.append(f"| {name} | {m['kind']} | " + " | ".join(cells) + f" | {per_tf_cell} |")
     return "\n".join(lines)
 
 
-def write_results_md(path: Path, title: str, intro: list[str], methods: dict[str, dict], notes: list[str]) -> None:
-    text = f"# {title}\n\n" + "\n".join(f"- {line}" for line in intro) + "\n\n" + results_table(methods) + "\n"
+def write_results(
+    path: Path, title: str, intro: list[str], methods: dict[str, dict], verdict: list[str], notes: list[str]
+) -> None:
+    """results.md: what was run, the verdict in sentences, then the table (also printed by the CLI)."""
+    text = f"# {title}\n\n" + "\n".join(f"- {line}" for line in intro) + "\n\n"
+    text += "## Verdict\n\n" + "\n".join(f"- {line}" for line in verdict) + "\n\n"
+    text += results_table(methods) + "\n"
     if notes:
         text += "\n" + "\n".join(f"- {line}" for line in notes) + "\n"
     atomic_write_text(path, text)

@@ -7,6 +7,7 @@ The graph nodes are the prior's genes that the data expresses, topped up with th
 from __future__ import annotations
 
 import gzip
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -71,10 +72,17 @@ def load_user_dataset(
         logged.data = np.log1p(logged.data)
     else:
         logged = matrix
-    upper = {g.upper(): i for i, g in reversed(list(enumerate(genes)))}
+    upper = _symbol_index(genes, expression)
     edges = read_prior(prior, flag)
-    tf_col = edges["tf"].str.upper().map(upper)
-    target_col = edges["target"].str.upper().map(upper)
+    self_loops = edges["tf"].str.upper() == edges["target"].str.upper()
+    if self_loops.all():
+        msg = (
+            f"{flag} {prior}: all {len(edges)} edges are self-loops (TF == target, e.g. {edges['tf'].iloc[0]!r}); "
+            "a GRN prior needs TF -> other-gene edges. Check the column order (TF first, target second)."
+        )
+        raise GrnInputError(msg)
+    tf_col = _map_symbols(edges["tf"], upper)
+    target_col = _map_symbols(edges["target"], upper)
     known = edges[tf_col.notna() & target_col.notna()]
     if known.empty:
         msg = (
@@ -116,6 +124,29 @@ def load_user_dataset(
         positives=positives,
         source=Path(expression),
     )
+
+
+def _symbol_index(genes: list[str], expression: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """Upper-cased symbol -> column. An exact duplicate is refused (as load_benchmark does); symbols that differ only
+    in case (PBMC 3k has a few) map by their exact spelling only, so a prior edge never picks one of two at random."""
+    first: dict[str, int] = {}
+    for i, g in enumerate(genes):
+        if g in first:
+            msg = (
+                f"--expression {expression}: gene symbol {g!r} appears more than once (columns {first[g]} and {i}); "
+                "a prior edge would be ambiguous. Sum or drop the duplicates first (e.g. aggregate the columns by "
+                "symbol, or anndata's var_names_make_unique)."
+            )
+            raise GrnInputError(msg)
+        first[g] = i
+    counts = Counter(g.upper() for g in genes)
+    return {g.upper(): i for i, g in enumerate(genes) if counts[g.upper()] == 1}, first
+
+
+def _map_symbols(names: pd.Series, index: tuple[dict[str, int], dict[str, int]]) -> pd.Series:
+    """Exact spelling first, then case-insensitive where that is unambiguous; NaN where neither matches."""
+    unique_upper, exact = index
+    return names.map(exact).fillna(names.str.upper().map(unique_upper))
 
 
 def _variance(logged: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:

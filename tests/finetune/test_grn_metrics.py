@@ -1,4 +1,5 @@
-"""Tests for finetune.grn.metrics: hand-worked cases, parity with scikit-learn, BEELINE's EPR tie rule, validation.
+"""Tests for finetune.grn.metrics: hand-worked cases, parity with scikit-learn, BEELINE's EPR tie rule, the per-TF
+macro AUROC, validation.
 
 A wrong metric would silently misrank every method in the benchmark tables, so the small cases are worked out by
 hand in the comments and the large ones are checked against scikit-learn directly.
@@ -125,3 +126,82 @@ def test_validation_errors(metric) -> None:
         metric(np.array(["1", "1", "0", "1", "0", "0"]), scores)
     with pytest.raises(ValueError, match="one class"):  # GrnInputError is a ValueError for standard-library callers
         metric(np.ones(6, dtype=int), scores)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# per-TF macro AUROC
+
+
+def _sklearn_per_tf(tfs: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> tuple[float | None, int]:
+    values = [
+        roc_auc_score(labels[tfs == tf], scores[tfs == tf])
+        for tf in np.unique(tfs)
+        if 0 < labels[tfs == tf].sum() < (tfs == tf).sum()
+    ]
+    return (float(np.mean(values)) if values else None), len(values)
+
+
+def test_per_tf_auroc_hand_case() -> None:
+    # TF 7: positives 0.9, 0.2 vs negative 0.5 -> 1 of 2 pairs = 0.5. TF 3: positive 0.4 vs negatives 0.4, 0.1 ->
+    # 0.5 (tie) + 1 = 1.5 of 2 = 0.75. TF 9 has no negative and is not scored. Mean (0.5 + 0.75) / 2.
+    tfs = np.array([7, 7, 7, 3, 3, 3, 9])
+    labels = np.array([1, 1, 0, 1, 0, 0, 1])
+    scores = np.array([0.9, 0.2, 0.5, 0.4, 0.4, 0.1, 0.8])
+    assert metrics.per_tf_auroc(tfs, labels, scores) == (pytest.approx(0.625), 2)
+    assert metrics.edge_metrics_per_tf(tfs, labels, scores) == {
+        "tf_macro_auroc": pytest.approx(0.625),
+        "n_tfs_scored": 2,
+    }
+
+
+def test_per_tf_auroc_matches_sklearn_per_tf() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        n = int(rng.integers(5, 400))
+        tfs = rng.integers(0, int(rng.integers(1, 25)), n)
+        labels = (rng.random(n) < rng.uniform(0.1, 0.9)).astype(int)
+        scores = np.round(rng.normal(size=n) + labels, int(rng.integers(0, 3)))  # ties at coarse rounding
+        value, n_tfs = metrics.per_tf_auroc(tfs, labels, scores)
+        expected, expected_n = _sklearn_per_tf(tfs, labels, scores)
+        assert n_tfs == expected_n
+        if expected is None:
+            assert value is None
+        else:
+            assert value == pytest.approx(expected, abs=1e-12)
+
+
+def test_per_tf_auroc_takes_split_rows() -> None:
+    rng = np.random.default_rng(4)
+    rows = np.column_stack([rng.integers(0, 6, 200), rng.integers(0, 50, 200), rng.integers(0, 2, 200)])
+    scores = rng.random(200)
+    expected = _sklearn_per_tf(rows[:, 0], rows[:, 2], scores)
+    assert metrics.per_tf_auroc(rows, None, scores) == (pytest.approx(expected[0]), expected[1])  # labels: column 2
+    assert metrics.per_tf_auroc(rows[:, :2], rows[:, 2], scores) == (pytest.approx(expected[0]), expected[1])
+    # Degree cannot help: adding a per-TF constant (a TF's out-degree) to every score leaves it unchanged.
+    shifted = scores + 10.0 * rows[:, 0]
+    assert metrics.per_tf_auroc(rows, None, shifted)[0] == pytest.approx(expected[0])
+    assert metrics.auroc(rows[:, 2], shifted) != pytest.approx(metrics.auroc(rows[:, 2], scores))
+
+
+def test_per_tf_auroc_without_a_scorable_tf() -> None:
+    # Every TF has one class only (and the whole set too): nothing to score, no error.
+    assert metrics.per_tf_auroc(np.array([1, 1, 2]), np.array([1, 1, 0]), np.array([0.3, 0.2, 0.1])) == (None, 0)
+    assert metrics.edge_metrics_per_tf(np.array([1, 2]), np.array([1, 1]), np.array([0.3, 0.2])) == {
+        "tf_macro_auroc": None,
+        "n_tfs_scored": 0,
+    }
+
+
+def test_per_tf_auroc_validation() -> None:
+    with pytest.raises(GrnInputError, match=r"tfs \(5 edges\) and labels \(6 edges\) differ"):
+        metrics.per_tf_auroc(np.arange(5), HAND_LABELS, HAND_SCORES)
+    with pytest.raises(GrnInputError, match="labels is None"):
+        metrics.per_tf_auroc(np.arange(6), None, HAND_SCORES)
+    with pytest.raises(GrnInputError, match=r"labels \(6 edges\) and scores \(5 edges\) differ"):
+        metrics.per_tf_auroc(np.arange(6), HAND_LABELS, HAND_SCORES[:5])
+    with pytest.raises(GrnInputError, match="must be 0 or 1"):
+        metrics.per_tf_auroc(np.arange(6), HAND_LABELS * 2, HAND_SCORES)
+    with pytest.raises(GrnInputError, match="NaN/inf"):
+        metrics.per_tf_auroc(np.arange(6), HAND_LABELS, np.r_[HAND_SCORES[:5], np.nan])
+    with pytest.raises(GrnInputError, match="tfs must be 1-D"):
+        metrics.per_tf_auroc(np.zeros((6, 4)), HAND_LABELS, HAND_SCORES)

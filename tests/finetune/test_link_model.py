@@ -113,9 +113,12 @@ def test_bad_model_config_lists_every_problem():
 
 
 @pytest.mark.parametrize("decoder", ["mlp", "dot"])
-def test_pair_correlation_starts_from_coexpression_and_learns_past_it(decoder):
-    """With pair_correlation the untrained model ranks pairs by |Pearson r|, and training (early-stopped on
-    validation) keeps at least that ranking's quality on held-out pairs of a planted co-expression network."""
+def test_pair_evidence_starts_the_ranking_and_training_keeps_its_quality(decoder):
+    """With pair evidence the untrained model ranks pairs by the (mean) evidence score, and training (early-stopped
+    on validation, held-out supervision) keeps at least that ranking's quality on held-out pairs of a planted
+    co-expression network."""
+    from finetune.grn.evidence import evidence_tensor
+
     rng = np.random.default_rng(0)
     n_genes, n_cells = 60, 300
     latent = rng.normal(size=(n_genes, n_cells)).astype(np.float32)
@@ -127,20 +130,59 @@ def test_pair_correlation_starts_from_coexpression_and_learns_past_it(decoder):
             expression[g] += 0.35 * latent[t]  # regulated targets co-vary with their TF
     z = (expression - expression.mean(1, keepdims=True)) / expression.std(1, keepdims=True)
     features = torch.from_numpy(z)
-    r = np.abs((z[pairs[:, 0]] * z[pairs[:, 1]]).mean(1))
+    r = np.abs(z @ z.T / n_cells)  # (G, G) |Pearson r|
+    evidence = evidence_tensor({"pearson": r}, np.arange(10))  # (1, G, G) normal scores
     table = np.column_stack([pairs, true.astype(np.int64)])
     order = rng.permutation(len(table))
     train, val, test = table[order[:250]], table[order[250:330]], table[order[330:]]
-    model = LinkPredictor(n_cells, LinkModelConfig(encoder="mlp", decoder=decoder, pair_correlation=True))
-    with torch.no_grad():
-        untrained = predict(model, features, training_graph(train, n_genes), test)
-    assert np.argsort(untrained).tolist() == np.argsort(r[order[330:]]).tolist()  # epoch 0 = |r| ranking
-    result = fit_link_model(model, features, train, val, n_genes, TrainConfig(epochs=200, lr=1e-2, patience=30), 0)
+    model = LinkPredictor(n_cells, LinkModelConfig(encoder="gcn", decoder=decoder), evidence=evidence)
+    untrained = predict(model, features, training_graph(train, n_genes), test, logits=True)
+    r_test = r[test[:, 0], test[:, 1]]
+    assert np.argsort(untrained).tolist() == np.argsort(r_test).tolist()  # epoch 0 = the evidence's ranking
+    train_cfg = TrainConfig(epochs=200, lr=1e-2, patience=30, supervision_fraction=0.3)
+    result = fit_link_model(model, features, train, val, n_genes, train_cfg, 0)
     trained = predict(result.model, features, training_graph(train, n_genes), test)
-    assert roc_auc_score(test[:, 2], trained) >= roc_auc_score(test[:, 2], r[order[330:]]) - 0.02
+    assert roc_auc_score(test[:, 2], trained) >= roc_auc_score(test[:, 2], r_test) - 0.02
     assert roc_auc_score(test[:, 2], trained) > 0.8
 
 
-def test_pair_correlation_needs_expression():
-    with pytest.raises(ValueError, match="pair_correlation needs the expression block"):
-        LinkPredictor(0, LinkModelConfig(pair_correlation=True), embedding=torch.zeros(4, 3))
+def test_evidence_must_be_a_stack_of_square_pair_matrices():
+    with pytest.raises(ValueError, match=r"evidence must be \(F >= 1, N, N\)"):
+        LinkPredictor(4, LinkModelConfig(), evidence=torch.zeros(2, 5, 4))
+
+
+def test_held_out_supervision_keeps_the_supervised_pairs_out_of_the_message_passing_graph(monkeypatch):
+    """Each epoch the loss's positives are missing from the graph the encoder sees (PyG's disjoint_train_ratio)."""
+    from finetune.grn import fit
+
+    torch.manual_seed(0)
+    expression = torch.randn(30, 8)
+    rng = np.random.default_rng(0)
+    train = np.array([(t, g, int(rng.random() < 0.5)) for t in range(5) for g in range(5, 30)])
+    val = np.array([[0, 5, 1], [1, 6, 0], [2, 7, 1], [3, 8, 0]])
+    seen = []
+    decode = LinkPredictor.decode
+
+    def spy(self, views, pairs):
+        if self.training:
+            seen.append((self._graph, pairs.clone()))
+        return decode(self, views, pairs)
+
+    encode = LinkPredictor.encode
+
+    def remember(self, x, edge_index):
+        self._graph = edge_index
+        return encode(self, x, edge_index)
+
+    monkeypatch.setattr(LinkPredictor, "decode", spy)
+    monkeypatch.setattr(LinkPredictor, "encode", remember)
+    model = LinkPredictor(8, LinkModelConfig(encoder="gcn", hidden_dims=[8]))
+    config = TrainConfig(epochs=3, lr=1e-2, patience=5, supervision_fraction=0.3)
+    fit.fit_link_model(model, expression, train, val, 30, config, 0)
+    assert seen
+    labels = {(int(a), int(b)): int(c) for a, b, c in train}
+    for graph, pairs in seen:
+        in_graph = {tuple(e) for e in graph.T.tolist()}
+        supervised_positives = [tuple(p) for p in pairs.tolist() if labels[tuple(p)] == 1]
+        assert supervised_positives and not set(supervised_positives) & in_graph
+        assert len(pairs) < 0.5 * len(train)  # about 30 % of the rows are supervised per epoch

@@ -1,5 +1,6 @@
 """finetune.grn.splits: GENELink's split protocols per TF, no pair in two sets, density-matched test sets, determinism,
-degree-aware negatives that leave degree heuristics at chance, split files by index or symbol, and prior hold-outs."""
+degree-aware negatives and cold-start TFs that leave degree heuristics at chance (dense networks included), split files
+by index or symbol, and prior hold-outs."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from conftest import require_shared
 from sklearn.metrics import roc_auc_score
 
 from finetune.errors import GrnInputError
+from finetune.grn import baselines
 from finetune.grn.beeline import GrnDataset, load_benchmark
-from finetune.grn.splits import NEGATIVE_MODES, EdgeSplit, genelink_split, read_split, split_prior
+from finetune.grn.splits import NEGATIVE_MODES, EdgeSplit, cold_start_split, genelink_split, read_split, split_prior
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
@@ -47,6 +49,22 @@ def toy_dataset(
     )
 
 
+def dense_toy(n_genes: int = 300, n_tfs: int = 20, seed: int = 0) -> GrnDataset:
+    """A dense network like BEELINE's cell-type-specific ChIP-seq ones: each TF targets 5-95% of the genes, drawn by
+    a heavy-tailed target popularity, so hub TFs have few non-targets and those are mostly low in-degree genes."""
+    rng = np.random.default_rng(seed)
+    tfs = rng.choice(n_genes, n_tfs, replace=False)
+    popularity = rng.pareto(1.0, n_genes) + 0.1
+    edges = []
+    for tf, fraction in zip(tfs, rng.uniform(0.05, 0.95, n_tfs), strict=True):
+        weights = popularity.copy()
+        weights[tf] = 0
+        targets = rng.choice(n_genes, int(fraction * (n_genes - 1)), replace=False, p=weights / weights.sum())
+        edges += [(tf, target) for target in targets]
+    genes = [f"G{i}" for i in range(n_genes)]
+    return GrnDataset(f"dense-{seed}", "Specific", genes, np.zeros((n_genes, 1)), ["c"], tfs, np.array(edges))
+
+
 def _codes(rows: np.ndarray, n_genes: int) -> np.ndarray:
     return rows[:, 0] * n_genes + rows[:, 1]
 
@@ -56,7 +74,9 @@ def _per_tf(rows: np.ndarray, label: int) -> dict[int, int]:
     return dict(zip(tfs.tolist(), counts.tolist(), strict=True))
 
 
-def _assert_leak_free(split: EdgeSplit, dataset: GrnDataset) -> None:
+def _assert_leak_free(split: EdgeSplit, dataset: GrnDataset, *, every_edge: bool = True) -> None:
+    """No pair in two sets, no self pair, labels = known edge; every known edge in one set (`every_edge`) or, where
+    positives may be dropped (degree-aware, cold-start), at most one."""
     split.check(dataset.n_genes)
     sets = split.sets()
     codes = [set(_codes(rows, dataset.n_genes).tolist()) for rows in sets.values()]
@@ -67,17 +87,30 @@ def _assert_leak_free(split: EdgeSplit, dataset: GrnDataset) -> None:
         labels = np.array([code in known for code in _codes(rows, dataset.n_genes).tolist()], dtype=bool)
         np.testing.assert_array_equal(labels, rows[:, 2] == 1)  # positives are edges, negatives are not
     every_positive = np.concatenate([rows[rows[:, 2] == 1, :2] for rows in sets.values()])
-    assert len(every_positive) == dataset.n_edges  # every known edge is in exactly one set
+    if every_edge:
+        assert len(every_positive) == dataset.n_edges  # every known edge is in exactly one set
+    else:
+        assert len(np.unique(_codes(every_positive, dataset.n_genes))) == len(every_positive) <= dataset.n_edges
+
+
+def _assert_balanced(split: EdgeSplit) -> None:
+    """Every set has exactly as many negatives as positives for every TF."""
+    for name, rows in split.sets().items():
+        assert _per_tf(rows, 0) == _per_tf(rows, 1), name
 
 
 def degree_auroc(split: EdgeSplit) -> float:
-    """AUROC of the degree heuristic: train out-degree(tf) x train in-degree(target), on the test set."""
+    """Test AUROC of the degree heuristic (baselines.degree_matrix): train out-degree(tf) x train in-degree(target)."""
+    n_genes = int(max(split.train[:, :2].max(), split.test[:, :2].max())) + 1
+    scores = baselines.score_pairs(baselines.degree_matrix(split.train, n_genes), split.test)
+    return roc_auc_score(split.test[:, 2], scores)
+
+
+def in_degree_auroc(split: EdgeSplit) -> float:
+    """Test AUROC of the target's training in-degree alone (what is left of degree when test TFs are unseen)."""
     train_edges = split.train[split.train[:, 2] == 1]
-    size = int(max(split.train[:, :2].max(), split.test[:, :2].max())) + 1
-    out_degree = np.bincount(train_edges[:, 0], minlength=size)
-    in_degree = np.bincount(train_edges[:, 1], minlength=size)
-    test = split.test
-    return roc_auc_score(test[:, 2], out_degree[test[:, 0]] * in_degree[test[:, 1]])
+    in_degree = np.bincount(train_edges[:, 1], minlength=int(split.test[:, 1].max()) + 1)
+    return roc_auc_score(split.test[:, 2], in_degree[split.test[:, 1]])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -157,44 +190,119 @@ def test_degree_aware_matches_tf_and_target_counts_per_set(network):
     dataset = toy_dataset(network, n_genes=600, seed=1, max_degree=40)
     split = genelink_split(dataset, seed=0, negatives="degree-aware")
     assert split.protocol == "degree-aware"
-    _assert_leak_free(split, dataset)
+    _assert_leak_free(split, dataset, every_edge=False)
+    _assert_balanced(split)
     reference = genelink_split(dataset, seed=0)
+    n_kept = 0
     for name, rows in split.sets().items():
-        # Same positives as the GENELink split of the same seed; negatives 1:1 with equal TF and target counts.
-        np.testing.assert_array_equal(
-            rows[rows[:, 2] == 1], getattr(reference, name)[getattr(reference, name)[:, 2] == 1]
-        )
-        assert _per_tf(rows, 0) == _per_tf(rows, 1)
-        # Each target is as often a negative as a positive, up to the few top-ups of TFs that cover most of a small
-        # set's targets (see test_degree_aware_hub_is_topped_up).
+        # The positives are those of the GENELink split of the same seed, less a few dropped: none moves set.
+        ours = set(_codes(rows[rows[:, 2] == 1], dataset.n_genes).tolist())
+        theirs = getattr(reference, name)
+        assert ours <= set(_codes(theirs[theirs[:, 2] == 1], dataset.n_genes).tolist()), name
+        n_kept += len(ours)
+        # Each target is about as often a negative as a positive (swaps inside degree bins keep target counts).
         pos_targets = np.bincount(rows[rows[:, 2] == 1, 1], minlength=dataset.n_genes)
         neg_targets = np.bincount(rows[rows[:, 2] == 0, 1], minlength=dataset.n_genes)
-        assert np.abs(pos_targets - neg_targets).sum() <= 0.02 * pos_targets.sum() + 2, name
+        assert np.abs(pos_targets - neg_targets).sum() <= 0.5 * pos_targets.sum(), name
+    assert n_kept >= 0.95 * dataset.n_edges  # a sparse network loses few edges
 
 
-def test_degree_aware_hub_is_topped_up(caplog):
-    """A hub whose targets are most of a set's targets cannot be matched inside the set; its missing negatives come
-    from all targets by global in-degree, so its negative count still equals its positive count."""
+def test_degree_aware_drops_hub_positives_it_cannot_match(caplog):
+    """A hub that targets 280 of the 359 other genes has 79 non-targets: each set keeps only as many of its positives
+    as it gets negatives of matching target degree (at most 79 over all sets), the rest are dropped and logged."""
     rng = np.random.default_rng(0)
-    hub = [(0, target) for target in rng.choice(np.arange(1, 300), 45, replace=False)]
-    # 60 TFs with two targets each put one edge in train and one in test, so validation holds only hub edges.
-    pairs = [(tf, target) for tf in range(300, 360) for target in rng.choice(np.arange(1, 300), 2, replace=False)]
+    hub = [(0, target) for target in rng.choice(np.arange(1, 300), 280, replace=False)]
+    pairs = [(tf, target) for tf in range(300, 360) for target in rng.choice(np.arange(1, 300), 4, replace=False)]
     edges = np.array(hub + pairs)
     genes = [f"G{i}" for i in range(360)]
     dataset = GrnDataset("hub", "Non-Specific", genes, np.zeros((360, 1)), ["c"], [], edges)
     with caplog.at_level("INFO", logger="finetune.grn.splits"):
         split = genelink_split(dataset, 0, "degree-aware")
-    assert "drawn by global in-degree" in caplog.text
-    _assert_leak_free(split, dataset)
+    assert "hub: degree-aware negatives dropped" in caplog.text
+    assert "training" in caplog.text and "validation" in caplog.text and "test" in caplog.text
+    _assert_leak_free(split, dataset, every_edge=False)
+    _assert_balanced(split)
+    hub_kept = [_per_tf(rows, 1).get(0, 0) for rows in split.sets().values()]
+    assert 0 < sum(hub_kept) <= 359 - 280
+    assert hub_kept[0] > 0 and hub_kept[2] > 0  # the hub keeps edges in training and test
+    non_targets = set(range(1, 360)) - {target for _, target in hub}
     for rows in split.sets().values():
-        assert _per_tf(rows, 0) == _per_tf(rows, 1)
-        assert set(rows[rows[:, 2] == 0, 1].tolist()) <= set(edges[:, 1].tolist())  # negatives are known targets
+        assert set(rows[(rows[:, 0] == 0) & (rows[:, 2] == 0), 1].tolist()) <= non_targets
 
 
 def test_degree_aware_removes_degree_signal_on_synthetic_data():
     dataset = toy_dataset("Non-Specific", n_genes=800, n_tfs=80, seed=2)
     assert degree_auroc(genelink_split(dataset, 0)) > 0.7
-    assert degree_auroc(genelink_split(dataset, 0, "degree-aware")) == pytest.approx(0.5, abs=0.08)
+    assert degree_auroc(genelink_split(dataset, 0, "degree-aware")) == pytest.approx(0.5, abs=0.03)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_degree_aware_removes_degree_signal_on_dense_networks(seed):
+    """Hub TFs that target most genes: matching TF counts alone left the degree heuristic at ~0.75 here."""
+    dataset = dense_toy(seed=seed)
+    assert degree_auroc(genelink_split(dataset, seed)) > 0.8
+    split = genelink_split(dataset, seed, "degree-aware")
+    _assert_leak_free(split, dataset, every_edge=False)
+    _assert_balanced(split)
+    assert degree_auroc(split) == pytest.approx(0.5, abs=0.03)
+    assert in_degree_auroc(split) == pytest.approx(0.5, abs=0.03)
+    kept = sum(int(rows[:, 2].sum()) for rows in split.sets().values())
+    assert 0.2 * dataset.n_edges < kept < 0.8 * dataset.n_edges  # hubs lose edges, but most TFs keep theirs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cold-start
+
+
+def _set_tfs(split: EdgeSplit) -> list[set[int]]:
+    return [set(rows[rows[:, 2] == 1, 0].tolist()) for rows in split.sets().values()]
+
+
+@pytest.mark.parametrize("make", [lambda: toy_dataset("Non-Specific", n_genes=600, n_tfs=60, seed=3), dense_toy])
+def test_cold_start_holds_out_whole_tfs(make):
+    dataset = make()
+    split = cold_start_split(dataset, seed=0)
+    assert split.protocol == "cold-start"
+    _assert_leak_free(split, dataset, every_edge=False)
+    _assert_balanced(split)
+    train, val, test = _set_tfs(split)
+    assert train and val and test
+    assert not (train & val) and not (train & test) and not (val & test)
+    # No pair of a validation or test TF, positive or negative, is in training.
+    assert not set(split.train[:, 0].tolist()) & (val | test)
+    assert set(split.test[:, 0].tolist()) == test and set(split.val[:, 0].tolist()) == val
+    n_tfs = len(np.unique(dataset.positives[:, 0]))
+    assert len(test) == pytest.approx(0.2 * n_tfs, abs=1.5)
+    assert len(val) == pytest.approx(0.2 * n_tfs, abs=1.5)
+    assert degree_auroc(split) == 0.5  # test TFs have no training edge
+    assert in_degree_auroc(split) == pytest.approx(0.5, abs=0.05)
+
+
+def test_cold_start_is_deterministic_in_seed():
+    dataset = toy_dataset("Specific", n_genes=500, n_tfs=40, seed=4)
+    first, again, other = (cold_start_split(dataset, seed) for seed in (5, 5, 6))
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
+    assert _set_tfs(first) != _set_tfs(other)
+
+
+def test_cold_start_bad_input():
+    genes = [f"G{i}" for i in range(40)]
+    # Five TFs with overlapping targets: three train, one validation, one test TF.
+    edges = [(tf, target) for tf in range(5) for target in range(10 + 3 * tf, 20 + 3 * tf)]
+    five = GrnDataset("five-tfs", "prior", genes, np.zeros((40, 1)), ["c"], range(5), edges)
+    split = cold_start_split(five, 0)
+    assert [len(tfs) for tfs in _set_tfs(split)] == [3, 1, 1]
+    _assert_balanced(split)
+    two = GrnDataset("two-tfs", "prior", genes, np.zeros((40, 1)), ["c"], range(5), edges[:20])
+    with pytest.raises(GrnInputError, match=r"dataset 'two-tfs' has 2 TF\(s\) with a known edge.*at least 3"):
+        cold_start_split(two, 0)
+    # Three TFs leave one training TF, whose negatives would have to be targets of other training TFs: none.
+    three = GrnDataset("three-tfs", "prior", genes, np.zeros((40, 1)), ["c"], range(5), edges[:30])
+    with pytest.raises(GrnInputError, match=r"dataset 'three-tfs': no positive of the 1 cold-start training TF"):
+        cold_start_split(three, 0)
+    with pytest.raises(GrnInputError, match="cold-start negatives='genelink' is not one of degree-aware"):
+        cold_start_split(five, 0, negatives="genelink")
 
 
 def test_bad_arguments():
@@ -479,17 +587,43 @@ def test_split_speed_on_mesc500_specific(real):
         assert time.perf_counter() - start < budget, negatives
 
 
+# One folder of each network type, the dense cell-type-specific ChIP-seq ones (hHEP, mESC, mHSC) included.
+DEGREE_FOLDERS = [
+    "Specific/hHEP/TFs+500",
+    "Specific/mESC/TFs+500",
+    "Specific/mHSC-GM/TFs+500",
+    "Specific/mDC/TFs+500",
+    "Non-Specific/hHEP/TFs+500",
+    "STRING/mDC/TFs+500",
+    "Lofgof/mESC/TFs+500",
+]
+
+
 @pytest.mark.real_data
-@pytest.mark.parametrize("name", ["Specific/mDC/TFs+500", "Non-Specific/hHEP/TFs+500", "STRING/mDC/TFs+500"])
+@pytest.mark.parametrize("name", DEGREE_FOLDERS)
 def test_degree_heuristic_is_at_chance_on_degree_aware_negatives(real, name):
     """Stock et al. 2025: on GENELink's negatives node degree alone ranks test edges well; here it must not."""
     dataset = real(name)
     genelink = degree_auroc(genelink_split(dataset, 0))
     degree_aware_split = genelink_split(dataset, 0, "degree-aware")
-    _assert_leak_free(degree_aware_split, dataset)
+    _assert_leak_free(degree_aware_split, dataset, every_edge=False)
+    _assert_balanced(degree_aware_split)
     degree_aware = degree_auroc(degree_aware_split)
-    assert degree_aware == pytest.approx(0.5, abs=0.08)
+    assert degree_aware == pytest.approx(0.5, abs=0.05)
     assert genelink > degree_aware + 0.08
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("name", DEGREE_FOLDERS)
+def test_degree_heuristic_is_at_chance_on_cold_start(real, name):
+    dataset = real(name)
+    split = cold_start_split(dataset, 0)
+    _assert_leak_free(split, dataset, every_edge=False)
+    _assert_balanced(split)
+    train, val, test = _set_tfs(split)
+    assert not (train & val) and not (train & test) and not (val & test)
+    assert degree_auroc(split) == pytest.approx(0.5, abs=0.05)
+    assert in_degree_auroc(split) == pytest.approx(0.5, abs=0.05)
 
 
 @pytest.mark.real_data
