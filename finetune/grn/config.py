@@ -151,9 +151,5 @@ class GrnConfig:
         self.release, self.out = Path(self.release), Path(self.out)
         self.cache_dir = Path(self.cache_dir) if self.cache_dir else self.out / "cache"
 
-    @property
-    def hidden_dims(self) -> list[int]:
-        return [max(8, self.hidden // (2**i)) for i in range(self.layers)]
-
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

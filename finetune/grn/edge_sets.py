@@ -28,7 +28,7 @@ class EdgeSplit:
 
     Shapes: train, val, test (n_set, 3) int64 with columns [tf, target, label], label in {0, 1}.
     `protocol` names where the split came from: "genelink-specific", "genelink-density", "degree-aware",
-    "prior-holdout" or "file:<path>".
+    "cold-start" or "file:<path>".
     """
 
     train: np.ndarray

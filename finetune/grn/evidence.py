@@ -116,8 +116,9 @@ def random_init_like(release: Path, seed: int = 0) -> torch.nn.Module:
     what pretraining adds to the deletion evidence."""
     config = json.loads((Path(release) / "config.json").read_text())
     config_cls, _ = families()[config["family"]]
-    torch.manual_seed(seed)
-    return build_model(config["family"], config_cls(**config["model"])).eval()
+    with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's global RNG
+        torch.manual_seed(seed)
+        return build_model(config["family"], config_cls(**config["model"])).eval()
 
 
 @torch.no_grad()

@@ -16,7 +16,8 @@ Protocols
 - `cold_start_split` holds out whole TFs: a test TF has no edge in training or validation, and its negatives are
   degree-aware as above, so a model must generalize to TFs it never saw.
 - `read_split` reads a published split (GENELink layout, or one table with a `split` column), by index or symbol.
-- `split_prior` holds out part of a user prior for early stopping before ranking new edges (no test set).
+- inference mode (`scgrn grn --prior`) splits the prior with `genelink_split(..., negatives="degree-aware")`, so the
+  held-out prior edges it reports are scored against degree-matched negatives.
 
 `EdgeSplit` and the sampling helpers live in `edge_sets.py`, the degree-aware negatives in `degree_negatives.py`,
 split-file reading in `split_files.py`; this module holds the protocols and re-exports `EdgeSplit` and `read_split`.
@@ -60,7 +61,6 @@ __all__ = [
     "genelink_split",
     "logger",
     "read_split",
-    "split_prior",
 ]
 
 NEGATIVE_MODES = ("genelink", "degree-aware")
@@ -140,6 +140,14 @@ def _density_negatives(rng: np.random.Generator, dataset: GrnDataset, assign: np
         negatives.append(drawn)
         forbidden = np.concatenate([forbidden, _codes(drawn, n_genes)])
     n_test_pos = int((assign == TEST).sum())
+    if dataset.density <= 0:
+        msg = (
+            f"dataset {dataset.name!r} ({dataset.source}): its network density {dataset.density_exact:.2e} rounds to "
+            "0.000 at GENELink's 3 decimals (a folder named like a BEELINE network gets GENELink's rounding), so "
+            "GENELink's test set would need infinitely many negatives. Use --negatives degree-aware or --split "
+            "cold-start (neither uses the density), or give the network more edges."
+        )
+        raise GrnInputError(msg)
     n_test_neg = int(n_test_pos // dataset.density - n_test_pos)
     tf_pool = dataset.tf_index if dataset.n_tfs else np.unique(positives[:, 0])
     tfs, need = np.unique(rng.choice(tf_pool, size=n_test_neg), return_counts=True)
@@ -252,46 +260,3 @@ def cold_start_split(dataset: GrnDataset, seed: int, negatives: str = "degree-aw
             )
             raise GrnInputError(msg)
     return _edge_split(dataset, assign, negative_sets, "cold-start")
-
-
-def split_prior(dataset: GrnDataset, seed: int, val_fraction: float = 0.2) -> EdgeSplit:
-    """Inference mode: hold out part of a prior's known edges for early stopping; the test set is empty.
-
-    Per TF, round(n * val_fraction) of its edges (rounded at random, so the overall fraction is unbiased; a TF with two
-    or more edges keeps at least one for training) go to validation, the rest to training; each set gets 1:1 random
-    per-TF non-targets, as GENELink does for training and validation. Protocol "prior-holdout".
-    """
-    if not 0.0 < val_fraction < 1.0:
-        msg = f"val_fraction={val_fraction} is outside (0, 1); use for example 0.2 to hold out a fifth of the prior"
-        raise GrnInputError(msg)
-    positives = dataset.positives
-    if len(positives) < 2:
-        msg = (
-            f"dataset {dataset.name!r} has {len(positives)} prior edge(s); holding out a validation set needs at "
-            "least 2 (one to train on, one to select on)"
-        )
-        raise GrnInputError(msg)
-    rng = np.random.default_rng(seed)
-    _, tf_row, sizes = np.unique(positives[:, 0], return_inverse=True, return_counts=True)
-    n_val = np.floor(sizes * val_fraction + rng.random(len(sizes))).astype(np.int64)
-    n_val = np.where(sizes >= 2, np.minimum(n_val, sizes - 1), n_val)
-    rank, _ = _random_ranks(rng, positives[:, 0])
-    assign = np.where(rank < n_val[tf_row], VAL, TRAIN)
-    if not (assign == VAL).any():
-        assign[rng.integers(len(assign))] = VAL
-    if not (assign == TRAIN).any():
-        assign[rng.integers(len(assign))] = TRAIN
-    forbidden = _codes(positives, dataset.n_genes)
-    sets = []
-    for code, what in ((TRAIN, "the training 1:1 negatives"), (VAL, "the validation 1:1 negatives")):
-        set_positives = positives[assign == code]
-        tfs, need = _per_tf_counts(set_positives)
-        drawn, taken = _draw_per_tf(rng, tfs, need, dataset.n_genes, forbidden)
-        _warn_short(what, dataset, need, taken)
-        forbidden = np.concatenate([forbidden, _codes(drawn, dataset.n_genes)])
-        sets.append(_sorted_rows(_rows(set_positives, 1), _rows(drawn, 0)))
-    split = EdgeSplit(train=sets[0], val=sets[1], test=np.zeros((0, 3), np.int64), protocol="prior-holdout")
-    split.check(dataset.n_genes)
-    return split
-
-

@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 from finetune.errors import GrnInputError
 from finetune.grn import baselines
 from finetune.grn.beeline import GrnDataset, load_benchmark
-from finetune.grn.splits import NEGATIVE_MODES, EdgeSplit, cold_start_split, genelink_split, read_split, split_prior
+from finetune.grn.splits import NEGATIVE_MODES, EdgeSplit, cold_start_split, genelink_split, read_split
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
@@ -230,6 +230,19 @@ def test_degree_aware_drops_hub_positives_it_cannot_match(caplog):
         assert set(rows[(rows[:, 0] == 0) & (rows[:, 2] == 0), 1].tolist()) <= non_targets
 
 
+def test_a_beeline_named_network_whose_density_rounds_to_zero_is_refused_clearly():
+    """1,200 TFs with one target each: density 1 / (2 × 1200 − 1) = 4e-4 over the network's nodes, 0.000 at
+    GENELink's 3 decimals; the density protocol would need infinitely many test negatives, so it says so."""
+    n_tfs = 1200
+    genes = [f"G{i}" for i in range(2 * n_tfs)]
+    edges = np.column_stack([np.arange(n_tfs), n_tfs + np.arange(n_tfs)])
+    dataset = GrnDataset("Non-Specific/sparse/TFs+500", "Non-Specific", genes, np.zeros((2 * n_tfs, 1)), ["c"],
+                         np.arange(n_tfs), edges)  # fmt: skip
+    with pytest.raises(GrnInputError, match=r"rounds to 0\.000") as err:
+        genelink_split(dataset, 0)
+    assert "--negatives degree-aware" in str(err.value) and "Non-Specific/sparse/TFs+500" in str(err.value)
+
+
 def test_degree_aware_removes_degree_signal_on_synthetic_data():
     dataset = toy_dataset("Non-Specific", n_genes=800, n_tfs=80, seed=2)
     assert degree_auroc(genelink_split(dataset, 0)) > 0.7
@@ -350,42 +363,6 @@ def test_check_rejects_leaks_and_bad_rows(train, val, test, pattern):
 def test_edge_split_shape_is_checked():
     with pytest.raises(GrnInputError, match=r"train must have shape \(n, 3\)"):
         EdgeSplit(np.zeros((2, 2)), np.zeros((0, 3)), np.zeros((0, 3)), "t")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# split_prior
-
-
-def test_split_prior_holds_out_validation_edges():
-    dataset = toy_dataset("prior", n_genes=1000, n_tfs=60)
-    split = split_prior(dataset, seed=0, val_fraction=0.2)
-    assert split.protocol == "prior-holdout"
-    assert split.test.shape == (0, 3)
-    _assert_leak_free(split, dataset)
-    summary = split.summary()
-    assert summary["val"]["positives"] / dataset.n_edges == pytest.approx(0.2, abs=0.04)
-    for rows in (split.train, split.val):
-        assert _per_tf(rows, 0) == _per_tf(rows, 1)
-    # A TF with two or more edges keeps at least one for training.
-    train_tfs = _per_tf(split.train, 1)
-    for tf, n in zip(*np.unique(dataset.positives[:, 0], return_counts=True), strict=True):
-        if n >= 2:
-            assert train_tfs.get(int(tf), 0) >= 1
-    again = split_prior(dataset, seed=0, val_fraction=0.2)
-    np.testing.assert_array_equal(split.val, again.val)
-
-
-def test_split_prior_bad_arguments():
-    dataset = toy_dataset("prior")
-    for fraction in (0.0, 1.0, -0.1):
-        with pytest.raises(GrnInputError, match="outside \\(0, 1\\)"):
-            split_prior(dataset, 0, fraction)
-    one = GrnDataset("one", "prior", ["A", "B"], np.zeros((2, 1)), ["c"], [0], [[0, 1]])
-    with pytest.raises(GrnInputError, match="needs at least 2"):
-        split_prior(one, 0)
-    two = GrnDataset("two", "prior", ["A", "B", "C", "D"], np.zeros((4, 1)), ["c"], [0], [[0, 1], [0, 2]])
-    split = split_prior(two, 0)
-    assert split.summary()["train"]["positives"] == 1 and split.summary()["val"]["positives"] == 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
