@@ -87,7 +87,7 @@ def render(results: dict[str, list[dict]], skipped, args, machine: str, total_s:
         f"Command: `{args.command}`  ",
         f"Machine: {machine}. Release: `{args.release}`. Seeds: {args.seeds}; tuning budget {args.budget} "
         f"configurations per learned method and seed; in-silico deletion on {args.isd_cells} cells. "
-        f"Wall time so far {total_s / 60:.1f} min.",
+        f"Wall time {total_s / 60:.1f} min (summed over processes).",
         "",
         "Every method runs on the same splits; every choice (hyper-parameters, pooling, epochs) is made per seed on "
         "that seed's validation set; the test set is read only for the metrics. `joint` = expression ‖ pretrained "
@@ -172,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gnn", default="gcn")
     p.add_argument("--tree-method", default="grnboost2")
     p.add_argument("--only", default="", help="comma-separated substrings of dataset names, e.g. 'TFs+500'")
+    p.add_argument("--skip", default="", help="comma-separated substrings of dataset names to leave out")
+    p.add_argument(
+        "--from-summaries",
+        type=Path,
+        nargs="+",
+        help="re-render --results from the summary.json of earlier runs (e.g. two runs on different datasets)",
+    )
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
     args.command = "scgrn bench grn " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
@@ -182,14 +189,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     available, skipped = discover(args.root)
     filters = [f for f in args.only.split(",") if f]
+    leave_out = [f for f in args.skip.split(",") if f]
     results: dict[str, list[dict]] = {x: [] for x in protocols}
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
     skipped_named = [("/".join(Path(f).parts[-3:]), why) for f, why in skipped]
     start = time.perf_counter()
+    if args.from_summaries:
+        wall = 0.0
+        for path in args.from_summaries:
+            for protocol, runs in json.loads(path.read_text()).items():
+                results.setdefault(protocol, []).extend(runs)
+                wall += sum(r["wall_s"] for r in runs)
+        for runs in results.values():
+            runs.sort(key=lambda r: r["name"])
+        text = render(results, skipped_named, args, machine, wall)
+        atomic_write_text(args.results, text)
+        print(text)
+        return 0
     text = ""
     for folder in available:
         name = "/".join(folder.parts[-3:])
-        if filters and not any(f in name for f in filters):
+        if (filters and not any(f in name for f in filters)) or any(f in name for f in leave_out):
             continue
         for protocol in protocols:
             split, negatives = PROTOCOLS[protocol]

@@ -31,7 +31,7 @@ from data_prep.io_utils import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "launch" / "configs" / "pretrain" / "demo.yaml"
-SIZES = {"400": (400, 40), "1000": (1000, 100)}  # genes, TFs
+SIZES = {"200": (200, 20), "400": (400, 40), "1000": (1000, 100)}  # genes, TFs
 KEY_METHODS = ("joint-gcn", "evidence-logreg", "regression", "pearson", "grnboost2", "pretrained-isd")
 
 
@@ -45,7 +45,9 @@ def _scgrn(*args: str) -> None:
         raise RuntimeError(msg)
 
 
-def simulate_and_pretrain(folder: Path, n_cells: int, n_genes: int, n_tfs: int, seed: int, steps: int) -> Path:
+def simulate_and_pretrain(
+    folder: Path, n_cells: int, n_genes: int, n_tfs: int, seed: int, steps: int, library_size: float
+) -> Path:
     """Simulated counts + truth under `folder`, and a release pretrained on them (reused when present)."""
     release = folder / "release"
     if (release / "model.safetensors").exists():
@@ -53,7 +55,8 @@ def simulate_and_pretrain(folder: Path, n_cells: int, n_genes: int, n_tfs: int, 
     folder.mkdir(parents=True, exist_ok=True)
     from data_prep.simulate import SimulationConfig, write_simulation
 
-    write_simulation(SimulationConfig(n_cells=n_cells, n_genes=n_genes, n_tfs=n_tfs, seed=seed), folder / "sim.h5ad")
+    sim = SimulationConfig(n_cells=n_cells, n_genes=n_genes, n_tfs=n_tfs, seed=seed, library_size_mean=library_size)
+    write_simulation(sim, folder / "sim.h5ad")
     _scgrn("shard", folder / "sim.h5ad", "--out", folder / "corpus", "--format", "zarr", "--quiet")
     _scgrn(
         "pretrain",
@@ -108,7 +111,8 @@ def render(results: list[dict], args, machine: str, total_s: float) -> str:
         f"Machine: {machine}. Total wall time {total_s / 60:.1f} min.",
         "",
         "Each simulation: `scgrn simulate` (targets draw 1+ regulators uniformly from the TFs: degree carries no "
-        f"signal), a release pretrained on its cells ({args.steps} steps of `launch/configs/pretrain/demo.yaml`), "
+        f"signal; {args.cells} cells, {args.library_size:g} UMIs per cell over the implicit transcriptome), a release "
+        f"pretrained on its cells ({args.steps} steps of `launch/configs/pretrain/demo.yaml`), "
         "half of the true edges given as the prior to `scgrn grn --expression --prior` "
         f"({args.seeds} split seeds, budget {args.budget}); every method's ranking of the candidate pairs (every "
         "TF × gene pair not in the prior) scored against the other half, which the run never saw.",
@@ -161,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="400,1000", help=f"simulation sizes, from {sorted(SIZES)}")
     p.add_argument("--cells", type=int, default=1500)
     p.add_argument("--steps", type=int, default=300, help="pretraining steps of demo.yaml per simulation")
+    p.add_argument(
+        "--library-size", type=float, default=5000.0, help="simulated UMIs per cell over the whole transcriptome"
+    )
     p.add_argument("--seeds", type=int, default=3, help="split seeds of each scgrn grn run")
     p.add_argument("--budget", type=int, default=3, help="hyper-parameter configurations per learned method")
     p.add_argument("--out", type=Path, default=Path("runs/bench-grn-sim"))
@@ -179,9 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         n_genes, n_tfs = SIZES[size]
         for sim_seed in (int(s) for s in args.sim_seeds.split(",")):
             name = f"{n_genes} genes / {n_tfs} TFs, seed {sim_seed}"
-            folder = args.out / f"sim-{n_genes}-seed{sim_seed}"
+            folder = args.out / f"sim-{n_genes}-seed{sim_seed}-depth{args.library_size:g}-steps{args.steps}"
             t = time.perf_counter()
-            release = simulate_and_pretrain(folder, args.cells, n_genes, n_tfs, sim_seed, args.steps)
+            release = simulate_and_pretrain(
+                folder, args.cells, n_genes, n_tfs, sim_seed, args.steps, args.library_size
+            )
             edges = pd.read_csv(folder / "sim.edges.tsv", sep="\t")
             prior, held_out = split_truth(edges, sim_seed)
             prior[["tf", "target"]].to_csv(folder / "prior.tsv", sep="\t", index=False)
