@@ -14,6 +14,17 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+# Finished files are readable by the group (and others), like files a plain open() makes under the usual umask;
+# mkstemp's 0600 is for the temporary name only.
+PUBLISHED_MODE = 0o644
+
+
+def publish(tmp: Path | str, path: Path | str) -> None:
+    """Give a finished temporary file its final, group-readable mode and rename it over `path` (atomic)."""
+    Path(tmp).chmod(PUBLISHED_MODE)
+    os.replace(tmp, path)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -22,7 +33,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -63,6 +63,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from data_prep.errors import DataPrepError
+from data_prep.io_utils import publish
 
 __all__ = ["CHUNK_SIZE", "SimulationConfig", "simulate", "write_simulation"]
 
@@ -373,8 +374,8 @@ def write_simulation(config: SimulationConfig, out_h5ad: Path) -> tuple[Path, Pa
     try:
         adata.write_h5ad(tmp_h5ad)
         edges.to_csv(tmp_edges, sep="\t", index=False)
-        tmp_h5ad.replace(out_h5ad)  # os.replace: atomic within one directory
-        tmp_edges.replace(edges_path)
+        publish(tmp_h5ad, out_h5ad)  # chmod + os.replace: atomic within one directory
+        publish(tmp_edges, edges_path)
     finally:
         tmp_h5ad.unlink(missing_ok=True)
         tmp_edges.unlink(missing_ok=True)

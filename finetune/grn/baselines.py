@@ -29,6 +29,7 @@ import pandas as pd
 from scipy.stats import rankdata
 from sklearn.ensemble import ExtraTreesRegressor
 
+from data_prep.io_utils import publish
 from finetune.errors import GrnInputError
 
 CORRELATION_METHODS = ("pearson", "spearman")
@@ -156,7 +157,7 @@ def _save_atomic(path: Path, matrix: np.ndarray) -> None:
             tmp.close()
             tmp_path.unlink(missing_ok=True)
             raise
-    os.replace(tmp_path, path)
+    publish(tmp_path, path)
 
 
 def _genie3_sklearn(expression: np.ndarray, tf_index: np.ndarray, *, seed: int, workers: int) -> np.ndarray:

@@ -30,7 +30,7 @@ from safetensors.numpy import load_file, save_file
 
 from data_prep.config import ShardConfig
 from data_prep.gene_mapping import MappingOptions, map_genes
-from data_prep.io_utils import atomic_write_text
+from data_prep.io_utils import atomic_write_text, publish
 from data_prep.loader import StreamingCellDataset
 from data_prep.sharder import shard
 from data_prep.vocab import GeneVocab
@@ -96,7 +96,7 @@ class GeneEmbeddings:
             str(tmp),
             metadata={"genes": json.dumps(self.genes), "release": self.release, "meta": json.dumps(self.meta)},
         )
-        tmp.replace(path)
+        publish(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> GeneEmbeddings:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from data_prep.io_utils import sha256_file
+from data_prep.io_utils import publish, sha256_file
 from finetune.errors import GrnInputError
 from finetune.grn.embeddings import check_coverage, release_batches, release_corpus, vocab_ids
 from pretrain.model_factory import build_model, families
@@ -349,7 +349,7 @@ def release_deletion_evidence(
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp_path = path.with_name(f".{path.name}.tmp")
         save_file(stats, str(tmp_path))
-        tmp_path.replace(path)
+        publish(tmp_path, path)
     return stats
 
 

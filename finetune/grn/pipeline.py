@@ -129,7 +129,6 @@ def gather_evidence(
         matrix, label = _trees(cfg, dataset)
         matrices["trees"] = (matrix, label)
         timings["trees"] = time.perf_counter() - t
-    isd = {}
     for name, random_init in (("pretrained-isd", False), ("random-init-isd", True)):
         needed = name in wanted or ("isd" in cfg.evidence and (not random_init or "random-init" in wanted))
         if not needed:
@@ -147,9 +146,8 @@ def gather_evidence(
             cache_dir=cfg.cache_dir,
             progress=cfg.progress,
         )
-        isd[name] = np.abs(stats["isd_mean"])
         what = "random-init copy of the release" if random_init else "pretrained release"
-        matrices[name] = (isd[name], f"|mean in-silico deletion effect|, {what} (unsupervised)")
+        matrices[name] = (np.abs(stats["isd_mean"]), f"|mean in-silico deletion effect|, {what} (unsupervised)")
         timings[name] = time.perf_counter() - t
 
     def stacked(isd_name: str) -> torch.Tensor | None:

@@ -5,7 +5,6 @@ Drawn on `matplotlib.figure.Figure` with the Agg canvas, so no pyplot state or g
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from data_prep.io_utils import publish
 from finetune.errors import GrnInputError
 from finetune.grn import metrics
 
@@ -28,7 +28,7 @@ def _save_atomic(figure: Figure, path: Path) -> None:
             tmp.close()
             tmp_path.unlink(missing_ok=True)
             raise
-    os.replace(tmp_path, path)
+    publish(tmp_path, path)
 
 
 def plot_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], out_dir: Path, title: str) -> list[Path]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_prep.io_utils import atomic_write_text
+from data_prep.io_utils import atomic_write_text, publish
 
 METRICS = ("auroc", "auprc", "auprc_ratio", "epr")
 
@@ -22,7 +22,7 @@ def write_edges(path: Path, genes: list[str], pairs: np.ndarray, weights: np.nda
     )
     tmp = path.with_name(f".{path.name}.tmp")
     table.to_csv(tmp, sep="\t", index=False, float_format="%.10g")  # no ties from rounding
-    tmp.replace(path)
+    publish(tmp, path)
     return len(table)
 
 

@@ -132,6 +132,8 @@ def test_inference_mode_prints_the_table_and_ranks_new_pairs_with_the_validation
     assert not prior & set(ranked[["Gene1", "Gene2"]].itertuples(index=False, name=None))  # only new pairs
     known = pd.read_csv(out / "known_edges.tsv", sep="\t")
     assert len(known) == len(prior)
+    for name in ("edges.tsv", "known_edges.tsv", "metrics.json", "results.md", "roc.png", "pr.png"):
+        assert (out / name).stat().st_mode & 0o044 == 0o044, name  # readable by the group, not mkstemp's 0600
     # the joint model's logits, averaged over seeds, written at full precision: no ties from rounding
     proc = run_cli("grn", "--release", planted / "release", "--expression", planted / "cells.h5ad", "--prior",
                    tmp_path / "prior.tsv", "--out", tmp_path / "joint", "--seeds", "2", "--tuning-budget", "1",
