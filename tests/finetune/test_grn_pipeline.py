@@ -156,7 +156,7 @@ def test_bad_inputs_get_one_clear_error_and_nothing_finished_under_out(planted, 
         expected = "all 2 edges are self-loops"
     elif problem == "duplicate_genes":
         adata = ad.read_h5ad(cells)
-        adata.var_names = [*adata.var_names[:-1], "tf00"]  # TF00 again, in another case
+        adata.var_names = [*adata.var_names[:-1], "TF00"]  # TF00 again (case variants are allowed)
         cells = tmp_path / "dupes.h5ad"
         adata.write_h5ad(cells)
         edges.to_csv(truth, sep="\t", index=False)
