@@ -39,6 +39,10 @@ def test_no_import_against_the_data_flow(package):
 
 def test_deepspeed_is_imported_in_at_most_one_module():
     # the packages only: local run directories hold DeepSpeed's own zero_to_fp32.py copies
-    users = [p for pkg in ("data_prep", "pretrain", "finetune", "launch", "bench") for p in (REPO / pkg).rglob("*.py")
-             if any(n.split(".")[0] == "deepspeed" for n in _imports(p))]
+    users = [
+        p
+        for pkg in ("data_prep", "pretrain", "finetune", "launch", "bench")
+        for p in (REPO / pkg).rglob("*.py")
+        if any(n.split(".")[0] == "deepspeed" for n in _imports(p))
+    ]
     assert len(users) <= 1, users

@@ -78,8 +78,12 @@ def test_scanner_catches_each_unsafe_pattern():
     bad = (
         "import pickle\nfrom dill import loads\nimport joblib\nimport torch, numpy as np, yaml, pandas as pd\n"
         # assembled from parts: this is the scanner's test input, and the project's own grep must not mistake it
-        + "torch." + "load('m.pt')\ntorch." + "load('m.pt', weights_" + "only=False)\n"
-        + "np.load('a.npy', allow_" + "pickle=True)\n"
+        + "torch."
+        + "load('m.pt')\ntorch."
+        + "load('m.pt', weights_"
+        + "only=False)\n"
+        + "np.load('a.npy', allow_"
+        + "pickle=True)\n"
         "yaml.load(text)\nyaml.load(text, Loader=yaml.Loader)\nyaml.unsafe_load(text)\npd.read_pickle('x')\n"
     )
     hits = unsafe_loads(bad)

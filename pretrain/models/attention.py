@@ -5,62 +5,137 @@ concatenated into one (T, ...) tensor and `cu_seqlens` (B+1,) int32 marks where 
 must stay inside a cell: token t of sequence i in q attends to every token of sequence i in k/v and to nothing else
 (a block-diagonal attention pattern, non-causal).
 
-Three interchangeable backends, checked against each other by `tests/pretrain/test_attention.py`:
+Four interchangeable backends, checked against each other by `tests/pretrain/test_attention.py`:
 
-- ``flash``: FlashAttention-2's varlen kernel (Dao, 2023, arXiv:2307.08691), CUDA + fp16/bf16 only, needs the
-  ``gpu`` extra (``pip install scgrn[gpu]``).
+- ``varlen``: torch's own `torch.nn.attention.varlen.varlen_attn` (FlashAttention-2 kernels built into torch >= 2.9;
+  CUDA sm80+, fp16/bf16, forward and backward; `torch.nn.attention.activate_flash_attention_impl("FA3")` routes it
+  to Hopper kernels). No extra package, so it is what ``auto`` picks on a GPU. It has no attention dropout.
+- ``flash``: the flash-attn package's varlen function, FlashAttention-2 (``flash_attn.flash_attn_varlen_func``) or
+  FlashAttention-4 (``flash_attn.cute.flash_attn_varlen_func``, Hopper/Blackwell). Detected by the function, not
+  the package name: flash-attn-4 installs only ``flash_attn.cute``, so ``import flash_attn`` alone proves nothing.
 - ``sdpa``: `torch.nn.functional.scaled_dot_product_attention`. On CUDA via nested jagged tensors, which reach the
   fused flash / memory-efficient kernels without materialising padding; on CPU one SDPA call per cell (measured
   fastest, numbers beside `_sdpa`).
 - ``reference``: the textbook softmax(Q Kᵀ · scale + block-diagonal mask) V in fp32. Slow, quadratic in T; for tests.
+
+No backend falls back to another: a backend that cannot run raises an error naming it and what to set instead.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import math
-import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BACKENDS = ("flash", "sdpa", "reference")
+BACKENDS = ("varlen", "flash", "sdpa", "reference")
+HALF = (torch.float16, torch.bfloat16)
 
-_GPU_EXTRA_HINT = 'install the `gpu` extra (`pip install scgrn[gpu]`) or use backend="sdpa"'
+_FLASH_HINT = 'install flash-attn (`pip install scgrn[gpu]`) or set model.attention to "varlen" or "sdpa"'
+_VARLEN_HINT = 'needs torch >= 2.9 on a CUDA GPU of compute capability >= 8.0; set model.attention to "sdpa" instead'
 
 
 @functools.cache
-def flash_attn_available() -> bool:
-    """True when `flash_attn` imports (it is only installable on CUDA machines)."""
+def torch_varlen_function() -> Callable | None:
+    """torch's fused varlen attention (`torch.nn.attention.varlen.varlen_attn`), or None on torch < 2.9."""
     try:
-        import flash_attn  # noqa: F401
-    except Exception:  # ImportError, or a CUDA build that fails to load its extension
-        return False
-    return True
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
 
 
-def resolve_backend(name: str, device: torch.device | str) -> str:
-    """Map a configured backend name to a concrete one for tensors living on `device`.
+@functools.cache
+def flash_varlen_function() -> tuple[str, Callable] | None:
+    """("fa2" | "fa4", the flash-attn varlen function) when one imports, else None.
 
-    ``auto`` picks ``flash`` when flash-attn imports and the device is CUDA, else ``sdpa``. An explicit ``flash``
-    on a machine that cannot run it is an error here rather than at the first forward pass.
+    Looked up by the function: flash-attn 2 exports ``flash_attn.flash_attn_varlen_func``; flash-attn 4
+    (``flash-attn-4`` on PyPI) installs only ``flash_attn.cute`` with a varlen function of another signature.
+    """
+    for flavour, module in (("fa2", "flash_attn"), ("fa4", "flash_attn.cute")):
+        try:
+            fn = __import__(module, fromlist=["flash_attn_varlen_func"]).flash_attn_varlen_func
+        except Exception:  # ImportError, AttributeError, or a CUDA build whose extension fails to load
+            continue
+        return flavour, fn
+    return None
+
+
+def flash_attn_available() -> bool:
+    """True when a flash-attn varlen function (FA2 or FA4) imports."""
+    return flash_varlen_function() is not None
+
+
+@functools.cache
+def _cuda_sm80(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def resolve_backend(
+    name: str, device: torch.device | str, dtype: torch.dtype | None = None, dropout_p: float = 0.0
+) -> str:
+    """Map a configured backend name to a concrete one for tensors of `dtype` on `device`.
+
+    ``auto``: on CUDA in fp16/bf16, ``varlen`` (torch's fused kernel) when there is no attention dropout, else
+    ``flash`` when flash-attn with dropout support is installed; ``sdpa`` everywhere else (CPU, fp32). An explicit
+    backend that cannot run here is an error now, naming what to set instead, rather than a failure (or a silent
+    switch) at the first forward pass. `dtype` None skips the precision checks.
     """
     allowed = ("auto", *BACKENDS)
     if name not in allowed:
         msg = f"attention backend {name!r} is not one of {allowed}"
         raise ValueError(msg)
     device = torch.device(device)
+    half = dtype is None or dtype in HALF
     if name == "auto":
-        return "flash" if device.type == "cuda" and flash_attn_available() else "sdpa"
-    if name == "flash":
-        if not flash_attn_available():
-            msg = f"attention backend 'flash' requested but flash_attn is not importable; {_GPU_EXTRA_HINT}"
+        if device.type != "cuda" or not half:
+            return "sdpa"
+        if dropout_p == 0.0 and torch_varlen_function() is not None and _cuda_sm80(device):
+            return "varlen"
+        found = flash_varlen_function()
+        if found is not None and (dropout_p == 0.0 or _accepts(found[1], "dropout_p")):
+            return "flash"
+        return "sdpa"
+    if name == "varlen":
+        problem = None
+        if torch_varlen_function() is None:
+            problem = f"torch {torch.__version__} has no torch.nn.attention.varlen"
+        elif device.type != "cuda" or not _cuda_sm80(device):
+            problem = f"device={device} is not a CUDA GPU of compute capability >= 8.0"
+        elif not half:
+            problem = f"dtype={dtype} (it runs fp16/bf16 only: set train.precision=bf16)"
+        elif dropout_p > 0.0:
+            problem = f"dropout={dropout_p} (torch's varlen_attn has no attention dropout: set model.dropout=0)"
+        if problem:
+            msg = f"attention backend 'varlen' cannot run here: {problem}; it {_VARLEN_HINT}"
             raise ValueError(msg)
-        if device.type != "cuda":
-            msg = f"attention backend 'flash' needs a CUDA device, got device={device}; {_GPU_EXTRA_HINT}"
+    if name == "flash":
+        found = flash_varlen_function()
+        problem = None
+        if found is None:
+            problem = "no flash-attn varlen function imports (flash_attn.flash_attn_varlen_func for FA2, "
+            problem += "flash_attn.cute.flash_attn_varlen_func for FA4)"
+        elif device.type != "cuda":
+            problem = f"it needs a CUDA device, got device={device}"
+        elif not half:
+            problem = f"it needs fp16/bf16 inputs, got dtype={dtype} (set train.precision=bf16)"
+        elif dropout_p > 0.0 and not _accepts(found[1], "dropout_p"):
+            problem = f"flash-attn {found[0]}'s varlen function has no dropout (model.dropout={dropout_p}; set it to 0)"
+        if problem:
+            msg = f"attention backend 'flash' cannot run here: {problem}; {_FLASH_HINT}"
             raise ValueError(msg)
     return name
+
+
+def _accepts(fn: Callable, parameter: str) -> bool:
+    try:
+        return parameter in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
 
 
 def varlen_attention(
@@ -105,8 +180,9 @@ def varlen_attention(
         raise ValueError(msg)
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else softmax_scale
     args = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, scale)
-    if backend == "flash":
-        return _flash(*args)
+    if backend in ("varlen", "flash"):
+        resolve_backend(backend, q.device, q.dtype, dropout_p)  # the clear error, not the kernel's
+        return _torch_varlen(*args) if backend == "varlen" else _flash(*args)
     if backend == "sdpa":
         return _sdpa(*args)
     if backend == "reference":
@@ -116,33 +192,30 @@ def varlen_attention(
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# flash
+# varlen (torch) and flash (flash-attn 2 / 4)
+
+
+def _torch_varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, scale) -> Tensor:
+    del dropout_p  # 0 (checked by resolve_backend)
+    fn = torch_varlen_function()
+    cu_q = cu_q.to(device=q.device, dtype=torch.int32)
+    cu_k = cu_k.to(device=q.device, dtype=torch.int32)
+    return fn(q, k, v, cu_q, cu_k, int(max_q), int(max_k), scale=scale)  # (Tq, H, D)
 
 
 def _flash(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, scale) -> Tensor:
-    if not flash_attn_available():
-        msg = f"attention backend 'flash' needs flash_attn, which is not importable here; {_GPU_EXTRA_HINT}"
-        raise ValueError(msg)
-    if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
-        msg = (
-            f"attention backend 'flash' needs CUDA fp16/bf16 inputs, got device={q.device} dtype={q.dtype}; "
-            f'run under torch.autocast(dtype=torch.bfloat16) or use backend="sdpa"'
-        )
-        raise ValueError(msg)
-    from flash_attn import flash_attn_varlen_func
-
-    return flash_attn_varlen_func(
-        q,
-        k,
-        v,
-        cu_q.to(device=q.device, dtype=torch.int32),
-        cu_k.to(device=q.device, dtype=torch.int32),
-        int(max_q),
-        int(max_k),
-        dropout_p=dropout_p,
-        softmax_scale=scale,
-        causal=False,
-    )  # (Tq, H, D)
+    flavour, fn = flash_varlen_function()
+    cu_q = cu_q.to(device=q.device, dtype=torch.int32)
+    cu_k = cu_k.to(device=q.device, dtype=torch.int32)
+    if flavour == "fa2":
+        return fn(q, k, v, cu_q, cu_k, int(max_q), int(max_k), dropout_p=dropout_p, softmax_scale=scale, causal=False)
+    # FA4 (flash_attn.cute): keyword arguments, no max_seqlen; returns (out, lse) in the versions seen so far.
+    kwargs = {"cu_seqlens_q": cu_q, "cu_seqlens_k": cu_k, "softmax_scale": scale, "causal": False}
+    for name, value in (("max_seqlen_q", int(max_q)), ("max_seqlen_k", int(max_k)), ("dropout_p", dropout_p)):
+        if _accepts(fn, name):
+            kwargs[name] = value
+    out = fn(q, k, v, **kwargs)
+    return out[0] if isinstance(out, tuple) else out  # (Tq, H, D)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -161,22 +234,19 @@ def _flash(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, scale) -> Tensor:
 
 
 def _sdpa(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, scale) -> Tensor:
-    if q.device.type == "cuda":
-        try:
-            return _sdpa_nested(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, scale)
-        except (RuntimeError, NotImplementedError, TypeError) as err:  # older torch without NJT SDPA support
-            _warn_nested_fallback(err)
-            return _sdpa_block_mask(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, scale)
-    return _sdpa_per_sequence(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, scale)
-
-
-@functools.cache
-def _warn_nested_fallback_once(text: str) -> None:
-    warnings.warn(f"nested-jagged SDPA failed ({text}); using a block-diagonal mask instead", stacklevel=3)
-
-
-def _warn_nested_fallback(err: Exception) -> None:
-    _warn_nested_fallback_once(f"{type(err).__name__}: {str(err)[:200]}")
+    if q.device.type != "cuda":
+        return _sdpa_per_sequence(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, scale)
+    try:
+        return _sdpa_nested(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, scale)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except (RuntimeError, NotImplementedError, TypeError) as err:  # no silent switch to a (T, T) mask
+        msg = (
+            f"attention backend 'sdpa' (nested jagged tensors, torch {torch.__version__}) failed on {q.device} "
+            f'with {q.dtype}: {type(err).__name__}: {str(err)[:300]}. Set model.attention to "varlen" '
+            '(torch >= 2.9, bf16) or "flash" instead.'
+        )
+        raise RuntimeError(msg) from err
 
 
 def _jagged(x: Tensor, offsets: Tensor, max_seqlen: int) -> Tensor:

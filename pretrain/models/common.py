@@ -122,13 +122,9 @@ def sample_genes(
 # layers
 
 
-def _pick_backend(name: str, x: Tensor) -> str:
-    """Resolve the configured backend for tensor x. "auto" never errors: it falls back to sdpa when x is not half
-    precision (flash-attn has no fp32 kernel)."""
-    backend = resolve_backend(name, x.device)
-    if name == "auto" and backend == "flash" and x.dtype not in (torch.float16, torch.bfloat16):
-        return "sdpa"
-    return backend
+def _pick_backend(name: str, x: Tensor, dropout_p: float) -> str:
+    """Resolve the configured backend for tensor x (its device and dtype) and this call's attention dropout."""
+    return resolve_backend(name, x.device, x.dtype, dropout_p)
 
 
 class MultiheadAttention(nn.Module):
@@ -182,6 +178,7 @@ class MultiheadAttention(nn.Module):
         t_q, t_k = x.shape[0], context.shape[0]
         q = self.q_proj(x).view(t_q, self.n_heads, self.head_dim)  # (Tq, H, D)
         k, v = self.kv_proj(context).view(t_k, 2, self.n_heads, self.head_dim).unbind(1)  # 2 x (Tk, H, D)
+        dropout = self.dropout if self.training else 0.0
         y = varlen_attention(
             q,
             k,
@@ -190,8 +187,8 @@ class MultiheadAttention(nn.Module):
             cu_seqlens_context,
             max_seqlen,
             max_seqlen_context,
-            backend=_pick_backend(self.backend, q),
-            dropout_p=self.dropout if self.training else 0.0,
+            backend=_pick_backend(self.backend, q, dropout),
+            dropout_p=dropout,
         )  # (Tq, H, D)
         y = y.reshape(t_q, self.n_heads * self.head_dim)  # (Tq, d_model)
         return self.out_dropout(self.out_proj(y))

@@ -98,8 +98,8 @@ class ExceiverConfig:
     """"mse" on log1p(CP10k) values (the paper), or "poisson" / "nb" likelihoods of the raw counts with the
     cell's library size as offset (see `pretrain.models.objectives`)."""
     attention: str = "auto"
-    """Varlen attention backend: "auto" (flash on CUDA when flash-attn imports, else sdpa), "flash", "sdpa",
-    "reference"."""
+    """Varlen attention backend: "auto" (torch's fused "varlen" on CUDA in bf16/fp16 without attention dropout,
+    "sdpa" on CPU), "varlen", "flash", "sdpa", "reference"; see ScBertConfig.attention."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass (torch.utils.checkpoint, non-reentrant)."""
 

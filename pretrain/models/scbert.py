@@ -76,8 +76,9 @@ class ScBertConfig:
     mask_replace_prob: float = 0.9
     """Of the masked genes, the fraction whose input bin becomes the [MASK] token; the rest keep their bin. [0, 1]."""
     attention: str = "auto"
-    """Attention backend: "auto" (flash on CUDA in fp16/bf16 when flash-attn is installed, else sdpa) or one of
-    pretrain.models.attention.BACKENDS."""
+    """Attention backend: "auto" (on CUDA in bf16/fp16 torch's fused "varlen", or "flash" when attention dropout
+    needs it; "sdpa" on CPU and in fp32) or one of pretrain.models.attention.BACKENDS ("varlen", "flash", "sdpa",
+    "reference"). An explicit backend that cannot run is an error, never a silent switch."""
     activation_checkpointing: bool = False
     """Recompute each block in the backward pass (torch.utils.checkpoint) to trade compute for activation memory."""
 

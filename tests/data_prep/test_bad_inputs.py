@@ -324,8 +324,9 @@ def test_duplicate_gene_names_refused_then_summed_on_request(tmp_path):
 def test_cells_by_genes_csv_duplicate_genes_can_be_summed(tmp_path):
     path = tmp_path / "cbg.csv"
     path.write_text(",G1,G2,G1\nc1,1,2,3\nc2,0,4,5\n")
-    manifest = _shard([path], tmp_path / "out", csv_orientation="cells-by-genes",
-                      mapping={"duplicate_genes": "sum"}, val_fraction=0.0)
+    manifest = _shard(
+        [path], tmp_path / "out", csv_orientation="cells-by-genes", mapping={"duplicate_genes": "sum"}, val_fraction=0.0
+    )
     assert manifest["totals"]["nnz"] == 4
 
 
@@ -607,8 +608,7 @@ def test_csv_with_trailing_blank_line_is_accepted(tmp_path):
 
 def test_invalid_options_are_reported_together(tmp_path, cli, finished):
     with pytest.raises(InputError) as info:
-        ShardConfig(inputs=[finished[0]], out=tmp_path / "out", cells_per_shard=0, val_fraction=2.0,
-                    workers=0)
+        ShardConfig(inputs=[finished[0]], out=tmp_path / "out", cells_per_shard=0, val_fraction=2.0, workers=0)
     msg = str(info.value)
     assert "--cells-per-shard 0" in msg
     assert "--val-fraction 2" in msg

@@ -52,8 +52,9 @@ def _floats(seed: int = 0) -> np.ndarray:
     return x
 
 
-def _check_ranges(reader: CellReader, expected: np.ndarray, cell_ids: np.ndarray,
-                  obs: dict[str, np.ndarray] | None = None) -> None:
+def _check_ranges(
+    reader: CellReader, expected: np.ndarray, cell_ids: np.ndarray, obs: dict[str, np.ndarray] | None = None
+) -> None:
     """Every range in RANGES reads back exactly `expected[start:stop]` with its cell ids and obs."""
     assert reader.n_cells == expected.shape[0]
     assert len(reader.gene_names) == expected.shape[1]
@@ -61,8 +62,7 @@ def _check_ranges(reader: CellReader, expected: np.ndarray, cell_ids: np.ndarray
         chunk = reader.read(start, stop)
         assert chunk.row_offset == start
         assert chunk.matrix.shape == (stop - start, expected.shape[1]), (start, stop)
-        np.testing.assert_array_equal(chunk.matrix.toarray(), expected[start:stop],
-                                      err_msg=f"rows {start}:{stop}")
+        np.testing.assert_array_equal(chunk.matrix.toarray(), expected[start:stop], err_msg=f"rows {start}:{stop}")
         assert [str(c) for c in chunk.cell_ids] == [str(c) for c in cell_ids[start:stop]]
         assert set(chunk.obs) == set(obs or {})
         for name, values in (obs or {}).items():  # categorical / string obs compare as strings
@@ -77,9 +77,11 @@ def _spec(path: Path, tmp_path: Path, **kw) -> InputSpec:
 def _adata(x) -> ad.AnnData:
     rng = np.random.default_rng(1)
     obs = pd.DataFrame(
-        {"cell_type": pd.Categorical(rng.choice(["T", "B", "NK"], N_CELLS)),
-         "n_counts": np.arange(N_CELLS, dtype=np.int64) * 3,
-         "batch": [f"b{i % 3}" for i in range(N_CELLS)]},
+        {
+            "cell_type": pd.Categorical(rng.choice(["T", "B", "NK"], N_CELLS)),
+            "n_counts": np.arange(N_CELLS, dtype=np.int64) * 3,
+            "batch": [f"b{i % 3}" for i in range(N_CELLS)],
+        },
         index=list(CELL_IDS),
     )
     var = pd.DataFrame({"gene_ids": GENE_IDS}, index=list(GENE_NAMES))
@@ -177,12 +179,13 @@ def _write_10x_dir(directory: Path, x: sp.csr_matrix, version: int = 3) -> Path:
     if version == 3:
         _gzip(directory / "matrix.mtx")
         pd.DataFrame({"id": GENE_IDS, "name": GENE_NAMES, "type": "Gene Expression"}).to_csv(
-            directory / "features.tsv.gz", sep="\t", header=False, index=False)
-        pd.DataFrame({"bc": CELL_IDS}).to_csv(directory / "barcodes.tsv.gz", sep="\t", header=False,
-                                              index=False)
+            directory / "features.tsv.gz", sep="\t", header=False, index=False
+        )
+        pd.DataFrame({"bc": CELL_IDS}).to_csv(directory / "barcodes.tsv.gz", sep="\t", header=False, index=False)
     else:
         pd.DataFrame({"id": GENE_IDS, "name": GENE_NAMES}).to_csv(
-            directory / "genes.tsv", sep="\t", header=False, index=False)
+            directory / "genes.tsv", sep="\t", header=False, index=False
+        )
         pd.DataFrame({"bc": CELL_IDS}).to_csv(directory / "barcodes.tsv", sep="\t", header=False, index=False)
     return directory
 
@@ -192,8 +195,11 @@ def test_10x_directory_reads_exact_rows(tmp_path, version):
     x = _counts(seed=6)
     d = _write_10x_dir(tmp_path / f"filtered_v{version}", x, version)
     names = sorted(p.name for p in d.iterdir())
-    assert names == (["barcodes.tsv.gz", "features.tsv.gz", "matrix.mtx.gz"] if version == 3
-                     else ["barcodes.tsv", "genes.tsv", "matrix.mtx"])
+    assert names == (
+        ["barcodes.tsv.gz", "features.tsv.gz", "matrix.mtx.gz"]
+        if version == 3
+        else ["barcodes.tsv", "genes.tsv", "matrix.mtx"]
+    )
     assert detect_kind(d) == "10x-mtx"
     with open_reader(_spec(d, tmp_path)) as reader:
         assert reader.kind == "10x-mtx"
@@ -252,9 +258,15 @@ def _write_text(path: Path, x: np.ndarray, orientation: str) -> Path:
 
 @pytest.mark.parametrize(
     ("name", "orientation"),
-    [("expr.csv", "genes-by-cells"), ("expr.tsv", "genes-by-cells"), ("expr.csv.gz", "genes-by-cells"),
-     ("expr.txt", "genes-by-cells"), ("expr.tsv.gz", "genes-by-cells"), ("expr.csv", "cells-by-genes"),
-     ("expr.tsv.gz", "cells-by-genes")],
+    [
+        ("expr.csv", "genes-by-cells"),
+        ("expr.tsv", "genes-by-cells"),
+        ("expr.csv.gz", "genes-by-cells"),
+        ("expr.txt", "genes-by-cells"),
+        ("expr.tsv.gz", "genes-by-cells"),
+        ("expr.csv", "cells-by-genes"),
+        ("expr.tsv.gz", "cells-by-genes"),
+    ],
 )
 def test_text_matrices_read_exact_rows(tmp_path, name, orientation):
     x = _floats(seed=8)
@@ -262,7 +274,7 @@ def test_text_matrices_read_exact_rows(tmp_path, name, orientation):
     if name.endswith(".gz"):
         with open(path, "rb") as f:
             assert f.read(2) == b"\x1f\x8b"  # really gzipped
-    with (gzip.open(path, "rt") if name.endswith(".gz") else path.open()) as f:
+    with gzip.open(path, "rt") if name.endswith(".gz") else path.open() as f:
         first = f.readline()
     sep = "," if ".csv" in name else "\t"
     assert first.split(sep)[0] == ""  # BEELINE: empty first header field
@@ -325,8 +337,7 @@ def test_real_beeline_expression_csv(tmp_path):
         assert np.allclose(part.matrix.toarray(), expected.to_numpy()[90:310])
 
 
-REAL_COUNTS = ["human_pbmc3k_10x.h5ad", "human_retina_cellxgene_1k.h5ad",
-               "mouse_pancreas_endocrinogenesis_739.h5ad"]
+REAL_COUNTS = ["human_pbmc3k_10x.h5ad", "human_retina_cellxgene_1k.h5ad", "mouse_pancreas_endocrinogenesis_739.h5ad"]
 
 
 @pytest.mark.real_data
@@ -381,8 +392,11 @@ def _corpus_rows(out: Path) -> dict[str, dict[str, float]]:
 
 
 def _input_rows(x: np.ndarray) -> dict[str, dict[str, float]]:
-    return {str(CELL_IDS[i]): {str(GENE_NAMES[j]): float(x[i, j]) for j in np.flatnonzero(x[i])}
-            for i in range(x.shape[0]) if x[i].any()}
+    return {
+        str(CELL_IDS[i]): {str(GENE_NAMES[j]): float(x[i, j]) for j in np.flatnonzero(x[i])}
+        for i in range(x.shape[0])
+        if x[i].any()
+    }
 
 
 def _assert_same_rows(got: dict, want: dict, exact: bool) -> None:
@@ -404,12 +418,14 @@ def test_cli_shard_then_validate_round_trip(tmp_path, cli, kind):
         extra = ["--values", "log1p"]
     else:
         x = _counts(seed=11).toarray()
-        src = (_write_10x_dir(tmp_path / "tenx", sp.csr_matrix(x)) if kind == "10x-dir"
-               else _write_10x_h5(tmp_path / "m.h5", sp.csr_matrix(x)))
+        src = (
+            _write_10x_dir(tmp_path / "tenx", sp.csr_matrix(x))
+            if kind == "10x-dir"
+            else _write_10x_h5(tmp_path / "m.h5", sp.csr_matrix(x))
+        )
         extra = []
     out = tmp_path / "corpus"
-    proc = cli("shard", src, "--out", out, "--cells-per-shard", "20", "--cells-per-sample", "7", "--quiet",
-               *extra)
+    proc = cli("shard", src, "--out", out, "--cells-per-shard", "20", "--cells-per-sample", "7", "--quiet", *extra)
     assert proc.returncode == 0, proc.stderr
     check = cli("validate", out)
     assert check.returncode == 0, check.stderr

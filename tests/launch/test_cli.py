@@ -13,8 +13,9 @@ def test_simulate_shard_inspect_validate(tmp_path, cli):
     edges = pd.read_csv(tmp_path / "sim.edges.tsv", sep="\t")
     assert set(edges.columns) >= {"tf", "target", "weight"} and len(edges) > 0
     out = tmp_path / "corpus"
-    proc = cli("shard", h5ad, "--out", out, "--cells-per-shard", 200, "--workers", 2, "--obs-columns", "cell_type",
-               check=True)
+    proc = cli(
+        "shard", h5ad, "--out", out, "--cells-per-shard", 200, "--workers", 2, "--obs-columns", "cell_type", check=True
+    )
     assert "cells        600" in proc.stdout  # human summary after sharding
     summary = json.loads(cli("inspect", out, "--json", check=True).stdout)
     assert summary["n_cells"] == 600 and summary["n_shards"] == 3 and summary["format_version"] == 1

@@ -187,7 +187,7 @@ def test_config_reports_every_bad_field():
         "n_bins=1: must be",
         "dropout=1.5: must be",
         "gene_sampling='first': must be one of ('random', 'topk')",
-        "attention='fast': must be one of ('auto', 'flash', 'sdpa', 'reference')",
+        "attention='fast': must be one of ('auto', 'varlen', 'flash', 'sdpa', 'reference')",
         "mask_prob=0.0: must be",
         "max_genes=-1: must be",
     ):
