@@ -28,8 +28,11 @@ import numpy as np
 from data_prep.io_utils import atomic_write_text
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "beeline"
-PROTOCOLS = {"genelink": ("genelink", "genelink"), "degree-aware": ("genelink", "degree-aware"),
-             "cold-start": ("cold-start", "degree-aware")}  # fmt: skip  name -> (split, negatives)
+PROTOCOLS = {
+    "genelink": ("genelink", "genelink"),
+    "degree-aware": ("genelink", "degree-aware"),
+    "cold-start": ("cold-start", "degree-aware"),
+}  # fmt: skip  name -> (split, negatives)
 COLUMNS = ("joint", "genelink-gat", "expression-gcn", "random-embedding", "random-init", "no-gnn", "evidence-logreg",
            "degree", "pearson", "regression", "partial", "trees", "pretrained-isd", "random-init-isd")  # fmt: skip
 PAIRS = (("joint", "genelink-gat"), ("joint", "degree"), ("joint", "pearson"), ("joint", "regression"),
@@ -42,8 +45,10 @@ def column_names(methods: dict) -> dict[str, str]:
     out = {}
     for key in COLUMNS:
         for name in methods:
-            if name == key or (key == "joint" and name.startswith("joint-")) or (
-                key == "trees" and name in ("grnboost2", "genie3-sklearn")
+            if (
+                name == key
+                or (key == "joint" and name.startswith("joint-"))
+                or (key == "trees" and name in ("grnboost2", "genie3-sklearn"))
             ):
                 out[key] = name
                 break

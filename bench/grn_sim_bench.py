@@ -188,9 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             name = f"{n_genes} genes / {n_tfs} TFs, seed {sim_seed}"
             folder = args.out / f"sim-{n_genes}-seed{sim_seed}-depth{args.library_size:g}-steps{args.steps}"
             t = time.perf_counter()
-            release = simulate_and_pretrain(
-                folder, args.cells, n_genes, n_tfs, sim_seed, args.steps, args.library_size
-            )
+            release = simulate_and_pretrain(folder, args.cells, n_genes, n_tfs, sim_seed, args.steps, args.library_size)
             edges = pd.read_csv(folder / "sim.edges.tsv", sep="\t")
             prior, held_out = split_truth(edges, sim_seed)
             prior[["tf", "target"]].to_csv(folder / "prior.tsv", sep="\t", index=False)

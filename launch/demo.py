@@ -118,8 +118,11 @@ def run_demo(out: Path, data: list[Path] | None = None, prior: Path | None = Non
     print(f"  {release}")
     timings["export"] = time.perf_counter() - t
 
-    t = _step(5, "scgrn grn: the joint model (pair evidence + pretrained embeddings + GNN) vs every baseline, "
-                 "on held-out true edges")
+    t = _step(
+        5,
+        "scgrn grn: the joint model (pair evidence + pretrained embeddings + GNN) vs every baseline, "
+        "on held-out true edges",
+    )
     grn_out = out / "grn"
     tree = "grnboost2" if _has_arboreto() else "genie3"
     # the simulator's regulators are drawn uniformly from the TFs: node degree carries no signal, so only evidence

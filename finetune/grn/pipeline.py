@@ -414,7 +414,8 @@ def verdicts(methods: dict[str, dict], joint: str, chosen: str, user_chosen: boo
         return methods[name]["summary"][metric]["mean"]
 
     lines = [
-        f"best on validation: **{chosen}**" + (" (chosen with --method)" if user_chosen else "")
+        f"best on validation: **{chosen}**"
+        + (" (chosen with --method)" if user_chosen else "")
         + f" (validation AUROC {mean(chosen, 'val_auroc'):.3f}, held-out AUROC {mean(chosen, 'auroc'):.3f})"
     ]
     best_test = max(methods, key=lambda n: mean(n, "auroc"))

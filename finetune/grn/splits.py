@@ -87,8 +87,6 @@ def _ratio_sets(rank: np.ndarray, size: np.ndarray) -> np.ndarray:
     return np.where(rank < n_train, TRAIN, np.where(rank < n_train_val, VAL, TEST))
 
 
-
-
 def _assign_positives(rng: np.random.Generator, positives: np.ndarray, *, specific: bool) -> np.ndarray:
     """Set code (TRAIN/VAL/TEST) of every positive, split per TF as GENELink does. Shape (n_edges,)."""
     rank, size = _random_ranks(rng, positives[:, 0])
@@ -101,8 +99,6 @@ def _assign_positives(rng: np.random.Generator, positives: np.ndarray, *, specif
         sets = np.where(rank < n_train_val // 5, VAL, np.where(rank < n_train_val, TRAIN, TEST))
     sets = np.where(size == 2, np.where(rank == 0, TRAIN, TEST), sets)
     return np.where(size == 1, np.where(to_train, TRAIN, TEST), sets)
-
-
 
 
 # ---------------------------------------------------------------------------------------------------------------
