@@ -3,7 +3,7 @@
 Layout of a run directory:
     RUN/config.yaml, RUN/tensorboard/, RUN/checkpoints/step00000050/  (DeepSpeed files for that tag)
         loader_rank{r}.json   each rank's data-loader cursor (StreamingCellDataset.state_dict)
-        rng_rank{r}.pt        each rank's masking generator + torch RNG (tensors only; loaded weights_only=True)
+        rng_rank{r}.pt        each rank's masking generator + torch CPU (and CUDA) RNG (tensors; weights_only=True)
         COMPLETE              written by rank 0 after every rank finished: only such checkpoints are resumed from
     RUN/checkpoints/latest    DeepSpeed's pointer to the newest tag, written only after that tag's COMPLETE
 """
@@ -58,10 +58,17 @@ def resolve_resume(resume: str, run_dir: Path) -> Path | None:
     return path
 
 
-def save_rank_state(directory: Path, rank: int, loader_state: dict, generator: torch.Generator) -> None:
+def save_rank_state(
+    directory: Path, rank: int, loader_state: dict, generator: torch.Generator, device: torch.device | None = None
+) -> None:
+    """The rank's loader cursor and RNG: the masking generator, torch's CPU RNG and, on a GPU, its CUDA RNG (dropout
+    draws there), so a resumed run repeats the same random numbers."""
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_text(directory / f"loader_rank{rank}.json", json.dumps(loader_state))
-    torch.save({"generator": generator.get_state(), "torch": torch.get_rng_state()}, directory / f"rng_rank{rank}.pt")
+    rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    if device is not None and device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    torch.save(rng, directory / f"rng_rank{rank}.pt")
 
 
 def load_rank_state(directory: Path, rank: int) -> tuple[dict, dict]:

@@ -7,12 +7,14 @@ Runs the same code in one process (`scgrn pretrain`), under `deepspeed --num_gpu
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -89,6 +91,8 @@ class Trainer:
         model = build_model(cfg.family, self.model_config)
         check_corpus(model, self.corpus.value_kind.value, self.corpus.vocab_sha256, cfg.model.get("vocab_sha256"))
         model.to(self.device)
+        # Counted before ZeRO-3 partitions the parameters (a partitioned parameter's numel() is 0): the MFU figure.
+        self.n_matmul_params = model.num_parameters(exclude_embeddings=True)
         self.ds_config = dist.build_ds_config(cfg, self.world_size)
         self.engine = dist.create_engine(model, cfg, self.ds_config)
         # Masking/sampling randomness per rank, saved and restored with each checkpoint.
@@ -110,7 +114,7 @@ class Trainer:
             num_workers=d.num_workers,
         )
         self.step = 0
-        self.tokens_seen = 0
+        self.tokens_seen = 0  # this rank's tokens, after max_genes sampling
         self.last_losses: dict[str, float] = {}
         ids = cfg.train.log_cell_ids
         self.cell_id_log = None
@@ -138,7 +142,17 @@ class Trainer:
 
     # -- steps ---------------------------------------------------------------------------------------
     def train_step(self, batches) -> dict[str, float]:
-        total_loss, tokens, cells = 0.0, 0, 0
+        """One optimizer step over `grad_accum` micro batches, with a per-token loss.
+
+        Every masked gene of the step, over all micro batches and ranks, weighs the same: each micro batch's summed
+        loss is divided by the step's global count of masked genes (one all-reduce of a device tensor, no host
+        sync), times world_size because DeepSpeed averages gradients over ranks, and DeepSpeed's own 1/grad_accum
+        scaling is turned off. So grad_accum 2 x 1 rank, 1 x 2 ranks and one large batch give the same update.
+        The finite-loss check is one host sync per step, before the update is applied: a NaN never reaches the
+        weights and the last good state can be saved.
+        """
+        module = self.engine.module
+        micro_batches = []
         for micro in range(self.cfg.train.grad_accum):
             batch = next(batches)
             if self.cell_id_log is not None:
@@ -146,29 +160,47 @@ class Trainer:
             inputs = self._to_device(batch)
             if self._test_matches(POISON_AT, self.step + 1):
                 inputs["values"] = torch.full_like(inputs["values"], float("nan"))
-            out = self.engine(inputs, generator=self.generator)
-            loss = out["loss"]
-            # One host sync per micro step: every rank must agree to stop before anyone runs backward.
-            if dist.all_reduce_max(0.0 if torch.isfinite(loss).item() else 1.0, self.device) > 0:
-                self._save(reason="non-finite loss")
-                msg = (
-                    f"loss became {loss.item()} at step {self.step} (rank {self.rank} or another); stopped. The last "
-                    f"good state is saved in {ckpt.checkpoint_root(self.run_dir)}. Lower train.lr, enable "
-                    "train.grad_clip, or check the corpus values."
-                )
-                raise NonFiniteLossError(msg)
-            self.engine.backward(loss)
+            micro_batches.append((batch, module.prepare_batch(inputs, self.generator)))
+        n_local = torch.stack([module.n_targets(prepared) for _, prepared in micro_batches]).sum().double()
+        n_global = dist.all_reduce_sum_tensor(n_local.clone())
+        scale = self.world_size / n_global.clamp(min=1.0)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        tokens, cells, flops = 0, 0, 0.0
+        for i, (batch, prepared) in enumerate(micro_batches):
+            out = self.engine(prepared)
+            loss_sum += out["loss_sum"].detach().double()
+            if i == len(micro_batches) - 1:
+                self._stop_if_not_finite(loss_sum, n_local)
+            self.engine.backward(out["loss_sum"] * scale.to(out["loss_sum"].dtype), scale_wrt_gas=False)
             self.engine.step()
-            total_loss += float(loss.detach())
-            tokens += int(inputs["gene_ids"].numel())
+            tokens += int(prepared["gene_ids"].shape[0])  # shape: host-side, no sync
             cells += batch.n_cells
+            flops += module.flops(np.diff(batch.indptr), self.n_matmul_params)
         self.step += 1
         self.tokens_seen += tokens
-        return {"loss": total_loss / self.cfg.train.grad_accum, "tokens": tokens, "cells": cells}
+        loss = float(loss_sum / n_local.clamp(min=1.0))  # this rank's per-token mean; the step's one more sync
+        return {"loss": loss, "tokens": tokens, "cells": cells, "flops": flops}
+
+    def _stop_if_not_finite(self, loss_sum: torch.Tensor, n_tokens: torch.Tensor) -> None:
+        # Every rank must agree to stop before anyone applies the update.
+        if dist.all_reduce_max(0.0 if torch.isfinite(loss_sum).item() else 1.0, self.device) > 0:
+            self._save(reason="non-finite loss")
+            msg = (
+                f"the loss of step {self.step + 1} is not finite on at least one rank (rank {self.rank}'s per-token "
+                f"loss: {float(loss_sum / n_tokens.clamp(min=1.0))}); stopped before applying that update. The last "
+                f"good state (step {self.step}) is saved in {ckpt.checkpoint_root(self.run_dir)}. Lower train.lr, "
+                "enable train.grad_clip, or check the corpus values."
+            )
+            raise NonFiniteLossError(msg)
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Masked loss on the validation split (first `data.eval_batches` batches of every rank), averaged."""
+        """Masked loss on the validation split (first `data.eval_batches` batches of every rank), per masked gene.
+
+        Ranks run the same number of forwards (ZeRO-3 all-gathers parameters in every forward, so unequal counts
+        would deadlock): a rank with fewer validation batches repeats one of its batches, or a train batch if it
+        has none, and leaves those out of the loss.
+        """
         self.engine.eval()
         data = StreamingCellDataset(
             self.corpus.directory,
@@ -180,18 +212,26 @@ class Trainer:
             batch_size=self.cfg.data.micro_batch_cells,
             obs_columns=[],
         )
+        batches = list(itertools.islice(data, self.cfg.data.eval_batches))
+        n_forwards = int(dist.all_reduce_max(float(len(batches)), self.device))
+        filler = batches[-1] if batches else None
+        if filler is None and n_forwards:
+            filler = next(iter(self._filler_data()))
         gen = torch.Generator().manual_seed(12345 + self.rank)  # the same masks at every evaluation
         loss_sum, n = 0.0, 0
-        for i, batch in enumerate(data):
-            if i >= self.cfg.data.eval_batches:
-                break
-            out = self.engine(self._to_device(batch), generator=gen)
-            m = int(out.get("n_masked", 1))
-            loss_sum += float(out["loss"]) * m
-            n += m
+        for i in range(n_forwards):
+            out = self.engine(self._to_device(batches[i] if i < len(batches) else filler), generator=gen)
+            if i < len(batches):
+                m = int(out.get("n_masked", 1))
+                loss_sum += float(out["loss"]) * m
+                n += m
         total, count = dist.all_reduce_sum([loss_sum, float(n)], self.device)
         self.engine.train()
         return total / count if count else float("nan")
+
+    def _filler_data(self) -> StreamingCellDataset:
+        """One train cell, for a rank that holds no validation cell but must run lockstep forwards."""
+        return StreamingCellDataset(self.corpus.directory, split="train", shuffle=False, batch_size=1, obs_columns=[])
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def _client_state(self) -> dict:
@@ -209,7 +249,7 @@ class Trainer:
         tag = ckpt.tag_for(self.step)
         root = ckpt.checkpoint_root(self.run_dir)
         dist.save_checkpoint(self.engine, root, tag, self._client_state())
-        ckpt.save_rank_state(root / tag, self.rank, self.train_data.state_dict(), self.generator)
+        ckpt.save_rank_state(root / tag, self.rank, self.train_data.state_dict(), self.generator, self.device)
         self._test_hold(HOLD_IN_SAVE)
         dist.barrier()
         if self.rank == 0:
@@ -264,6 +304,8 @@ class Trainer:
         self.train_data.load_state_dict(loader_state)
         self.generator.set_state(rng["generator"])
         torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":  # dropout draws on the GPU
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.last_losses = state.get("losses", {})
         log.info("resumed from %s at step %d", path, self.step)
@@ -279,8 +321,7 @@ class Trainer:
             self.cell_id_log.open(self.step)
         metrics = MetricsLogger(self.run_dir, self.rank, cfg.train.steps, self.step)
         batches = self._batches()
-        flops_per_token = float(self.engine.module.flops_per_token())
-        window = {"loss": 0.0, "n": 0, "tokens": 0, "cells": 0, "t0": time.perf_counter()}
+        window = {"loss": 0.0, "n": 0, "tokens": 0, "cells": 0, "flops": 0.0, "t0": time.perf_counter()}
         history = []
         last = cfg.train.stop_after or cfg.train.steps
         try:
@@ -291,6 +332,7 @@ class Trainer:
                 window["n"] += 1
                 window["tokens"] += out["tokens"]
                 window["cells"] += out["cells"]
+                window["flops"] += out["flops"]
                 metrics.advance()
                 if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
                     seconds = time.perf_counter() - window["t0"]
@@ -303,13 +345,12 @@ class Trainer:
                         "perf/cells_per_s": window["cells"] * self.world_size / seconds,
                         "perf/memory_gb": memory_gb(self.device),
                     }
+                    scalars["perf/tflops_per_rank"] = window["flops"] / seconds / 1e12  # this rank's model FLOPs
                     if cfg.train.peak_tflops > 0:
-                        scalars["perf/mfu"] = (
-                            tokens_s * flops_per_token / (cfg.train.peak_tflops * 1e12 * self.world_size)
-                        )
+                        scalars["perf/mfu"] = window["flops"] / seconds / (cfg.train.peak_tflops * 1e12)
                     metrics.scalars(self.step, scalars)
                     self.last_losses["train"] = scalars["train/loss"]
-                    window = {"loss": 0.0, "n": 0, "tokens": 0, "cells": 0, "t0": time.perf_counter()}
+                    window = {"loss": 0.0, "n": 0, "tokens": 0, "cells": 0, "flops": 0.0, "t0": time.perf_counter()}
                 if self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps:
                     val = self.evaluate()
                     self.last_losses["val"] = val

@@ -467,22 +467,21 @@ class Exceiver(nn.Module):
 
         Returns:
             loss: scalar, mean over the N masked genes (mse, Poisson or NB negative log-likelihood).
+            loss_sum: loss × N, for a per-token mean over a whole optimizer step.
             pred: (N,) the head's output: log1p(CP10k) (mse) or log expression per 1e4 counts (poisson, nb).
             target: (N,) log1p(CP10k) values (mse) or raw counts (poisson, nb).
             n_masked: N, a Python int.
             mask: (T',) bool over the tokens after gene sampling; masked_gene_ids: (N,).
         """
-        gene_ids, values, cu_seqlens = batch["gene_ids"], batch["values"], batch["cu_seqlens"]
+        if batch.get("mask") is None:
+            batch = self.prepare_batch(batch, generator)
+        gene_ids, values, cu_seqlens, mask = batch["gene_ids"], batch["values"], batch["cu_seqlens"], batch["mask"]
         self._check_packed(gene_ids, values, cu_seqlens)
         n_cells = cu_seqlens.numel() - 1
         library = batch.get("library_size")
         if library is None:
-            library = cell_library_size(values, cu_seqlens)  # (B,) whole-cell totals, before sampling
-        mask = batch.get("mask")
-        if mask is None:
-            gene_ids, values, cu_seqlens = self._sample(gene_ids, values, cu_seqlens, generator)
-            mask = sample_mask(cu_seqlens, gene_ids.shape[0], self.config.mask_prob, generator)  # (T',)
-        elif mask.shape != gene_ids.shape or mask.dtype != torch.bool:
+            library = cell_library_size(values, cu_seqlens)  # (B,) the given genes are the whole cells
+        if mask.shape != gene_ids.shape or mask.dtype != torch.bool:
             msg = (
                 f"batch['mask'] must be a bool tensor shaped like gene_ids {tuple(gene_ids.shape)}; "
                 f"got {mask.dtype} {tuple(mask.shape)}"
@@ -517,12 +516,30 @@ class Exceiver(nn.Module):
                 loss = negative_binomial_nll(pred, log_theta, target, library_per_gene, TARGET_SUM)
         return {
             "loss": loss,
+            "loss_sum": loss * pred.shape[0],
             "pred": pred,
             "target": target,
             "n_masked": int(pred.shape[0]),
             "mask": mask,
             "masked_gene_ids": masked_gene_ids,
         }
+
+    def prepare_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Raw packed cells -> the inputs `forward` uses as given: at most `max_genes` genes per cell, the mask,
+        and each cell's library size taken before sampling (gene_ids, values, cu_seqlens, mask, library_size)."""
+        gene_ids, values, cu_seqlens = batch["gene_ids"], batch["values"], batch["cu_seqlens"]
+        self._check_packed(gene_ids, values, cu_seqlens)
+        library = batch.get("library_size")
+        if library is None:
+            library = cell_library_size(values, cu_seqlens)  # (B,) whole-cell totals, before sampling
+        gene_ids, values, cu_seqlens = self._sample(gene_ids, values, cu_seqlens, generator)
+        mask = sample_mask(cu_seqlens, gene_ids.shape[0], self.config.mask_prob, generator)  # (T',)
+        return {"gene_ids": gene_ids, "values": values, "cu_seqlens": cu_seqlens, "mask": mask, "library_size": library}
+
+    @staticmethod
+    def n_targets(prepared: dict[str, Tensor]) -> Tensor:
+        """0-dim int64: masked genes of `prepared` (from `prepare_batch`), on its device (no sync)."""
+        return prepared["mask"].sum()
 
     # ------------------------------------------------------------------------------------------------------------------
     # accounting
@@ -558,6 +575,14 @@ class Exceiver(nn.Module):
         self_blocks = c.n_self_layers * (8 * L * D * D + 4 * L * L * D + 4 * L * D * F_)
         decoder = 4 * m * D * D + 4 * L * D * D + 4 * m * L * D + 4 * m * D * F_ + 2 * m * D
         return 3.0 * (encoder + self_blocks + decoder) / n
+
+    def flops(self, lengths, n_params: int | None = None) -> float:
+        """Training FLOPs of one micro batch of cells with `lengths` expressed genes (host-side ints, before
+        `max_genes`): the per-cell sum of `flops_per_token(L') · L'`, L' = min(L, max_genes). `n_params` is unused
+        (the count is per layer shape, unaffected by ZeRO-3 partitioning); the signature matches ScBert's."""
+        del n_params
+        kept = [min(int(n), self.config.max_genes) for n in lengths]
+        return float(sum(self.flops_per_token(n) * n for n in kept if n > 0))
 
 
 __all__ = ["ATTENTION", "OBJECTIVES", "Exceiver", "ExceiverConfig", "sample_mask"]

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -292,8 +293,9 @@ class ScBert(nn.Module):
         with `generator`, see `prepare_batch`), or prepared inputs (`cu_seqlens`, `gene_ids`, `input_bins`,
         `labels`) used as given.
 
-        Returns a dict: loss (scalar, mean over masked genes; 0 when nothing is masked), logits (T', n_bins),
-        n_masked (0-dim int64 tensor), and the cu_seqlens, gene_ids, labels the logits refer to.
+        Returns a dict: loss (scalar, mean over masked genes; 0 when nothing is masked), loss_sum (the sum over
+        them, for a per-token mean over a whole optimizer step), logits (T', n_bins), n_masked (0-dim int64 tensor),
+        and the cu_seqlens, gene_ids, labels the logits refer to.
         """
         if "labels" not in batch:
             batch = self.prepare_batch(batch, generator)
@@ -308,12 +310,18 @@ class ScBert(nn.Module):
         loss = loss_sum / n_masked.clamp(min=1)  # no .item(): stays on device, no sync
         return {
             "loss": loss,
+            "loss_sum": loss_sum,
             "logits": logits,
             "n_masked": n_masked,
             "labels": labels,
             "cu_seqlens": batch["cu_seqlens"],
             "gene_ids": batch["gene_ids"],
         }
+
+    @staticmethod
+    def n_targets(prepared: dict[str, Tensor]) -> Tensor:
+        """0-dim int64: genes whose loss `prepared` (from `prepare_batch`) counts, on its device (no sync)."""
+        return (prepared["labels"] != IGNORE_INDEX).sum()
 
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
         """Parameter count; with `exclude_embeddings` the gene/bin lookup tables are left out (they do no matmul,
@@ -337,3 +345,15 @@ class ScBert(nn.Module):
         c = self.config
         context = float(c.max_genes if mean_context is None else mean_context)
         return 6.0 * self.num_parameters(exclude_embeddings=True) + 12.0 * c.n_layers * c.d_model * context
+
+    def flops(self, lengths, n_params: int | None = None) -> float:
+        """Training FLOPs of one micro batch of cells with `lengths` expressed genes (host-side ints; raw lengths,
+        before `max_genes`):  6 N ΣL' + 12 n_layers d_model ΣL'², L' = min(L, max_genes).
+
+        `n_params` is the non-embedding parameter count N; pass the one taken before DeepSpeed ZeRO-3 partitions
+        the parameters (`numel()` of a partitioned parameter is 0 there).
+        """
+        c = self.config
+        kept = np.minimum(np.asarray(lengths, dtype=np.float64), c.max_genes)
+        n = self.num_parameters(exclude_embeddings=True) if n_params is None else n_params
+        return 6.0 * n * kept.sum() + 12.0 * c.n_layers * c.d_model * float(np.square(kept).sum())

@@ -191,3 +191,9 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     deepspeed.comm.all_reduce(t, op=deepspeed.comm.ReduceOp.SUM)
     return t.tolist()
+
+
+def all_reduce_sum_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Sum `t` over ranks in place and return it; stays on its device (no host sync)."""
+    deepspeed.comm.all_reduce(t, op=deepspeed.comm.ReduceOp.SUM)
+    return t
