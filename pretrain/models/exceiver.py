@@ -95,8 +95,8 @@ class ExceiverConfig:
     mask_prob: float = 0.15
     """Fraction of each cell's expressed genes hidden from the encoder and predicted, in (0, 1)."""
     objective: str = "mse"
-    """"mse" on log1p(CP10k) values (the paper), or "poisson" / "nb" likelihoods of the raw counts with the
-    cell's library size as offset (see `pretrain.models.objectives`)."""
+    """"mse" on log1p(CP10k) values (the paper), or zero-truncated "poisson" / "nb" likelihoods of the raw counts
+    (the targets are expressed genes, k >= 1) with the cell's library size as offset (pretrain.models.objectives)."""
     attention: str = "auto"
     """Varlen attention backend: "auto" (torch's fused "varlen" on CUDA in bf16/fp16 without attention dropout,
     "sdpa" on CPU), "varlen", "flash", "sdpa", "reference"; see ScBertConfig.attention."""
@@ -510,10 +510,10 @@ class Exceiver(nn.Module):
             target = values[mask]
             library_per_gene = library[cell[mask]]  # (N,)
             if objective == "poisson":
-                loss = poisson_nll(pred, target, library_per_gene, TARGET_SUM)
+                loss = poisson_nll(pred, target, library_per_gene, TARGET_SUM, zero_truncated=True)
             else:
                 log_theta = self.log_theta(masked_gene_ids).squeeze(-1)  # (N,)
-                loss = negative_binomial_nll(pred, log_theta, target, library_per_gene, TARGET_SUM)
+                loss = negative_binomial_nll(pred, log_theta, target, library_per_gene, TARGET_SUM, zero_truncated=True)
         return {
             "loss": loss,
             "loss_sum": loss * pred.shape[0],

@@ -14,6 +14,12 @@ Three objectives for a masked gene with observed count k in a cell with library 
 
 Every loss is the mean over the tokens it is given (the masked ones) and includes all normalizing constants, so the
 likelihood losses equal `-torch.distributions.*.log_prob(k).mean()`. Zero masked tokens give a loss of 0, not NaN.
+
+Zero truncation. The corpus stores expressed genes only, so every target count is >= 1 and the right likelihood is
+the zero-truncated one, p(k | k > 0) = p(k) / (1 − p(0)) (Cohen, 1960, for the Poisson; the hurdle / truncated NB
+of count regression). Without the 1 − p(0) term, the full likelihood of only positive counts rewards pushing μ up
+(no mass is ever asked for at 0), which biases the predicted expression of lowly expressed genes. Pass
+`zero_truncated=True` (the Exceiver does for its masked, hence expressed, genes).
 """
 
 from __future__ import annotations
@@ -63,6 +69,15 @@ def normalize_log1p(
     return torch.log1p(scaled).to(torch.promote_types(values.dtype, torch.float32))  # (T,)
 
 
+def log1mexp(a: Tensor) -> Tensor:
+    """log(1 − exp(−a)) for a > 0, accurate at both ends (Mächler, 2012, "Accurately computing log(1 − exp(−|a|))"):
+    log(−expm1(−a)) for a <= log 2, log1p(−exp(−a)) above."""
+    small = a <= math.log(2.0)
+    safe_small = torch.where(small, a, torch.ones_like(a))  # keep both branches finite for autograd
+    safe_large = torch.where(small, torch.ones_like(a), a)
+    return torch.where(small, torch.log(-torch.expm1(-safe_small)), torch.log1p(-torch.exp(-safe_large)))
+
+
 def _mean(per_token: Tensor) -> Tensor:
     # sum / count with a Python-int count: no device sync, and 0 (not NaN) when no token is masked.
     return per_token.sum() / max(per_token.numel(), 1)
@@ -74,18 +89,24 @@ def mse_loss(pred: Tensor, target: Tensor) -> Tensor:
 
 
 def _log_mean(pred_log_mean: Tensor, library_size: Tensor | float, target_sum: float) -> Tensor:
-    """log μ = ŷ + log(s / target_sum), in fp32."""
-    library = torch.as_tensor(library_size, dtype=torch.float32, device=pred_log_mean.device)
-    return pred_log_mean.float() + torch.log(library) - math.log(target_sum)
+    """log μ = ŷ + log(s / target_sum), in fp32 (fp64 for fp64 inputs)."""
+    dtype = torch.promote_types(pred_log_mean.dtype, torch.float32)
+    library = torch.as_tensor(library_size, dtype=dtype, device=pred_log_mean.device)
+    return pred_log_mean.to(dtype) + torch.log(library) - math.log(target_sum)
 
 
 def poisson_nll(
-    pred_log_rate: Tensor, counts: Tensor, library_size: Tensor | float, target_sum: float = TARGET_SUM
+    pred_log_rate: Tensor,
+    counts: Tensor,
+    library_size: Tensor | float,
+    target_sum: float = TARGET_SUM,
+    *,
+    zero_truncated: bool = False,
 ) -> Tensor:
     """Poisson negative log-likelihood, mean over the N masked tokens.
 
     With μ = exp(ŷ) · s / target_sum (ŷ the predicted log expression per `target_sum` counts, s the cell's library
-    size):  −log p(k) = μ − k · log μ + lgamma(k + 1).
+    size):  −log p(k) = μ − k · log μ + lgamma(k + 1);  zero-truncated (k >= 1): add log(1 − e^−μ).
 
     Args:
         pred_log_rate: (N,) ŷ.
@@ -94,8 +115,12 @@ def poisson_nll(
         target_sum: the scale ŷ is expressed on (1e4).
     """
     log_mu = _log_mean(pred_log_rate, library_size, target_sum)  # (N,)
-    k = counts.float()
-    return _mean(torch.exp(log_mu) - k * log_mu + torch.lgamma(k + 1.0))
+    k = counts.to(log_mu.dtype)
+    mu = torch.exp(log_mu)
+    nll = mu - k * log_mu + torch.lgamma(k + 1.0)
+    if zero_truncated:
+        nll = nll + log1mexp(mu.clamp_min(torch.finfo(mu.dtype).tiny))  # − log p(k) + log(1 − p(0))
+    return _mean(nll)
 
 
 def negative_binomial_nll(
@@ -104,6 +129,8 @@ def negative_binomial_nll(
     counts: Tensor,
     library_size: Tensor | float,
     target_sum: float = TARGET_SUM,
+    *,
+    zero_truncated: bool = False,
 ) -> Tensor:
     """Negative-binomial negative log-likelihood in scVI's mean / inverse-dispersion form, mean over N tokens.
 
@@ -115,6 +142,7 @@ def negative_binomial_nll(
 
     Written with softplus, log(1 + e^x), so no ratio of θ and μ is formed and nothing overflows for large μ or θ:
     log θ − log(θ + μ) = −softplus(log μ − log θ) and log μ − log(θ + μ) = −softplus(log θ − log μ).
+    Zero-truncated (k >= 1): add log(1 − p(0)), with −log p(0) = θ · softplus(log μ − log θ).
 
     Args:
         pred_log_mean: (N,) ŷ, log expression per `target_sum` counts.
@@ -124,22 +152,26 @@ def negative_binomial_nll(
         target_sum: the scale ŷ is expressed on (1e4).
     """
     log_mu = _log_mean(pred_log_mean, library_size, target_sum)  # (N,)
-    log_theta = log_theta.float()
+    log_theta = log_theta.to(log_mu.dtype)
     theta = torch.exp(log_theta)
-    k = counts.float()
+    k = counts.to(log_mu.dtype)
+    neg_log_p0 = theta * F.softplus(log_mu - log_theta)  # −θ (log θ − log(θ + μ)) = −log p(0)
     log_prob = (
-        -theta * F.softplus(log_mu - log_theta)  # θ (log θ − log(θ + μ))
+        -neg_log_p0
         - k * F.softplus(log_theta - log_mu)  # k (log μ − log(θ + μ))
         + torch.lgamma(k + theta)
         - torch.lgamma(theta)
         - torch.lgamma(k + 1.0)
     )
+    if zero_truncated:
+        log_prob = log_prob - log1mexp(neg_log_p0.clamp_min(torch.finfo(neg_log_p0.dtype).tiny))
     return _mean(-log_prob)
 
 
 __all__ = [
     "TARGET_SUM",
     "cell_library_size",
+    "log1mexp",
     "mse_loss",
     "negative_binomial_nll",
     "normalize_log1p",

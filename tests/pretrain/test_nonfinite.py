@@ -53,7 +53,8 @@ def test_nonfinite_loss_stops_with_message_and_checkpoint(tmp_path, cli):
 @pytest.mark.slow
 def test_a_poisoned_batch_on_one_rank_stops_both_ranks_with_a_resumable_checkpoint(tmp_path, cli):
     """Rank 1's step-3 batch gets NaN values (test-only SCGRN_TEST_POISON_AT): the guard's all-reduce stops both
-    ranks before the update is applied, the last good state (step 2) is saved complete, and a plain relaunch resumes and ends."""
+    ranks before the update is applied, the last good state (step 2) is saved complete, and a plain relaunch
+    resumes and ends."""
     make_adata(600, 60, seed=2).write_h5ad(tmp_path / "a.h5ad")
     cli("shard", tmp_path / "a.h5ad", "--out", tmp_path / "corpus", "--quiet", check=True)
     run = tmp_path / "run"

@@ -10,6 +10,7 @@ from torch.distributions import NegativeBinomial, Poisson
 
 from pretrain.models.objectives import (
     cell_library_size,
+    log1mexp,
     mse_loss,
     negative_binomial_nll,
     normalize_log1p,
@@ -96,3 +97,70 @@ def test_gradients_are_finite_even_for_extreme_inputs(loss_name):
     assert torch.isfinite(pred.grad).all()
     if loss_name == "nb":
         assert torch.isfinite(log_theta.grad).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# zero truncation: the corpus stores expressed genes only, so targets are k >= 1
+
+
+def test_log1mexp_is_accurate_at_both_ends():
+    a = torch.tensor([1e-30, 1e-8, 1e-3, 0.5, math.log(2.0), 1.0, 30.0, 800.0], dtype=torch.float64)
+    from decimal import Decimal, getcontext
+
+    getcontext().prec = 60  # the reference in 60-digit decimal arithmetic
+    expected = [float((1 - (-Decimal(x)).exp()).ln()) for x in a.tolist()]
+    torch.testing.assert_close(log1mexp(a), torch.tensor(expected, dtype=torch.float64), rtol=1e-13, atol=0.0)
+
+
+def test_zero_truncated_likelihoods_match_torch_distributions_conditioned_on_k_positive():
+    pred, counts, library, log_theta = _random_tokens(seed=3)
+    keep = counts > 0
+    pred, counts, library, log_theta = pred[keep], counts[keep], library[keep], log_theta[keep]
+    mu, theta = torch.exp(pred) * library / 1e4, torch.exp(log_theta)
+    poisson = Poisson(mu)
+    expected = -(poisson.log_prob(counts) - torch.log1p(-torch.exp(poisson.log_prob(torch.zeros_like(counts)))))
+    got = poisson_nll(pred, counts, library, zero_truncated=True).double()
+    torch.testing.assert_close(got, expected.mean(), rtol=1e-5, atol=1e-5)
+    nb = NegativeBinomial(total_count=theta, logits=torch.log(mu) - torch.log(theta))
+    expected = -(nb.log_prob(counts) - torch.log1p(-torch.exp(nb.log_prob(torch.zeros_like(counts)))))
+    got = negative_binomial_nll(pred, log_theta, counts, library, zero_truncated=True).double()
+    torch.testing.assert_close(got, expected.mean(), rtol=1e-5, atol=1e-4)
+
+
+def test_zero_truncated_probabilities_sum_to_one_over_k_positive():
+    mu, theta = torch.tensor([0.05, 1.3, 20.0], dtype=torch.float64), torch.tensor([0.3, 2.0, 50.0])
+    k = torch.arange(1, 4000, dtype=torch.float64)[:, None].expand(-1, 3)  # (K, 3)
+    pred = torch.log(mu * 1e4 / 100.0).expand_as(k)  # library size 100
+    for nll in (
+        lambda kk, pp, i: poisson_nll(pp[:, i], kk[:, i], 100.0, zero_truncated=True),
+        lambda kk, pp, i: negative_binomial_nll(
+            pp[:, i], theta.log()[i].expand(kk.shape[0]), kk[:, i], 100.0, zero_truncated=True
+        ),
+    ):
+        for i in range(3):
+            per_k = torch.stack([nll(k[j : j + 1], pred[j : j + 1], i) for j in range(0, 400)])
+            total = torch.exp(-per_k.double()).sum()
+            assert 0.97 < float(total) <= 1.0 + 1e-4, float(total)
+
+
+@pytest.mark.parametrize("loss_name", ["poisson", "nb"])
+def test_zero_truncated_gradients_match_finite_differences(loss_name):
+    """Analytic gradients of the truncated likelihoods (w.r.t. ŷ and log θ) against central differences, in
+    float64, including small means (μ ~ 1e-3) where the truncation term dominates."""
+    g = torch.Generator().manual_seed(5)
+    pred = (torch.randn(12, generator=g, dtype=torch.float64) * 3.0).requires_grad_()
+    log_theta = (torch.randn(12, generator=g, dtype=torch.float64) * 1.5).requires_grad_()
+    counts = torch.randint(1, 30, (12,), generator=g).double()
+    library = torch.full((12,), 100.0, dtype=torch.float64)
+
+    if loss_name == "poisson":
+        assert torch.autograd.gradcheck(
+            lambda p: poisson_nll(p, counts, library, zero_truncated=True), (pred,), eps=1e-6, atol=1e-7
+        )
+    else:
+        assert torch.autograd.gradcheck(
+            lambda p, t: negative_binomial_nll(p, t, counts, library, zero_truncated=True),
+            (pred, log_theta),
+            eps=1e-6,
+            atol=1e-7,
+        )
