@@ -23,6 +23,9 @@
     read before timing. Also printed: the model FLOP ratio (6 N per computed token + 12 n_layers d_model L per
     token, `ScBert.flops_per_token`'s formula), the speedup that compute alone would predict.
 
+``scgrn bench train gpu`` — tokens/s, cells/s and MFU of the base configs per attention backend on one GPU; see
+    `bench.train_gpu`.
+
 ``scgrn bench train zero`` — per-rank parameter / gradient / optimizer-state bytes under ZeRO 0-3 with 2 real gloo
     ranks; see `bench.zero_memory`.
 """
@@ -350,7 +353,7 @@ def packing_main(argv: list[str] | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """`scgrn bench train {packing,zero} [options]`."""
     argv = list(argv or [])
-    benches = {"packing": packing_main, "zero": None}
+    benches = {"packing": packing_main, "zero": None, "gpu": None}
     if not argv or argv[0] not in benches:
         print(f"usage: scgrn bench train {{{','.join(benches)}}} [options]   (-h after the name for options)")
         return 2
@@ -358,4 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench.zero_memory import main as zero_main
 
         return zero_main(argv[1:])
+    if argv[0] == "gpu":
+        from bench.train_gpu import main as gpu_main
+
+        return gpu_main(argv[1:])
     return packing_main(argv[1:])

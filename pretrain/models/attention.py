@@ -36,7 +36,7 @@ BACKENDS = ("varlen", "flash", "sdpa", "reference")
 HALF = (torch.float16, torch.bfloat16)
 
 _FLASH_HINT = 'install flash-attn (`pip install scgrn[gpu]`) or set model.attention to "varlen" or "sdpa"'
-_VARLEN_HINT = 'needs torch >= 2.9 on a CUDA GPU of compute capability >= 8.0; set model.attention to "sdpa" instead'
+_VARLEN_HINT = 'set model.attention to "sdpa" (or "flash" with flash-attn installed) instead'
 
 
 @functools.cache
@@ -105,13 +105,13 @@ def resolve_backend(
         if torch_varlen_function() is None:
             problem = f"torch {torch.__version__} has no torch.nn.attention.varlen"
         elif device.type != "cuda" or not _cuda_sm80(device):
-            problem = f"device={device} is not a CUDA GPU of compute capability >= 8.0"
+            problem = f"device={device} is not a CUDA GPU of compute capability >= 8.0 (sm80+)"
         elif not half:
             problem = f"dtype={dtype} (it runs fp16/bf16 only: set train.precision=bf16)"
         elif dropout_p > 0.0:
             problem = f"dropout={dropout_p} (torch's varlen_attn has no attention dropout: set model.dropout=0)"
         if problem:
-            msg = f"attention backend 'varlen' cannot run here: {problem}; it {_VARLEN_HINT}"
+            msg = f"attention backend 'varlen' cannot run here: {problem}; {_VARLEN_HINT}"
             raise ValueError(msg)
     if name == "flash":
         found = flash_varlen_function()
