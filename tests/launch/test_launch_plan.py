@@ -104,8 +104,11 @@ def test_offload_moves_optimizer_states_and_params_to_cpu():
 def test_batch_and_activation_arithmetic():
     p = plan(BASE, 4, 8, "train.grad_accum=4")
     assert p.global_batch == 32 * 64 * 4
-    # scbert-base checkpoints activations: 2 B x 8 layer inputs + 34 B for the block being recomputed, per token-width
-    assert p.activations.bytes == 64 * 2048 * 512 * (2 * 8 + 34)
+    # scbert-base keeps every layer's activations (bf16: 34 B per token, width and layer): 18.3 GB, fits 80 GB
+    assert p.activations.bytes == 64 * 2048 * 512 * 8 * 34
+    # checkpointed: 2 B x 8 layer inputs + 34 B for the block being recomputed, per token-width
+    checkpointed = plan(BASE, 4, 8, "train.grad_accum=4", "model.activation_checkpointing=true")
+    assert checkpointed.activations.bytes == 64 * 2048 * 512 * (2 * 8 + 34)
     debug = plan(DEBUG, 1, 2)  # fp32, no checkpointing: 66 B per token, width and layer
     assert debug.activations.bytes == 8 * 256 * 32 * 2 * 66
     assert debug.global_batch == 2 * 8 * 1
