@@ -102,6 +102,8 @@ class ExceiverConfig:
     "sdpa" on CPU), "varlen", "flash", "sdpa", "reference"; see ScBertConfig.attention."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass (torch.utils.checkpoint, non-reentrant)."""
+    compile: bool = False
+    """torch.compile the encoder, latent and decoder blocks in place (dynamic shapes). For GPUs; off by default."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -133,6 +135,8 @@ class ExceiverConfig:
                 problems.append(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
         if not isinstance(self.activation_checkpointing, bool):
             problems.append(f"activation_checkpointing={self.activation_checkpointing!r} must be true or false")
+        if not isinstance(self.compile, bool):
+            problems.append(f"compile={self.compile!r} must be true or false")
         if problems:
             msg = f"invalid ExceiverConfig ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems)
             raise ValueError(msg)
@@ -295,6 +299,9 @@ class Exceiver(nn.Module):
         # log θ_g, the NB inverse dispersion of each gene (scVI's per-gene "px_r"); 0 -> θ = 1
         self.log_theta = nn.Embedding(config.vocab_size, 1) if config.objective == "nb" else None
         self.reset_parameters()
+        if config.compile:
+            for block in (self.encoder, *self.self_blocks, self.decoder):
+                block.compile(dynamic=True)
 
     def reset_parameters(self) -> None:
         init_transformer_weights(self, n_layers=self.config.n_self_layers + 2)  # + encoder and decoder blocks

@@ -82,6 +82,9 @@ class ScBertConfig:
     "reference"). An explicit backend that cannot run is an error, never a silent switch."""
     activation_checkpointing: bool = False
     """Recompute each block in the backward pass (torch.utils.checkpoint) to trade compute for activation memory."""
+    compile: bool = False
+    """torch.compile each transformer block (in place: parameter names and releases are unchanged), with dynamic
+    shapes since packed batches vary in length. For GPUs; off by default and in every CPU config."""
 
     def __post_init__(self) -> None:
         errors = []
@@ -112,6 +115,7 @@ class ScBertConfig:
         )
         check(self.attention in ("auto", *BACKENDS), "attention", f"one of {('auto', *BACKENDS)}")
         check(isinstance(self.activation_checkpointing, bool), "activation_checkpointing", "a bool")
+        check(isinstance(self.compile, bool), "compile", "a bool")
         if is_int("d_model") and is_int("n_heads") and self.n_heads >= 1 and self.d_model % self.n_heads:
             errors.append(
                 f"d_model={self.d_model}, n_heads={self.n_heads}: d_model must be divisible by n_heads "
@@ -235,6 +239,9 @@ class ScBert(nn.Module):
         self.ln_final = nn.LayerNorm(c.d_model)
         self.head = nn.Linear(c.d_model, c.n_bins)
         init_transformer_weights(self, c.n_layers)
+        if c.compile:
+            for block in self.blocks:
+                block.compile(dynamic=True)
 
     def encode(self, gene_ids: Tensor, bins: Tensor, cu_seqlens: Tensor, max_seqlen: int | None = None) -> Tensor:
         """Hidden states (T, d_model) after the final LayerNorm, e.g. as contextual gene embeddings.
