@@ -121,6 +121,18 @@ class BlockList:
                 obs[c][sel] = self.blocks[k].obs[c][local[sel]]
         return CellBlock(indptr, gene_ids, values, cell_ids, self.split[rows], obs)
 
+    def lengths(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) int64 expressed genes of each of `rows` (global rows of this list)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        unit = np.searchsorted(self.offsets, rows, side="right") - 1
+        local = rows - self.offsets[unit]
+        out = np.empty(len(rows), dtype=np.int64)
+        for k in np.unique(unit):
+            sel = unit == k
+            ptr = self.blocks[k].indptr
+            out[sel] = ptr[local[sel] + 1] - ptr[local[sel]]
+        return out
+
     def cell(self, row: int) -> tuple[CellBlock, int]:
         """The block holding global `row`, and the row's index inside it."""
         k = int(np.searchsorted(self.offsets, row, side="right") - 1)

@@ -55,7 +55,12 @@ def _rng(*key: int) -> np.random.Generator:
 class StreamingCellDataset(IterableDataset):
     """Iterable over a corpus split. `batch_size=None` yields one cell at a time as
     `{'gene_ids', 'values', 'cell_id', 'obs', ...}`; `batch_size=N` yields `CellBatch`es of N cells (the last
-    one of a consumer may be smaller unless `drop_last`)."""
+    one of a consumer may be smaller unless `drop_last`).
+
+    `batch_tokens=K` (with `batch_size`, which then only names the mode) packs a consumer's cells, in the same order,
+    into batches of at most K tokens instead, a cell costing min(its genes, `token_cap`) (the model's `max_genes`):
+    every micro batch holds about the same work, whatever the cell lengths. K >= token_cap, so every cell fits.
+    Cursors and exact resume are the same as for N-cell batches (a batch is a run of the consumer's cell stream)."""
 
     def __init__(
         self,
@@ -75,6 +80,8 @@ class StreamingCellDataset(IterableDataset):
         prefetch: bool | None = None,
         obs_columns: list[str] | None = None,
         verify_shards: bool = False,
+        batch_tokens: int | None = None,
+        token_cap: int | None = None,
     ) -> None:
         super().__init__()
         if split not in SPLITS:
@@ -90,11 +97,23 @@ class StreamingCellDataset(IterableDataset):
         if batch_size is not None and batch_size < 1:
             msg = f"batch_size = {batch_size} must be >= 1 or None (one cell at a time)."
             raise ValueError(msg)
+        if batch_tokens is not None:
+            if batch_size is None:
+                msg = "batch_tokens needs batch mode (batch_size=N); per-cell iteration has no batches to pack."
+                raise ValueError(msg)
+            if token_cap is None or token_cap < 1 or batch_tokens < token_cap:
+                msg = (
+                    f"batch_tokens = {batch_tokens} with token_cap = {token_cap}: the budget must be >= the cap "
+                    "(the model's max_genes, >= 1) so that every cell fits in a batch; raise "
+                    "data.micro_batch_tokens or lower model.max_genes."
+                )
+                raise ValueError(msg)
         self.corpus_dir = Path(corpus_dir)
         self.fmt, self.split, self.rank, self.world_size = fmt, split, rank, world_size
         self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
         self.block_cells, self.window_blocks = block_cells, window_blocks
         self.batch_size, self.drop_last = batch_size, drop_last
+        self.batch_tokens, self.token_cap = batch_tokens, token_cap
         self.obs_columns = obs_columns
         self.verify_shards = verify_shards  # hash each shard on first open (see Corpus); training turns it on
         # Read the next window on a thread while this one is emitted. Default: on for zarr (zarrs decodes outside
@@ -207,6 +226,8 @@ class StreamingCellDataset(IterableDataset):
         start = self.cursors.get(consumer, (0, 0))
         if self.batch_size is None:
             yield from self._iter_cells(consumer, n_consumers, start)
+        elif self.batch_tokens is not None:
+            yield from self._iter_token_batches(consumer, n_consumers, start)
         else:
             yield from self._iter_batches(consumer, n_consumers, start)
 
@@ -241,6 +262,33 @@ class StreamingCellDataset(IterableDataset):
                 if n_pending == size:
                     yield self._batch(pending, consumer, cursor)
                     pending, n_pending = [], 0
+        if pending and not self.drop_last:
+            yield self._batch(pending, consumer, cursor)
+
+    def _iter_token_batches(self, consumer, n_consumers, start):
+        """Cut the consumer's cell stream into runs of at most `batch_tokens` tokens (cost min(L, token_cap))."""
+        budget = self.batch_tokens
+        pending: list[CellBlock] = []
+        tokens = 0
+        cursor = start
+        for w, first, block, rows in self.cell_stream(consumer, n_consumers, start):
+            costs = np.minimum(block.lengths(rows[first:]), self.token_cap)  # (n,) rows first.. of this window
+            cumulative = np.cumsum(costs)
+            pos = first
+            while pos < len(rows):
+                done = int(cumulative[pos - first - 1]) if pos > first else 0  # cost of rows first..pos-1
+                take = int(np.searchsorted(cumulative[pos - first :] - done, budget - tokens, side="right"))
+                if take == 0:  # the next cell does not fit: this batch is full (budget >= cap, so pending is not [])
+                    yield self._batch(pending, consumer, cursor)
+                    pending, tokens = [], 0
+                    continue
+                pending.append(block.take(rows[pos : pos + take]))
+                tokens += int(cumulative[pos - first + take - 1]) - done
+                pos += take
+                cursor = (w, pos)
+                if pos < len(rows):  # stopped because the next cell would overflow
+                    yield self._batch(pending, consumer, cursor)
+                    pending, tokens = [], 0
         if pending and not self.drop_last:
             yield self._batch(pending, consumer, cursor)
 

@@ -28,6 +28,9 @@ class ConfigError(ValueError):
 class DataConfig:
     corpus: str = ""  # corpus directory written by `scgrn shard`
     micro_batch_cells: int = 16  # cells per rank per micro step (packed, no padding)
+    # > 0: micro batches hold up to this many tokens instead (cells packed in stream order, each costing
+    # min(genes, model.max_genes)), so every rank does about the same work per step; >= model.max_genes.
+    micro_batch_tokens: int = 0
     num_workers: int = 0  # DataLoader workers per rank
     block_cells: int = 1024  # loader read unit (cells)
     window_blocks: int = 4  # loader shuffle window (units)
@@ -99,6 +102,7 @@ class PretrainConfig:
             (t.peak_tflops >= 0, "train.peak_tflops", t.peak_tflops, ">= 0"),
             (isinstance(t.log_cell_ids, bool | str), "train.log_cell_ids", t.log_cell_ids, "true, false or a dir"),
             (d.micro_batch_cells >= 1, "data.micro_batch_cells", d.micro_batch_cells, ">= 1"),
+            (d.micro_batch_tokens >= 0, "data.micro_batch_tokens", d.micro_batch_tokens, ">= 0 (0 = by cells)"),
             (d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0"),
             (d.block_cells >= 1, "data.block_cells", d.block_cells, ">= 1"),
             (d.window_blocks >= 1, "data.window_blocks", d.window_blocks, ">= 1"),

@@ -98,6 +98,14 @@ class Trainer:
         # Masking/sampling randomness per rank, saved and restored with each checkpoint.
         self.generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + self.rank)
         d = cfg.data
+        max_genes = self.model_config.max_genes
+        if d.micro_batch_tokens and d.micro_batch_tokens < max_genes:
+            msg = (
+                f"data.micro_batch_tokens = {d.micro_batch_tokens} is below model.max_genes = {max_genes}: a long "
+                f"cell would not fit in any micro batch. Set data.micro_batch_tokens >= {max_genes} (e.g. "
+                f"{max_genes * d.micro_batch_cells}, the worst case of {d.micro_batch_cells} cells) or lower max_genes."
+            )
+            raise ConfigError(msg)
         self.train_data = StatefulCellLoader(
             StreamingCellDataset(
                 self.corpus.directory,
@@ -110,6 +118,8 @@ class Trainer:
                 window_blocks=d.window_blocks,
                 obs_columns=[],
                 verify_shards=d.verify_shards,
+                batch_tokens=d.micro_batch_tokens or None,
+                token_cap=max_genes,
             ),
             num_workers=d.num_workers,
         )

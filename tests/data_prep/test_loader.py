@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from conftest import make_adata
@@ -131,3 +133,69 @@ def test_bad_arguments(corpus_dir):
         StreamingCellDataset(path, split="test")
     with pytest.raises(ValueError, match="rank"):
         StreamingCellDataset(path, rank=2, world_size=2)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# token-budget batches (data.micro_batch_tokens): equal work per micro batch whatever the cell lengths
+
+
+def _token_loader(path, rank=0, world_size=1, num_workers=0, fmt=None, seed=9):
+    ds = StreamingCellDataset(
+        path,
+        fmt=fmt,
+        rank=rank,
+        world_size=world_size,
+        seed=seed,
+        batch_size=1,
+        block_cells=20,
+        window_blocks=3,
+        batch_tokens=60,
+        token_cap=12,
+    )
+    return StatefulCellLoader(ds, num_workers=num_workers)
+
+
+def test_token_batches_fill_the_budget_and_keep_the_cell_order(corpus_dir):
+    """Each batch's capped tokens (min(L, 12) per cell) are <= 60, and adding the next cell of the stream would
+    have gone over: batches are full. The concatenated cells equal the consumer's N-cell-batch stream."""
+    path, _ = corpus_dir
+    batches = list(_token_loader(path))
+    by_cells = _ids(StreamingCellDataset(path, seed=9, batch_size=7, block_cells=20, window_blocks=3))
+    assert _ids(batches) == by_cells
+    costs = [np.minimum(np.diff(b.indptr), 12) for b in batches]
+    assert all(c.sum() <= 60 for c in costs)
+    for current, following in itertools.pairwise(costs):
+        assert current.sum() + following[0] > 60
+    assert len({len(c) for c in costs}) > 1  # the cell count varies; the token count is what is held level
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "webdataset"])
+def test_token_batches_two_ranks_two_workers_cover_train_split_exactly_once(corpus_dir, fmt):
+    path, manifest = corpus_dir
+    seen = [c for rank in range(2) for c in _ids(_token_loader(path, rank, 2, num_workers=2, fmt=fmt))]
+    assert len(seen) == len(set(seen)) == manifest["totals"]["n_train"]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_token_batches_stop_and_go_resume_exactly(corpus_dir, num_workers):
+    path, _ = corpus_dir
+    full = list(_token_loader(path, num_workers=num_workers))
+    for stop in (1, 9, len(full) // 2, len(full) - 2):
+        loader = _token_loader(path, num_workers=num_workers)
+        it = iter(loader)
+        head = [next(it) for _ in range(stop)]
+        state = loader.state_dict()
+        del it
+        resumed = _token_loader(path, num_workers=num_workers)
+        resumed.load_state_dict(state)
+        got = head + list(resumed)
+        assert len(got) == len(full), stop
+        for a, b in zip(got, full, strict=True):
+            np.testing.assert_array_equal(a.cell_ids, b.cell_ids)
+            np.testing.assert_array_equal(a.values, b.values)
+
+
+def test_token_budget_below_the_cap_is_refused(corpus_dir):
+    path, _ = corpus_dir
+    with pytest.raises(ValueError, match="budget must be >= the cap"):
+        StreamingCellDataset(path, batch_size=1, batch_tokens=10, token_cap=12)

@@ -212,3 +212,58 @@ def test_flops_use_the_parameter_count_from_before_zero_partitions_it(tmp_path, 
     assert got["flops"] == 6 * n * (3 + 256) + 12 * 2 * d * (3**2 + 256**2)
     if stage == 3:
         assert got["numel_after_wrap"] < n  # what counting after the wrap would have used
+
+
+@pytest.mark.distributed
+def test_token_budget_micro_batches_train_and_resume_exactly(tmp_path):
+    """data.micro_batch_tokens: micro batches of at most 120 capped tokens (cells of 4-60 genes), 2 ranks; a run
+    stopped at step 3 and resumed gives the straight run's losses, and every logged micro batch fits the budget."""
+    corpus = _corpus(tmp_path, 120, val_fraction=0.1, seed=2)
+    common = (
+        "data.micro_batch_tokens=120",
+        "model.max_genes=60",
+        "data.block_cells=16",
+        "train.precision=fp32",
+        "train.steps=6",
+        "train.eval_every=1000",
+        "train.save_every=3",
+        "train.log_cell_ids=true",
+    )
+    _train(tmp_path / "straight", corpus, 2, *common, "train.resume=none")
+    _train(tmp_path / "stopgo", corpus, 2, *common, "train.resume=none", "train.stop_after=3")
+    _train(tmp_path / "stopgo", corpus, 2, *common, "train.resume=auto")
+    straight = json.loads((tmp_path / "straight" / "run_summary.json").read_text())
+    resumed = json.loads((tmp_path / "stopgo" / "run_summary.json").read_text())
+    assert resumed["loss_history"] == pytest.approx(straight["loss_history"][3:], rel=1e-5, abs=1e-6)
+    import anndata as ad
+
+    lengths = dict(
+        zip(
+            ad.read_h5ad(tmp_path / "cells.h5ad").obs_names,
+            np.diff(ad.read_h5ad(tmp_path / "cells.h5ad").X.indptr),
+            strict=True,
+        )
+    )
+    for log in (tmp_path / "straight" / "cell_ids").glob("rank*.jsonl"):
+        for line in log.read_text().splitlines():
+            ids = json.loads(line)["cell_ids"]
+            assert sum(min(lengths[c], 60) for c in ids) <= 120
+    assert (tmp_path / "stopgo" / "cell_ids" / "rank0.jsonl").read_text() == (
+        tmp_path / "straight" / "cell_ids" / "rank0.jsonl"
+    ).read_text()
+
+
+def test_a_token_budget_below_max_genes_is_refused(tmp_path):
+    corpus = _corpus(tmp_path, 24, val_fraction=0.2)
+    args = ["--config", str(DEBUG), f"data.corpus={corpus}", f"train.out_dir={tmp_path / 'run'}"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pretrain", *args, "data.micro_batch_tokens=100"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "data.micro_batch_tokens = 100 is below model.max_genes = 256" in proc.stderr
+    assert "Traceback" not in proc.stderr
