@@ -18,6 +18,17 @@ from data_prep.zarr_shard import ZarrShard, use_fast_codec_pipeline
 
 FORMATS = ("zarr", "webdataset")
 
+# Shards this process has hashed and found matching, keyed by what would change if the files did: (path, expected
+# sha256, (relative name, size, mtime_ns) of every file). A loader re-creates its Corpus in every epoch's workers
+# and for every evaluation; with this a shard is hashed once per process (workers forked after a shard was
+# verified inherit it), not once per Corpus.
+_VERIFIED: set[tuple] = set()
+
+
+def _tree_signature(path: Path) -> tuple:
+    files = [path] if path.is_file() else sorted(q for q in path.rglob("*") if q.is_file())
+    return tuple((str(q.relative_to(path.parent)), q.stat().st_size, q.stat().st_mtime_ns) for q in files)
+
 
 class Corpus:
     """Read-only view of a corpus directory written by `scgrn shard`.
@@ -84,13 +95,15 @@ class Corpus:
             msg = f"{path}: shard file missing. Run `scgrn validate {self.directory}`, then re-shard with --resume."
             raise CorpusError(msg)
         if self.verify and k not in self._verified:
-            if sha256_tree(path) != info["sha256"]:
+            key = (str(path.resolve()), info["sha256"], _tree_signature(path))
+            if key not in _VERIFIED and sha256_tree(path) != info["sha256"]:
                 msg = (
                     f"{path}: shard {k}'s sha256 does not match manifest.json; the file is corrupt or was changed "
                     f"after sharding. Run `scgrn validate {self.directory}`, then re-create it with "
                     "`scgrn shard ... --resume` (the corrupt shard is detected and rewritten)."
                 )
                 raise CorpusError(msg)
+            _VERIFIED.add(key)
             self._verified.add(k)
         shard = ZarrShard(path) if self.format == "zarr" else WdsShard(path)
         self._check_against_manifest(k, shard)

@@ -148,7 +148,11 @@ class Trainer:
             self.train_data.set_epoch(self.train_data.dataset.epoch + 1)
 
     def _to_device(self, batch) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.to_torch().items()}
+        """Host batch -> device tensors; on a GPU through pinned memory so the copy runs asynchronously."""
+        tensors = batch.to_torch()
+        if self.device.type == "cuda":
+            return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in tensors.items()}
+        return tensors
 
     # -- steps ---------------------------------------------------------------------------------------
     def train_step(self, batches) -> dict[str, float]:

@@ -199,3 +199,31 @@ def test_token_budget_below_the_cap_is_refused(corpus_dir):
     path, _ = corpus_dir
     with pytest.raises(ValueError, match="budget must be >= the cap"):
         StreamingCellDataset(path, batch_size=1, batch_tokens=10, token_cap=12)
+
+
+def test_a_shard_is_hashed_once_per_process_and_again_after_it_changes(corpus_dir, tmp_path, monkeypatch):
+    """Loaders re-create their Corpus every epoch (workers) and evaluation; verification hashes a shard once per
+    process, and again when its files change (size or mtime), which then fails as before."""
+    import shutil
+
+    from data_prep import corpus as corpus_module
+    from data_prep.corpus import Corpus
+
+    path = tmp_path / "c"
+    shutil.copytree(corpus_dir[0], path)
+    calls = []
+    real = corpus_module.sha256_tree
+    monkeypatch.setattr(corpus_module, "sha256_tree", lambda p: calls.append(p) or real(p))
+    for _ in range(3):
+        Corpus(path, "zarr", verify=True).shard(0)
+    assert len(calls) == 1
+    chunk = max(
+        (q for q in (path / Corpus(path, "zarr").shards_meta[0]["files"]["zarr"]["path"]).rglob("*") if q.is_file()),
+        key=lambda q: q.stat().st_size,
+    )
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(CorpusError, match="sha256 does not match"):
+        Corpus(path, "zarr", verify=True).shard(0)
+    assert len(calls) == 2
