@@ -21,6 +21,9 @@ class CellBlock:
     cell_ids: np.ndarray  # (n_cells,) str
     split: np.ndarray  # (n_cells,) uint8: SPLIT_TRAIN | SPLIT_VAL
     obs: dict[str, np.ndarray] = field(default_factory=dict)  # column -> (n_cells,)
+    # (n_cells,) float64 total raw counts of each input cell over all of its genes, in the vocab or not (corpus
+    # format >= 2, counts corpora); None for older corpora and for log1p / normalized values
+    library_size: np.ndarray | None = None
 
     @property
     def n_cells(self) -> int:
@@ -50,7 +53,13 @@ class CellBlock:
         gene_ids = np.concatenate([self.gene_ids[a:b] for a, b in bounds]) if bounds else self.gene_ids[:0].copy()
         values = np.concatenate([self.values[a:b] for a, b in bounds]) if bounds else self.values[:0].copy()
         return CellBlock(
-            indptr, gene_ids, values, self.cell_ids[rows], self.split[rows], {k: v[rows] for k, v in self.obs.items()}
+            indptr,
+            gene_ids,
+            values,
+            self.cell_ids[rows],
+            self.split[rows],
+            {k: v[rows] for k, v in self.obs.items()},
+            None if self.library_size is None else self.library_size[rows],
         )
 
     @staticmethod
@@ -66,6 +75,7 @@ class CellBlock:
             np.concatenate([b.cell_ids for b in blocks]),
             np.concatenate([b.split for b in blocks]),
             {k: np.concatenate([b.obs[k] for b in blocks]) for k in blocks[0].obs},
+            _concat_optional([b.library_size for b in blocks]),
         )
 
 
@@ -79,7 +89,13 @@ def slice_block(block: CellBlock, start: int, stop: int) -> CellBlock:
         block.cell_ids[start:stop],
         block.split[start:stop],
         {k: v[start:stop] for k, v in block.obs.items()},
+        None if block.library_size is None else block.library_size[start:stop],
     )
+
+
+def _concat_optional(parts: list[np.ndarray | None]) -> np.ndarray | None:
+    """Concatenate per-cell arrays that every block has; None if any block lacks it (an older shard)."""
+    return None if any(p is None for p in parts) else np.concatenate(parts)
 
 
 class BlockList:
@@ -119,7 +135,13 @@ class BlockList:
             cell_ids[sel] = self.blocks[k].cell_ids[local[sel]]
             for c in obs:
                 obs[c][sel] = self.blocks[k].obs[c][local[sel]]
-        return CellBlock(indptr, gene_ids, values, cell_ids, self.split[rows], obs)
+        library = None
+        if all(b.library_size is not None for b in self.blocks):
+            library = np.empty(len(rows), dtype=np.float64)
+            for k in np.unique(unit):
+                sel = unit == k
+                library[sel] = self.blocks[k].library_size[local[sel]]
+        return CellBlock(indptr, gene_ids, values, cell_ids, self.split[rows], obs, library)
 
     def lengths(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows),) int64 expressed genes of each of `rows` (global rows of this list)."""

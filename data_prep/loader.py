@@ -40,12 +40,16 @@ class CellBatch(CellBlock):
     cursor: tuple[int, int] = (0, 0)  # (window, cells emitted in it) *after* this batch
 
     def to_torch(self) -> dict[str, torch.Tensor]:
-        """Packed tensors for a varlen transformer: `cu_seqlens` (B+1,) int32, `gene_ids` (T,), `values` (T,)."""
-        return {
+        """Packed tensors for a varlen transformer: `cu_seqlens` (B+1,) int32, `gene_ids` (T,), `values` (T,), and
+        `library_size` (B,) float32, each cell's raw total over all of its genes, when the corpus records it."""
+        out = {
             "cu_seqlens": torch.from_numpy(self.indptr.astype(np.int32)),
             "gene_ids": torch.from_numpy(self.gene_ids.astype(np.int64)),
             "values": torch.from_numpy(self.values.astype(np.float32)),
         }
+        if self.library_size is not None:
+            out["library_size"] = torch.from_numpy(self.library_size.astype(np.float32))
+        return out
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -295,7 +299,7 @@ class StreamingCellDataset(IterableDataset):
     @staticmethod
     def _batch(parts: list[CellBlock], consumer: int, cursor: tuple[int, int]) -> CellBatch:
         b = CellBlock.concat(parts)
-        return CellBatch(b.indptr, b.gene_ids, b.values, b.cell_ids, b.split, b.obs, consumer, cursor)
+        return CellBatch(b.indptr, b.gene_ids, b.values, b.cell_ids, b.split, b.obs, b.library_size, consumer, cursor)
 
     # -- exact resume --------------------------------------------------------------------------------
     def state_dict(self) -> dict:

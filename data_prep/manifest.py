@@ -6,7 +6,9 @@ per-gene statistics, the train/validation rule, the inputs with their hashes, an
 
 from __future__ import annotations
 
+import functools
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,8 @@ from data_prep.parts import PART_NAME
 from data_prep.values import ValueKind
 
 CORPUS_MAGIC = "scgrn-corpus"
-CORPUS_FORMAT_VERSION = 1
+CORPUS_FORMAT_VERSION = 2  # 2: per-cell library sizes in the shards (SPEC.md, Versions)
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 REQUIRED_KEYS = ("magic", "format_version", "formats", "value_kind", "vocab", "shards", "totals", "inputs")
 # The fields before `shards`, in order; a part's part.json carries them too (with its own magic and version).
@@ -77,17 +80,29 @@ def read_manifest(directory: Path) -> dict:
         msg = f"{path}: magic {got!r} is not {CORPUS_MAGIC!r}; this is not an scgrn corpus manifest."
         raise CorpusError(msg)
     version = manifest.get("format_version")
-    if version != CORPUS_FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         msg = (
-            f"{path}: corpus format version {version!r} is unknown; this scgrn reads version "
-            f"{CORPUS_FORMAT_VERSION}. Upgrade scgrn, or re-shard the inputs with this version."
+            f"{path}: corpus format version {version!r} is unknown; this scgrn reads versions "
+            f"{READABLE_VERSIONS}. Upgrade scgrn, or re-shard the inputs with this version."
         )
         raise CorpusError(msg)
+    if version < 2 and manifest.get("value_kind") == "counts":
+        _warn_no_library_size(str(path))
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         msg = f"{path}: missing field(s) {missing}; the manifest is incomplete. Re-run `scgrn shard ... --resume`."
         raise CorpusError(msg)
     return manifest
+
+
+@functools.cache
+def _warn_no_library_size(path: str) -> None:  # once per corpus and process
+    warnings.warn(
+        f"{path}: corpus format 1 records no per-cell library sizes, so models normalise each cell by the sum of its "
+        "vocabulary genes, which changes with a dataset's gene-mapping rate. Re-shard with this scgrn "
+        "(format 2) to use each cell's raw total.",
+        stacklevel=3,
+    )
 
 
 def complete_manifest(header: dict, records: list[dict], stats_files: list[Path], seconds: float) -> dict:

@@ -138,6 +138,9 @@ def build_block(ctx: TaskContext, task: ShardTask) -> tuple[CellBlock, dict]:
         row_offset=task.row_start,
         gene_names=reader.gene_names,
     )
+    # Library size: every gene of the input row, mapped to the vocab or not, so a model's normalisation does not
+    # change with a dataset's mapping rate (counts only; log1p / normalized values have no library size).
+    totals = np.asarray(m.sum(axis=1), dtype=np.float64).ravel() if ctx.value_kind.value == "counts" else None
     csr = remap_columns(m, ctx.column_to_id[task.input_index], ctx.vocab_size)
     genes_per_cell = np.diff(csr.indptr)
     zero = genes_per_cell == 0
@@ -163,6 +166,7 @@ def build_block(ctx: TaskContext, task: ShardTask) -> tuple[CellBlock, dict]:
         cell_ids,
         np.where(val, SPLIT_VAL, SPLIT_TRAIN).astype(np.uint8),
         {k: np.asarray(v)[keep_rows] for k, v in chunk.obs.items()},
+        None if totals is None else totals[keep_rows],
     )
     drops = {"zero_counts": int(zero.sum()), "min_genes": int(few.sum())}
     return block, drops

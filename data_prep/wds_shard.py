@@ -26,7 +26,8 @@ from data_prep.cell_block import CellBlock
 from data_prep.errors import CorpusError
 
 WDS_MAGIC = "scgrn-wds-shard"
-WDS_FORMAT_VERSION = 1
+WDS_FORMAT_VERSION = 2  # 2: per-cell `library_size.npy` in every sample (counts corpora)
+READABLE_VERSIONS = (1, 2)
 _ARRAYS = ("indptr", "gene_ids", "values", "split")
 
 
@@ -93,6 +94,8 @@ def write_wds_shard(path: Path, block: CellBlock, shard_index: int, cells_per_sa
             sample = {"__key__": sample_key(shard_index, n_samples), "meta.json": json.dumps(meta).encode()}
             for name in _ARRAYS:
                 sample[f"{name}.npy"] = _npy(getattr(part, name))
+            if part.library_size is not None:
+                sample["library_size.npy"] = _npy(part.library_size.astype(np.float64))
             sink.write(sample)
             n_samples += 1
     os.replace(tmp, path)
@@ -122,10 +125,10 @@ class WdsShard:
             msg = f"{self.path}: no header sample; not an scgrn webdataset shard."
             raise CorpusError(msg)
         self.header = json.loads(self._read(header_key, "json"))
-        if self.header.get("magic") != WDS_MAGIC or self.header.get("format_version") != WDS_FORMAT_VERSION:
+        if self.header.get("magic") != WDS_MAGIC or self.header.get("format_version") not in READABLE_VERSIONS:
             msg = (
                 f"{self.path}: header {self.header.get('magic')!r} v{self.header.get('format_version')!r} is not "
-                f"{WDS_MAGIC!r} v{WDS_FORMAT_VERSION}; upgrade scgrn or re-shard."
+                f"{WDS_MAGIC!r} v{'/'.join(map(str, READABLE_VERSIONS))}; upgrade scgrn or re-shard."
             )
             raise CorpusError(msg)
         self.sample_keys = sorted(k for k in self._members if not k.endswith("_header"))
@@ -165,6 +168,9 @@ class WdsShard:
         try:
             arrays = {n: np.load(io.BytesIO(self._read(key, f"{n}.npy")), allow_pickle=False) for n in _ARRAYS}
             meta = json.loads(self._read(key, "meta.json"))
+            library = None
+            if "library_size.npy" in self._members[key]:
+                library = np.load(io.BytesIO(self._read(key, "library_size.npy")), allow_pickle=False)
         except CorpusError:
             raise
         except (ValueError, OSError, EOFError) as err:  # a damaged .npy header, bad JSON / UTF-8
@@ -181,6 +187,7 @@ class WdsShard:
             np.asarray(meta["cell_ids"], dtype=object),
             arrays["split"],
             {k: np.asarray(v) for k, v in meta["obs"].items()},
+            library,
         )
 
     def close(self) -> None:

@@ -23,7 +23,8 @@ from data_prep.errors import CorpusError
 from data_prep.io_utils import pause_point
 
 SHARD_MAGIC = "scgrn-zarr-shard"
-SHARD_FORMAT_VERSION = 1
+SHARD_FORMAT_VERSION = 2  # 2: per-cell `library_size` (raw totals before vocab mapping), counts corpora
+READABLE_VERSIONS = (1, 2)
 INNER_CHUNK = 1 << 18
 OUTER_SHARD = 1 << 22
 CELL_CHUNK = 1 << 14  # cells per chunk of per-cell arrays (indptr, split, obs)
@@ -87,6 +88,8 @@ def write_zarr_shard(path: Path, block: CellBlock, attrs: dict, codec: str = "lz
     _write_array(group, "values", block.values, INNER_CHUNK, OUTER_SHARD, comp)
     _write_array(group, "split", block.split.astype(np.uint8), CELL_CHUNK, None, comp)
     _write_array(group, "cell_id", np.asarray(block.cell_ids, dtype=object), CELL_CHUNK, None, comp)
+    if block.library_size is not None:
+        _write_array(group, "library_size", block.library_size.astype(np.float64), CELL_CHUNK, None, comp)
     obs = group.create_group("obs")
     for name, values in block.obs.items():
         values = np.asarray(values)
@@ -125,15 +128,16 @@ class ZarrShard:
         if attrs.get("magic") != SHARD_MAGIC:
             msg = f"{self.path}: magic {attrs.get('magic')!r} is not {SHARD_MAGIC!r}; not an scgrn zarr shard."
             raise CorpusError(msg)
-        if attrs.get("format_version") != SHARD_FORMAT_VERSION:
+        if attrs.get("format_version") not in READABLE_VERSIONS:
             msg = (
                 f"{self.path}: shard format version {attrs.get('format_version')!r} is unknown; this scgrn reads "
-                f"version {SHARD_FORMAT_VERSION}. Upgrade scgrn or re-shard the inputs."
+                f"versions {READABLE_VERSIONS}. Upgrade scgrn or re-shard the inputs."
             )
             raise CorpusError(msg)
         self.attrs = attrs
         self.n_cells = int(attrs["n_cells"])
         self.obs_columns = list(attrs.get("obs_columns", []))
+        self.has_library_size = attrs["format_version"] >= 2 and "library_size" in self.group
         self._indptr: np.ndarray | None = None
         self._per_cell: dict[str, np.ndarray] = {}
         self._gene_ids = self.group["gene_ids"]  # array handles looked up once (each lookup reads metadata)
@@ -177,7 +181,9 @@ class ZarrShard:
             gene_ids = np.zeros(0, self._gene_ids.dtype)
             values = np.zeros(0, self._values.dtype)
         obs = {c: self.per_cell(f"obs/{c}")[rows] for c in self.obs_columns}
-        return CellBlock(out_ptr, gene_ids, values, self.per_cell("cell_id")[rows], self.per_cell("split")[rows], obs)
+        library = self.per_cell("library_size")[rows] if self.has_library_size else None
+        cell_ids, split = self.per_cell("cell_id")[rows], self.per_cell("split")[rows]
+        return CellBlock(out_ptr, gene_ids, values, cell_ids, split, obs, library)
 
     def read_block(self, start: int, stop: int, with_obs: bool = True) -> CellBlock:
         indptr = self.indptr[start : stop + 1]
@@ -190,4 +196,5 @@ class ZarrShard:
             self.per_cell("cell_id")[start:stop],
             self.per_cell("split")[start:stop],
             obs,
+            self.per_cell("library_size")[start:stop] if self.has_library_size else None,
         )

@@ -27,7 +27,7 @@ def scbert_vs_gene_baseline(
     seen = 0
     for batch in StreamingCellDataset(corpus, split="train", shuffle=True, seed=seed, batch_size=256, obs_columns=[]):
         t = batch.to_torch()
-        bins = bin_values(t["values"], t["cu_seqlens"], n_bins)
+        bins = bin_values(t["values"], t["cu_seqlens"], n_bins, library_size=t.get("library_size"))
         counts.index_put_((t["gene_ids"], bins), torch.ones_like(bins, dtype=torch.float), accumulate=True)
         seen += batch.n_cells
         if seen >= train_cells:

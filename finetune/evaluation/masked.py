@@ -99,10 +99,11 @@ def _truncated_mean(model, pred: torch.Tensor, genes: torch.Tensor, library: tor
 def _score_batch(model, batch: dict, generator: torch.Generator, mask_prob: float) -> dict[str, torch.Tensor]:
     """Mask one batch and return, per masked token: gene, count, library, model x̂ (+ scBERT log-probs), on CPU."""
     batch = to_device(batch, model)
-    library = cell_library_size(batch["values"], batch["cu_seqlens"]).double()  # (B,) whole cells
+    library = batch.get("library_size")  # (B,) each cell's raw total (corpus format >= 2), else its vocab genes
+    library = (library if library is not None else cell_library_size(batch["values"], batch["cu_seqlens"])).double()
     c = model.config
     if isinstance(model, ScBert):
-        bins = bin_values(batch["values"], batch["cu_seqlens"], c.n_bins)
+        bins = bin_values(batch["values"], batch["cu_seqlens"], c.n_bins, library_size=batch.get("library_size"))
     gene_ids, values, cu_seqlens, kept = sample_genes(
         batch["gene_ids"], batch["values"], batch["cu_seqlens"], c.max_genes, c.gene_sampling, generator,
         return_index=True,

@@ -38,7 +38,9 @@ def _segment_mean(states: Tensor, cu_seqlens: Tensor) -> Tensor:
 
 def _scbert_tokens(model: ScBert, batch: dict[str, Tensor], generator: torch.Generator | None):
     c = model.config
-    bins = bin_values(batch["values"], batch["cu_seqlens"], c.n_bins)  # (T,) over the whole cell
+    bins = bin_values(
+        batch["values"], batch["cu_seqlens"], c.n_bins, library_size=batch.get("library_size")
+    )  # (T,) over the whole cell
     gene_ids, _, cu_seqlens, kept = sample_genes(
         batch["gene_ids"], batch["values"], batch["cu_seqlens"], c.max_genes, c.gene_sampling, generator,
         return_index=True,

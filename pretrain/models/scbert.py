@@ -145,7 +145,13 @@ class ScBertConfig:
 # data transforms on packed cells (vectorised over cells and tokens)
 
 
-def bin_values(values: Tensor, cu_seqlens: Tensor, n_bins: int, target_sum: float = TARGET_SUM) -> Tensor:
+def bin_values(
+    values: Tensor,
+    cu_seqlens: Tensor,
+    n_bins: int,
+    target_sum: float = TARGET_SUM,
+    library_size: Tensor | None = None,
+) -> Tensor:
     """Raw counts -> expression bins, per cell, as scBERT (see the module docstring for the exact scheme).
 
     x = log2(1 + counts / cell_total * target_sum); bin = 1 + floor(x / w) clipped to [1, n_bins - 1], with
@@ -156,6 +162,8 @@ def bin_values(values: Tensor, cu_seqlens: Tensor, n_bins: int, target_sum: floa
             dropping genes with `sample_genes`).
         cu_seqlens: (B+1,) int32 cell offsets.
         n_bins: number of expression classes (>= 2).
+        library_size: (B,) each cell's raw total over all of its genes (corpus format >= 2); default: the sum of
+            `values` per cell, i.e. over the vocabulary genes only.
 
     Returns:
         (T,) int64 bins in [0, n_bins - 1].
@@ -163,7 +171,10 @@ def bin_values(values: Tensor, cu_seqlens: Tensor, n_bins: int, target_sum: floa
     total = values.shape[0]
     seg = segment_ids(cu_seqlens.to(values.device), total)  # (T,)
     counts = values.float()
-    cell_totals = torch.zeros(cu_seqlens.numel() - 1, device=values.device).index_add_(0, seg, counts)  # (B,)
+    if library_size is not None:
+        cell_totals = library_size.to(device=values.device, dtype=torch.float32)  # (B,)
+    else:
+        cell_totals = torch.zeros(cu_seqlens.numel() - 1, device=values.device).index_add_(0, seg, counts)  # (B,)
     normalised = counts / cell_totals[seg].clamp(min=torch.finfo(torch.float32).tiny) * target_sum  # (T,)
     width = math.log2(1.0 + target_sum) / (n_bins - 1)
     bins = torch.floor(torch.log2(1.0 + normalised) / width).long() + 1
@@ -275,11 +286,12 @@ class ScBert(nn.Module):
         return self.encode(gene_ids, bins, cu_seqlens)
 
     def prepare_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Raw packed cells -> model inputs: bin every gene (cell totals over all its genes), keep at most
-        `max_genes` per cell, mask. Returns cu_seqlens, gene_ids, input_bins, labels (all packed, after sampling)."""
+        """Raw packed cells -> model inputs: bin every gene (cell totals: the batch's `library_size` when the corpus
+        records it, else the sum over its genes), keep at most `max_genes` per cell, mask. Returns cu_seqlens,
+        gene_ids, input_bins, labels (all packed, after sampling)."""
         c = self.config
         cu_seqlens, gene_ids, values = batch["cu_seqlens"], batch["gene_ids"], batch["values"]
-        bins = bin_values(values, cu_seqlens, c.n_bins)  # (T,)
+        bins = bin_values(values, cu_seqlens, c.n_bins, library_size=batch.get("library_size"))  # (T,)
         gene_ids, values, cu_seqlens, kept = sample_genes(
             gene_ids, values, cu_seqlens, c.max_genes, c.gene_sampling, generator, return_index=True
         )  # (T',), (T',), (B+1,), (T',)
