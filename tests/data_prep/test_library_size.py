@@ -68,6 +68,9 @@ def test_models_normalise_by_the_recorded_library_size(half_mapped):
 
 
 def test_a_format_1_corpus_reads_with_a_warning_and_without_library_sizes():
+    from data_prep import manifest
+
+    manifest._warn_no_library_size.cache_clear()  # once per corpus and process: another test may have read it
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         batch = next(iter(StreamingCellDataset(ARCHIVE_V1, split="all", batch_size=8)))
