@@ -16,6 +16,8 @@ stream; `StatefulCellLoader` tracks the cursors of batches the training loop has
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,6 +56,9 @@ class CellBatch(CellBlock):
 
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
+
+
+SAME_ON_EVERY_RANK = ("seed", "split", "epoch", "world_size", "num_workers", "remnant")
 
 
 class StreamingCellDataset(IterableDataset):
@@ -124,8 +129,13 @@ class StreamingCellDataset(IterableDataset):
         # the GIL: 1.3x measured), off for webdataset (.npy parsing holds the GIL: 0.7x measured).
         self.prefetch = prefetch
         self._corpus: Corpus | None = None
+        self._corpus_pid = os.getpid()
         self._num_workers = 1
         self.cursors: dict[int, tuple[int, int]] = {}  # consumer -> cursor to start from (after a restore)
+        # After a resume on another number of ranks or workers: what the interrupted epoch had left, one plan per
+        # new consumer, each a list of pieces (old consumer, old consumers, window, first, stop) of the old
+        # partition's windows (see `plan` and `load_elastic_state`).
+        self.remnant: list[list[tuple]] | None = None
         self.last_consumer: int | None = None  # consumer of the last batch handed out
         # DataLoader asks its workers round-robin starting from worker 0; after a restore, worker 0 must play
         # the consumer whose turn was next, so worker ids are rotated by this much.
@@ -135,8 +145,11 @@ class StreamingCellDataset(IterableDataset):
     # -- structure -----------------------------------------------------------------------------------
     @property
     def corpus(self) -> Corpus:
-        if self._corpus is None:
+        # A forked DataLoader worker inherits the parent's open shard files, whose read offsets the processes
+        # would then share: each process opens its own.
+        if self._corpus is None or self._corpus_pid != os.getpid():
             self._corpus = Corpus(self.corpus_dir, self.fmt, verify=self.verify_shards)
+            self._corpus_pid = os.getpid()
         return self._corpus
 
     def __getstate__(self) -> dict:
@@ -162,6 +175,7 @@ class StreamingCellDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.cursors = {}
+        self.remnant = None
         self.worker_shift = 0
         self.last_consumer: int | None = None
 
@@ -169,6 +183,43 @@ class StreamingCellDataset(IterableDataset):
         units = self.units()
         order = _rng(self.seed, self.epoch).permutation(len(units)) if self.shuffle else np.arange(len(units))
         return [units[i] for i in order[consumer::n_consumers]]
+
+    def plan(self, consumer: int, n_consumers: int) -> list[tuple]:
+        """The consumer's epoch as pieces (consumer, consumers, window, first, stop) of a partition: positions
+        first..stop (None: the end) of that window's emission order.
+
+        Normally its own windows, whole; after an elastic resume, its share of the old partition's remnant.
+        A cursor (i, pos) is the i-th piece of this plan and the position in that window's emission order."""
+        if self.remnant is not None:
+            if len(self.remnant) != n_consumers:
+                msg = (
+                    f"the resumed epoch was re-partitioned for {len(self.remnant)} consumers (ranks x workers), "
+                    f"this loader has {n_consumers}; resume with the ranks and workers it was re-partitioned for."
+                )
+                raise CorpusError(msg)
+            return self.remnant[consumer]
+        n_windows = -(-len(self.consumer_units(consumer, n_consumers)) // self.window_blocks)
+        return [(consumer, n_consumers, w, 0, None) for w in range(n_windows)]
+
+    def _window_units(self, consumer: int, n_consumers: int, w: int) -> list:
+        units = self.consumer_units(consumer, n_consumers)
+        return units[w * self.window_blocks : (w + 1) * self.window_blocks]
+
+    def _window_size(self, consumer: int, n_consumers: int, w: int) -> int:
+        """Cells of this split in a window, from the per-cell split flags only (zarr: one small cached array)."""
+        wanted = SPLITS[self.split]
+        n = 0
+        for k, lo, hi in self._window_units(consumer, n_consumers, w):
+            if wanted is None:
+                n += hi - lo
+                continue
+            shard = self.corpus.shard(k)
+            if self.corpus.format == "webdataset":
+                flags = shard.read_sample(lo // shard.cells_per_sample).split
+            else:
+                flags = shard.per_cell("split")[lo:hi]
+            n += int(np.count_nonzero(flags == wanted))
+        return n
 
     def _read_unit(self, unit: tuple[int, int, int]) -> CellBlock:
         k, lo, hi = unit
@@ -202,28 +253,36 @@ class StreamingCellDataset(IterableDataset):
         return self.rank * workers + worker_id, self.world_size * workers
 
     def cell_stream(self, consumer: int, n_consumers: int, start: tuple[int, int] = (0, 0)):
-        """Yield (window, first position to emit, window block, emission order) for one consumer."""
-        units = self.consumer_units(consumer, n_consumers)
-        n_windows = -(-len(units) // self.window_blocks)
-        w0, offset = start
-        # Read window w+1 on a thread while window w is being emitted: decoding (zarrs / zlib-free npy reads)
+        """Yield (plan index, first position to emit, window block, emission order) for one consumer."""
+        plan = self.plan(consumer, n_consumers)
+        units: dict[tuple[int, int], list] = {}
+
+        def read(i: int):
+            c, n, w, _, stop = plan[i]
+            if (c, n) not in units:
+                units[c, n] = self.consumer_units(c, n)
+            block, rows = self._window(c, w, units[c, n])
+            return block, rows if stop is None else rows[:stop]
+
+        i0, offset = start
+        # Read window i+1 on a thread while window i is being emitted: decoding (zarrs / zlib-free npy reads)
         # runs outside the GIL, so reading and gathering overlap. The order of cells does not change.
         prefetch = self.prefetch if self.prefetch is not None else self.corpus.format == "zarr"
-        if not prefetch:
-            for w in range(w0, n_windows):
-                block, rows = self._window(consumer, w, units)
-                first = offset if w == w0 else 0
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scgrn-prefetch") if prefetch else None
+        try:
+            ahead = pool.submit(read, i0) if pool and i0 < len(plan) else None
+            for i in range(i0, len(plan)):
+                if pool:
+                    block, rows = ahead.result()
+                    ahead = pool.submit(read, i + 1) if i + 1 < len(plan) else None
+                else:
+                    block, rows = read(i)
+                first = max(offset, plan[i][3]) if i == i0 else plan[i][3]
                 if first < len(rows):
-                    yield w, first, block, rows
-            return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scgrn-prefetch") as pool:
-            ahead = pool.submit(self._window, consumer, w0, units) if w0 < n_windows else None
-            for w in range(w0, n_windows):
-                block, rows = ahead.result()
-                ahead = pool.submit(self._window, consumer, w + 1, units) if w + 1 < n_windows else None
-                first = offset if w == w0 else 0
-                if first < len(rows):
-                    yield w, first, block, rows
+                    yield i, first, block, rows
+        finally:
+            if pool:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def __iter__(self) -> Iterator:
         consumer, n_consumers = self._consumer()
@@ -312,6 +371,7 @@ class StreamingCellDataset(IterableDataset):
             "num_workers": self._num_workers,
             "last_consumer": self.last_consumer,
             "cursors": {str(c): list(v) for c, v in self.cursors.items()},
+            "remnant": None if self.remnant is None else [[list(p) for p in plan] for plan in self.remnant],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -328,11 +388,65 @@ class StreamingCellDataset(IterableDataset):
             raise CorpusError(msg)
         self.epoch = state["epoch"]
         self._num_workers = state["num_workers"]
+        saved = state.get("remnant")
+        self.remnant = None if saved is None else [[tuple(p) for p in plan] for plan in saved]
         self.cursors = {int(c): tuple(v) for c, v in state["cursors"].items()}
         self.last_consumer = state.get("last_consumer")
         if self.last_consumer is not None:
             local = self.last_consumer - self.rank * self._num_workers
             self.worker_shift = (local + 1) % self._num_workers
+
+    def load_elastic_state(self, states: list[dict]) -> None:
+        """Resume an epoch saved by another number of ranks or workers (`states`: every old rank's state_dict).
+
+        The old consumers' cursors say exactly which cells the interrupted epoch already emitted. What is left of
+        every old consumer's plan, taken window by window round-robin over the old consumers, is one sequence;
+        it is cut into this run's ranks x workers contiguous runs of (nearly) equal cell counts. No cell is
+        emitted twice or skipped, every new consumer gets the same share, and each window keeps its shuffled
+        order; the next epoch is partitioned afresh."""
+        old_world = states[0]["world_size"]
+        ranks = sorted(int(s["rank"]) for s in states)
+        fixed = {k: {json.dumps(s.get(k)) for s in states} for k in SAME_ON_EVERY_RANK}
+        problems = [f"{k} differs between ranks: {sorted(v)}" for k, v in fixed.items() if len(v) > 1]
+        if ranks != list(range(old_world)):
+            problems.append(f"states of ranks {ranks}, expected every rank 0..{old_world - 1}")
+        for k in ("seed", "split"):
+            if states[0][k] != getattr(self, k):
+                problems.append(f"{k}: saved {states[0][k]!r}, now {getattr(self, k)!r}")
+        if problems:
+            msg = "cannot re-partition the saved loader states: " + "; ".join(problems) + ". Resume from a checkpoint "
+            msg += "written by one run with this seed and split (every rank's loader_rank*.json present)."
+            raise CorpusError(msg)
+        n_old = old_world * states[0]["num_workers"]
+        self.epoch = states[0]["epoch"]
+        saved = states[0].get("remnant")
+        self.remnant = None if saved is None else [[tuple(p) for p in plan] for plan in saved]
+        cursors = {int(c): tuple(v) for s in states for c, v in s["cursors"].items()}
+        rest = []
+        for c in range(n_old):
+            plan = self.plan(c, n_old)
+            i, pos = cursors.get(c, (0, 0))
+            rest.append([(*plan[i][:3], max(pos, plan[i][3]), plan[i][4]), *plan[i + 1 :]] if i < len(plan) else [])
+        depth = max((len(r) for r in rest), default=0)
+        pieces = [r[j] for j in range(depth) for r in rest if j < len(r)]
+        sized = []
+        for c, n, w, first, stop in pieces:
+            end = self._window_size(c, n, w) if stop is None else stop
+            if end > first:
+                sized.append((c, n, w, first, end))
+        n_new = self.world_size * self._num_workers
+        total = sum(end - first for *_, first, end in sized)
+        bounds = [total * j // n_new for j in range(n_new + 1)]  # consumer j takes cells bounds[j]..bounds[j+1]
+        self.remnant = [[] for _ in range(n_new)]
+        at = 0  # cells before the current piece
+        for c, n, w, first, end in sized:
+            size = end - first
+            for j in range(n_new):
+                lo, hi = max(bounds[j], at), min(bounds[j + 1], at + size)
+                if lo < hi:
+                    self.remnant[j].append((c, n, w, first + lo - at, first + hi - at))
+            at += size
+        self.cursors, self.last_consumer, self.worker_shift = {}, None, 0
 
 
 class StatefulCellLoader:
@@ -360,11 +474,37 @@ class StatefulCellLoader:
             self.dataset.last_consumer = batch.consumer
             yield batch
 
+    def forever(self) -> Iterator[CellBatch]:
+        """Batches epoch after epoch (reshuffled each time), from wherever the loader's state says it stands.
+
+        A state saved after the last batch of an epoch has every consumer at its end: that epoch then yields
+        nothing and the stream goes on with the next epoch, as the uninterrupted run did. A fresh epoch that
+        yields nothing is an error (fewer cells than ranks x workers)."""
+        while True:
+            d = self.dataset
+            fresh = not d.cursors and d.remnant is None
+            yielded = False
+            for batch in self:
+                yielded = True
+                yield batch
+            if not yielded and fresh:
+                msg = (
+                    f"{d.corpus_dir}: rank {d.rank} received no {d.split} cells in epoch {d.epoch}; the corpus has "
+                    f"fewer {d.split} cells (or read units) than ranks x workers ({d.world_size} x "
+                    f"{max(1, self.num_workers)}) need. Use fewer ranks or workers, or a smaller data.block_cells."
+                )
+                raise CorpusError(msg)
+            self.set_epoch(d.epoch + 1)
+
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
 
     def state_dict(self) -> dict:
         return self.dataset.state_dict()
+
+    def load_elastic_state(self, states: list[dict]) -> None:
+        self.dataset._num_workers = max(1, self.num_workers)
+        self.dataset.load_elastic_state(states)
 
     def load_state_dict(self, state: dict) -> None:
         if state["num_workers"] != max(1, self.num_workers):

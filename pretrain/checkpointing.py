@@ -5,6 +5,9 @@ Layout of a run directory:
         loader_rank{r}.json   each rank's data-loader cursor (StreamingCellDataset.state_dict)
         rng_rank{r}.pt        each rank's masking generator + torch CPU (and CUDA) RNG (tensors; weights_only=True)
         COMPLETE              written by rank 0 after every rank finished: only such checkpoints are resumed from
+                              (JSON: step, reason, time, world_size, zero_stage, vocab_sha256)
+        universal/STEP/       DeepSpeed's universal checkpoint of this one, made when resuming on another
+                              number of ranks (ZeRO 1-3)
     RUN/checkpoints/latest    DeepSpeed's pointer to the newest tag, written only after that tag's COMPLETE
 """
 
@@ -75,13 +78,30 @@ def load_rank_state(directory: Path, rank: int) -> tuple[dict, dict]:
     loader = directory / f"loader_rank{rank}.json"
     rng = directory / f"rng_rank{rank}.pt"
     if not loader.exists() or not rng.exists():
-        msg = (
-            f"{directory}: no state for rank {rank} (was it saved with fewer ranks?). Resume with the world size "
-            "it was saved with; changing the number of ranks mid-run is refused because each rank's data cursor "
-            "is exact only for its own shard of the stream."
-        )
+        msg = f"{directory}: no loader or RNG state for rank {rank}; the checkpoint is damaged, resume from another."
         raise ConfigError(msg)
     return json.loads(loader.read_text()), torch.load(rng, weights_only=True)
+
+
+def read_marker(directory: Path) -> dict:
+    """What rank 0 recorded when every rank had finished writing the checkpoint (step, world size, ZeRO stage)."""
+    try:
+        return json.loads((directory / COMPLETE).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        msg = f"{directory / COMPLETE}: unreadable ({err}); resume from another checkpoint or train.resume=none."
+        raise ConfigError(msg) from None
+
+
+def load_loader_states(directory: Path, world_size: int) -> list[dict]:
+    """Every rank's loader cursor of a checkpoint saved by `world_size` ranks (for an elastic resume)."""
+    missing = [r for r in range(world_size) if not (directory / f"loader_rank{r}.json").exists()]
+    if missing:
+        msg = (
+            f"{directory}: no loader state for rank(s) {missing} of the {world_size} that saved it; an elastic "
+            "resume needs every rank's cursor. Resume from another checkpoint."
+        )
+        raise ConfigError(msg)
+    return [json.loads((directory / f"loader_rank{r}.json").read_text()) for r in range(world_size)]
 
 
 def mark_complete(directory: Path, info: dict) -> None:

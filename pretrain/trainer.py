@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from data_prep.corpus import Corpus
+from data_prep.errors import CorpusError
 from data_prep.io_utils import atomic_write_text, sha256_file
 from data_prep.loader import StatefulCellLoader, StreamingCellDataset
 from pretrain import checkpointing as ckpt
@@ -43,7 +44,7 @@ POISON_AT = "SCGRN_TEST_POISON_AT"  # "STEP[:RANK]": that step's batch gets NaN 
 
 
 class CellIdLog:
-    """`train.log_cell_ids`: one JSON line per micro batch, `{"step", "micro", "cell_ids"}`, in RUN/cell_ids/.
+    """`train.log_cell_ids`: one JSON line per micro batch, `{"step", "micro", "epoch", "cell_ids"}`, in RUN/cell_ids/.
 
     Lines are flushed as they are written, so a kill loses at most the line being written. `open(step)` keeps
     only whole lines of steps <= `step` (the resumed step): what remains is what the restored state has seen.
@@ -67,8 +68,9 @@ class CellIdLog:
         atomic_write_text(self.path, "".join(kept))
         self.file = self.path.open("a")
 
-    def write(self, step: int, micro: int, cell_ids) -> None:
-        self.file.write(json.dumps({"step": step, "micro": micro, "cell_ids": [str(c) for c in cell_ids]}) + "\n")
+    def write(self, step: int, micro: int, cell_ids, epoch: int) -> None:
+        entry = {"step": step, "micro": micro, "epoch": epoch, "cell_ids": [str(c) for c in cell_ids]}
+        self.file.write(json.dumps(entry) + "\n")
         self.file.flush()
 
     def close(self) -> None:
@@ -94,6 +96,17 @@ class Trainer:
         # Counted before ZeRO-3 partitions the parameters (a partitioned parameter's numel() is 0): the MFU figure.
         self.n_matmul_params = model.num_parameters(exclude_embeddings=True)
         self.ds_config = dist.build_ds_config(cfg, self.world_size)
+        # Which checkpoint to resume from, decided before the engine exists: one saved by another number of ranks
+        # is loaded through DeepSpeed's universal checkpoint, which the engine must be configured for.
+        self.resume_from = ckpt.resolve_resume(cfg.train.resume, self.run_dir)
+        self.resume_marker = None if self.resume_from is None else ckpt.read_marker(self.resume_from)
+        self.elastic = self.resume_marker is not None and self.resume_marker["world_size"] != self.world_size
+        # The stage that saved it (markers written before it was recorded: the configured stage).
+        self.saved_stage = (
+            None if self.resume_marker is None else self.resume_marker.get("zero_stage", cfg.parallel.zero_stage)
+        )
+        if self.elastic:
+            self._prepare_elastic()
         self.engine = dist.create_engine(model, cfg, self.ds_config)
         # Masking/sampling randomness per rank, saved and restored with each checkpoint.
         self.generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + self.rank)
@@ -134,18 +147,10 @@ class Trainer:
     # -- data ----------------------------------------------------------------------------------------
     def _batches(self):
         """Endless stream of this rank's micro batches; a new epoch (reshuffled) when one ends."""
-        while True:
-            yielded = False
-            for batch in self.train_data:
-                yielded = True
-                yield batch
-            if not yielded:
-                msg = (
-                    f"{self.corpus.directory}: rank {self.rank} received no training cells; "
-                    "the corpus has fewer train cells than ranks x workers need."
-                )
-                raise ConfigError(msg)
-            self.train_data.set_epoch(self.train_data.dataset.epoch + 1)
+        try:
+            yield from self.train_data.forever()
+        except CorpusError as e:
+            raise ConfigError(str(e)) from None
 
     def _to_device(self, batch) -> dict[str, torch.Tensor]:
         """Host batch -> device tensors; on a GPU through pinned memory so the copy runs asynchronously."""
@@ -170,7 +175,7 @@ class Trainer:
         for micro in range(self.cfg.train.grad_accum):
             batch = next(batches)
             if self.cell_id_log is not None:
-                self.cell_id_log.write(self.step + 1, micro, batch.cell_ids)
+                self.cell_id_log.write(self.step + 1, micro, batch.cell_ids, self.train_data.dataset.epoch)
             inputs = self._to_device(batch)
             if self._test_matches(POISON_AT, self.step + 1):
                 inputs["values"] = torch.full_like(inputs["values"], float("nan"))
@@ -274,6 +279,7 @@ class Trainer:
                     "reason": reason,
                     "time": time.time(),
                     "world_size": self.world_size,
+                    "zero_stage": self.cfg.parallel.zero_stage,
                     "vocab_sha256": self.corpus.vocab_sha256,
                 },
             )
@@ -296,30 +302,50 @@ class Trainer:
         atomic_write_text(hold_dir / f"rank{self.rank}.pid", str(os.getpid()))
         time.sleep(600)  # the test kills this process; the sleep only bounds a test that forgets to
 
+    def _prepare_elastic(self) -> None:
+        """Resuming on another world size: ZeRO 1-3 states go through DeepSpeed's universal checkpoint (converted
+        once, by rank 0, into CKPT/universal/); ZeRO-0 checkpoints hold the whole optimizer state and load as
+        they are. The data cursor is re-partitioned in `_resume`."""
+        path, saved = self.resume_from, self.resume_marker
+        stage = self.saved_stage
+        log.warning(
+            "resuming %s, saved by %d rank(s), on %d rank(s): elastic resume (ZeRO-%d)",
+            path,
+            saved["world_size"],
+            self.world_size,
+            stage,
+        )
+        if stage == 0:
+            return
+        if self.rank == 0:
+            dist.convert_to_universal(path)
+        dist.barrier()
+        self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
+
     def _resume(self) -> None:
-        path = ckpt.resolve_resume(self.cfg.train.resume, self.run_dir)
+        path, marker = self.resume_from, self.resume_marker
         if path is None:
             return
-        # Check what the marker records before DeepSpeed reads anything (its own errors are less clear).
-        marker = json.loads((path / ckpt.COMPLETE).read_text())
-        problems = []
-        if marker["world_size"] != self.world_size:
-            problems.append(
-                f"it was saved by {marker['world_size']} rank(s), this run has {self.world_size}; resume "
-                "with the same number of ranks (each rank's data cursor and ZeRO partition are exact only "
-                "for its own rank)"
-            )
         if marker["vocab_sha256"] != self.corpus.vocab_sha256:
-            problems.append("the corpus vocabulary differs from the one it was trained on")
-        if problems:
-            raise ConfigError(f"cannot resume from {path}:\n  - " + "\n  - ".join(problems))
-        state = dist.load_checkpoint(self.engine, path.parent, path.name)
-        loader_state, rng = ckpt.load_rank_state(path, self.rank)
-        self.train_data.load_state_dict(loader_state)
-        self.generator.set_state(rng["generator"])
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and self.device.type == "cuda":  # dropout draws on the GPU
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+            msg = f"cannot resume from {path}: the corpus vocabulary differs from the one it was trained on."
+            raise ConfigError(msg)
+        if self.elastic and self.saved_stage != 0:
+            state = dist.load_checkpoint(self.engine, path / dist.UNIVERSAL_DIR, path.name)
+        else:
+            state = dist.load_checkpoint(self.engine, path.parent, path.name)
+        if self.elastic:
+            self.train_data.load_elastic_state(ckpt.load_loader_states(path, marker["world_size"]))
+            # The old ranks' random streams cannot be split over new ranks: each rank starts a fresh one, seeded by
+            # the run's seed, the step and the rank (the masking draws differ from an uninterrupted run's).
+            self.generator.manual_seed(self.cfg.train.seed * 1000 + self.rank + 7919 * state["step"])
+            torch.manual_seed(self.cfg.train.seed + 104_729 * state["step"] + self.rank)
+        else:
+            loader_state, rng = ckpt.load_rank_state(path, self.rank)
+            self.train_data.load_state_dict(loader_state)
+            self.generator.set_state(rng["generator"])
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and self.device.type == "cuda":  # dropout draws on the GPU
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.last_losses = state.get("losses", {})
         log.info("resumed from %s at step %d", path, self.step)

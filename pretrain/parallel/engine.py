@@ -154,10 +154,62 @@ def create_engine(model: torch.nn.Module, cfg: PretrainConfig, ds_config: dict):
     return engine
 
 
+UNIVERSAL_DIR = "universal"  # CKPT/universal/TAG: DeepSpeed's universal form of checkpoint CKPT
+
+
 def save_checkpoint(engine, directory: Path, tag: str, client_state: dict) -> None:
     # save_latest=False: DeepSpeed would point `latest` at this tag before every rank has finished writing it;
     # `checkpointing.mark_complete` writes `latest` after the COMPLETE marker instead.
-    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
+    from deepspeed.checkpoint.constants import (
+        UNIVERSAL_CHECKPOINT_INFO,
+        UNIVERSAL_CHECKPOINT_VERSION_KEY,
+        UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+    )
+
+    # ds_to_universal requires this entry (Megatron-DeepSpeed writes it too); it makes the checkpoint convertible.
+    info = {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+    engine.save_checkpoint(str(directory), tag=tag, client_state={**client_state, **info}, save_latest=False)
+
+
+def convert_to_universal(checkpoint: Path) -> Path:
+    """DeepSpeed's `ds_to_universal` on a ZeRO 1-3 checkpoint -> CHECKPOINT/universal/TAG (once; reused after).
+
+    The universal form holds each parameter's fp32 value and optimizer moments whole, so any number of ranks can
+    load it (engine config `checkpoint.load_universal`). Written under a temporary name and renamed when done."""
+    import argparse
+    import contextlib
+    import io
+    import shutil
+
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    out = checkpoint / UNIVERSAL_DIR / checkpoint.name
+    if (out / "mp_rank_00_model_states.pt").exists():
+        return out
+    tmp = checkpoint / UNIVERSAL_DIR / f".{checkpoint.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    args = argparse.Namespace(
+        input_folder=str(checkpoint),
+        output_folder=str(tmp),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,  # checkpoints written before save_checkpoint recorded the entry
+    )
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # progress bars
+            ds_to_universal(args)
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        msg = (
+            f"{checkpoint}: DeepSpeed could not convert it to a universal checkpoint for a resume on another "
+            f"number of ranks ({type(err).__name__}: {err}). Resume with the number of ranks that saved it."
+        )
+        raise ConfigError(msg) from err
+    (tmp.parent / "latest_universal").unlink(missing_ok=True)
+    tmp.rename(out)
+    return out
 
 
 def load_checkpoint(engine, directory: Path, tag: str) -> dict:

@@ -24,7 +24,7 @@ DEBUG = REPO / "launch" / "configs" / "pretrain" / "debug.yaml"
 VENV_BIN = Path(sys.executable).parent
 
 
-def _corpus(directory: Path, n_cells: int, val_fraction: float, seed: int = 0) -> Path:
+def _corpus(directory: Path, n_cells: int, val_fraction: float, seed: int = 0, fmt: str = "zarr", **options) -> Path:
     """Cells of very different lengths (4..60 expressed genes of 80), so micro-batch means differ from token means."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -45,7 +45,7 @@ def _corpus(directory: Path, n_cells: int, val_fraction: float, seed: int = 0) -
 
     out = directory / "corpus"
     shard(
-        ShardConfig(inputs=[directory / "cells.h5ad"], out=out, format="zarr", val_fraction=val_fraction),
+        ShardConfig(inputs=[directory / "cells.h5ad"], out=out, format=fmt, val_fraction=val_fraction, **options),
         progress=False,
     )
     return out

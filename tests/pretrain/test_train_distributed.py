@@ -99,10 +99,17 @@ def test_stop_and_go_equals_straight_run(tmp_path, counts_corpus):
     assert resumed == pytest.approx(straight["loss_history"], rel=1e-5, abs=1e-6)
 
 
-def test_resume_with_another_world_size_is_refused(tmp_path, counts_corpus):
+def test_elastic_resume_without_every_ranks_cursor_is_refused(tmp_path, counts_corpus):
+    """A resume on another world size re-partitions every old rank's data cursor; with one missing it stops with
+    the file named (elastic resume itself: tests/pretrain/test_resume_anywhere.py)."""
     _launch("deepspeed", tmp_path / "run", counts_corpus, "train.steps=10", "train.save_every=10")
-    with pytest.raises(AssertionError, match="rank"):
+    checkpoint = tmp_path / "run" / "checkpoints" / "step00000010"
+    (checkpoint / "loader_rank1.json").unlink()
+    with pytest.raises(AssertionError) as failed:
         _launch("single", tmp_path / "run", counts_corpus, "train.steps=20", "train.resume=auto")
+    stderr = str(failed.value).split("stderr:", 1)[1]
+    assert f"{checkpoint}: no loader state for rank(s) [1] of the 2 that saved it" in stderr
+    assert "Traceback" not in stderr
 
 
 def test_partial_checkpoint_is_not_resumed_from(tmp_path, counts_corpus):
