@@ -8,6 +8,7 @@ duplicates: summed, or refused, by flag.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,13 +76,30 @@ def load_gene_map(path: Path) -> dict[str, str]:
     return dict(zip(table.iloc[:, 0], table.iloc[:, 1], strict=True))
 
 
+def clean_name(name: object) -> str:
+    """A gene name as scgrn keys it: Unicode NFC (one spelling for composed / decomposed letters), outer
+    whitespace stripped."""
+    return unicodedata.normalize("NFC", str(name)).strip()
+
+
 def input_keys(gene_names: np.ndarray, gene_ids: np.ndarray | None, options: MappingOptions, source: str) -> list[str]:
+    """The input's gene keys (names or ids), cleaned by `clean_name`; an empty key is refused with its column."""
     if options.match_on == "id":
         if gene_ids is None:
             msg = f"{source}: --match-on id, but this input has no gene id column (e.g. var['gene_ids']); use symbol."
             raise InputError(msg)
-        return [str(g) for g in gene_ids]
-    return [str(g) for g in gene_names]
+        raw, what = gene_ids, "gene id"
+    else:
+        raw, what = gene_names, "gene name"
+    keys = [clean_name(g) for g in raw]
+    empty = [j for j, k in enumerate(keys) if not k]
+    if empty:
+        msg = (
+            f"{source}: {len(empty)} empty {what}(s) (blank or whitespace only), first at gene column {empty[0]} "
+            f"(0-based; raw value {str(raw[empty[0]])!r}). Give every gene a name, or drop those columns."
+        )
+        raise InputError(msg)
+    return keys
 
 
 def check_unique_names(keys: list[str], source: str, options: MappingOptions) -> None:
@@ -102,7 +120,9 @@ def check_unique_names(keys: list[str], source: str, options: MappingOptions) ->
 def map_genes(
     keys: list[str], vocab: GeneVocab, options: MappingOptions, source: str, gene_map: dict[str, str] | None = None
 ) -> InputMapping:
-    index = vocab.index()
+    index = {}
+    for tok, i in vocab.index().items():
+        index.setdefault(clean_name(tok), i)
     if options.case_insensitive:
         upper: dict[str, int] = {}
         for tok, i in index.items():

@@ -8,20 +8,26 @@ import tempfile
 import time
 from pathlib import Path
 
+from data_prep.test_hooks import read_hook
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temp file in the same directory, fsync, then rename: readers see old or new, never half."""
     atomic_write_bytes(path, text.encode())
 
 
-# Finished files are readable by the group (and others), like files a plain open() makes under the usual umask;
-# mkstemp's 0600 is for the temporary name only.
-PUBLISHED_MODE = 0o644
+def published_mode() -> int:
+    """The mode a plain open() gives a new file: 0666 less the process umask (0644 under the usual 022).
+
+    mkstemp's 0600 is for the temporary name only; finished files are shared like any other file the user writes."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def publish(tmp: Path | str, path: Path | str) -> None:
-    """Give a finished temporary file its final, group-readable mode and rename it over `path` (atomic)."""
-    Path(tmp).chmod(PUBLISHED_MODE)
+    """Give a finished temporary file its final mode (see `published_mode`) and rename it over `path` (atomic)."""
+    Path(tmp).chmod(published_mode())
     os.replace(tmp, path)
 
 
@@ -37,6 +43,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def out_dir_problem(path: Path | str) -> str | None:
+    """Why `path` cannot be an output directory (a symlink loop, a file, an unwritable parent), or None."""
+    path = Path(path)
+    try:
+        resolved = path.resolve()
+    except (RuntimeError, OSError) as err:  # RuntimeError: "Symlink loop" (Python 3.11)
+        return f"cannot be resolved ({err}); point it at a real directory"
+    if resolved.exists() and not resolved.is_dir():
+        return "exists and is not a directory; choose a directory path"
+    parent = next((p for p in [resolved, *resolved.parents] if p.exists()), None)
+    if parent is None or not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created or written ({parent} is not writable); choose a writable location"
+    return None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -72,7 +93,7 @@ def pause_point(name: str) -> None:
     (shard K's files are in place, its `.progress` record not yet written), `before-manifest` (every shard is
     done, manifest.json not yet written). Never set these outside tests.
     """
-    if os.environ.get(PAUSE_AT_ENV) != name:
+    if read_hook(PAUSE_AT_ENV) != name:
         return
     marker = os.environ.get(PAUSE_MARKER_ENV)
     if marker:

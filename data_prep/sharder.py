@@ -21,6 +21,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from data_prep.cell_block import CellBlock
@@ -28,7 +29,7 @@ from data_prep.config import ShardConfig
 from data_prep.errors import CorpusError, InputError
 from data_prep.gene_mapping import check_unique_names, input_keys, load_gene_map, map_genes
 from data_prep.gene_stats import GeneStats
-from data_prep.io_utils import atomic_write_text, pause_point, sha256_file, sha256_tree
+from data_prep.io_utils import atomic_write_text, out_dir_problem, pause_point, sha256_file, sha256_tree
 from data_prep.manifest import (
     CORPUS_FORMAT_VERSION,
     CORPUS_MAGIC,
@@ -62,8 +63,8 @@ def _check_out_dir(cfg: ShardConfig, identity: dict) -> str:
     Returns the state of `--out`: "fresh", "unfinished" (a run to resume) or "finished" (a manifest exists).
     """
     out = cfg.out
-    if out.exists() and not out.is_dir():
-        msg = f"--out {out}: exists and is not a directory; choose a directory path for the corpus."
+    if (why := out_dir_problem(out)) is not None:
+        msg = f"--out {out}: {why}."
         raise CorpusError(msg)
     if not out.exists() or not any(out.iterdir()):
         return "fresh"
@@ -368,8 +369,9 @@ def _run_tasks(ctx: TaskContext, todo: list[ShardTask], workers: int, records: d
 
 
 def _write_mapping_report(out: Path, mappings) -> None:
-    lines = ["input\tgene"] + [f"{m.source}\t{g}" for m in mappings for g in m.unmapped]
-    atomic_write_text(out / "unmapped_genes.tsv", "\n".join(lines) + "\n")
+    rows = [(m.source, g) for m in mappings for g in m.unmapped]
+    table = pd.DataFrame(rows, columns=["input", "gene"])  # quoted: a name with a tab or newline stays one field
+    atomic_write_text(out / "unmapped_genes.tsv", table.to_csv(sep="\t", index=False, lineterminator="\n"))
     atomic_write_text(out / "mapping_report.json", json.dumps([m.summary() for m in mappings], indent=1))
 
 

@@ -62,8 +62,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from data_prep.errors import DataPrepError
-from data_prep.io_utils import publish
+from data_prep.errors import DataPrepError, InputError
+from data_prep.io_utils import out_dir_problem, publish
 
 __all__ = ["CHUNK_SIZE", "SimulationConfig", "simulate", "write_simulation"]
 
@@ -366,6 +366,9 @@ def write_simulation(config: SimulationConfig, out_h5ad: Path) -> tuple[Path, Pa
     """
     out_h5ad = Path(out_h5ad)
     edges_path = out_h5ad.with_name(f"{out_h5ad.stem}.edges.tsv")
+    if (why := out_dir_problem(out_h5ad.parent)) is not None:
+        msg = f"--out {out_h5ad}: its directory {out_h5ad.parent} {why}."
+        raise InputError(msg)
     out_h5ad.parent.mkdir(parents=True, exist_ok=True)
     adata, edges = simulate(config)
 

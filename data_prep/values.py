@@ -29,6 +29,9 @@ class ValueKind(StrEnum):
             raise InputError(msg) from None
 
 
+MAX_COUNT = float(2**64)  # counts are stored in the narrowest unsigned integer that holds them, at most uint64
+
+
 def validate_values(
     kind: ValueKind,
     data: np.ndarray,
@@ -51,6 +54,9 @@ def validate_values(
         if kind is ValueKind.COUNTS:
             bad = (data < 0) | (data != np.floor(data))
             problem = "is not a non-negative integer count"
+            if not bad.any():
+                bad = data >= MAX_COUNT
+                problem = f"is above the largest count a shard stores ({MAX_COUNT:.0f} - 1, uint64)"
         elif kind is ValueKind.LOG1P:
             bad = data < 0
             problem = "is negative, which log1p-normalized values cannot be"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,19 @@ class PretrainConfig:
             (p.zero_stage in (0, 1, 2, 3), "parallel.zero_stage", p.zero_stage, "0, 1, 2 or 3"),
             (p.train_batch_size >= 0, "parallel.train_batch_size", p.train_batch_size, ">= 0 (0 = derived)"),
         ]
+        betas = t.betas
+        checks.append(
+            (
+                isinstance(betas, tuple) and len(betas) == 2 and all(0 <= b < 1 for b in betas),
+                "train.betas",
+                betas,
+                "two numbers in [0, 1), e.g. [0.9, 0.98]",
+            )
+        )
+        # NaN fails every comparison above; inf passes "> 0": refuse non-finite numbers by name.
+        numbers = {f"train.{f.name}": getattr(t, f.name) for f in fields(t) if isinstance(getattr(t, f.name), float)}
+        numbers.update({f"train.betas[{i}]": b for i, b in enumerate(betas) if isinstance(b, float)})
+        problems += [f"{k} = {v!r}: must be a finite number" for k, v in numbers.items() if not math.isfinite(v)]
         problems += [f"{name} = {value!r}: must be {allowed}" for ok, name, value, allowed in checks if not ok]
         if problems:
             raise ConfigError("invalid pretrain config:\n  - " + "\n  - ".join(problems))
@@ -177,6 +191,8 @@ def _coerce(value, f: dataclasses.Field, name: str, problems: list[str]):
         if kind == "str":
             return str(value)
         if kind.startswith("tuple"):
+            if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+                raise TypeError
             return tuple(float(v) for v in value)
     except (TypeError, ValueError):
         problems.append(f"{name} = {value!r}: must be {kind}")

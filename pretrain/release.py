@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from data_prep.io_utils import atomic_write_text, sha256_file
+from data_prep.io_utils import atomic_write_text, out_dir_problem, published_mode, sha256_file
 from data_prep.vocab import GeneVocab
 from pretrain import checkpointing as ckpt
 from pretrain.config import ConfigError
@@ -38,6 +38,9 @@ def export_release(run_dir: Path, out: Path, tag: str | None = None) -> Path:
     from pretrain.parallel.engine import consolidated_fp32_state_dict
 
     run_dir, out = Path(run_dir), Path(out)
+    if (why := out_dir_problem(out.parent)) is not None or (out.exists() and not out.is_dir()):
+        msg = f"--out {out}: {why or 'exists and is not a directory'}."
+        raise ConfigError(msg)
     complete = ckpt.complete_checkpoints(run_dir)
     if tag is None:
         if not complete:
@@ -102,6 +105,7 @@ def write_release(
         str(tmp / "model.safetensors"),
         metadata={"format": RELEASE_FORMAT, "family": family},
     )
+    (tmp / "model.safetensors").chmod(published_mode())  # safetensors writes 0600; a release is shared
     config = {
         "format": RELEASE_FORMAT,
         "version": RELEASE_VERSION,
@@ -156,6 +160,13 @@ def load_release(path: Path, device: str | torch.device = "cpu") -> tuple[torch.
         msg = (
             f"{cfg_path}: format {config.get('format')!r} v{config.get('version')!r} is not "
             f"{RELEASE_FORMAT!r} v{RELEASE_VERSION}; upgrade scgrn or re-export."
+        )
+        raise ConfigError(msg)
+    missing = [name for name in ("vocab.json", "model.safetensors") if not (path / name).is_file()]
+    if missing:
+        msg = (
+            f"{path}: release is incomplete, {' and '.join(str(path / m) for m in missing)} missing (a release holds "
+            "config.json, model.safetensors and vocab.json). Re-export it with `scgrn export CHECKPOINT_RUN --out DIR`."
         )
         raise ConfigError(msg)
     vocab = GeneVocab.load(path / "vocab.json")

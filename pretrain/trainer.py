@@ -20,8 +20,9 @@ import yaml
 
 from data_prep.corpus import Corpus
 from data_prep.errors import CorpusError
-from data_prep.io_utils import atomic_write_text, sha256_file
+from data_prep.io_utils import atomic_write_text, out_dir_problem, sha256_file
 from data_prep.loader import StatefulCellLoader, StreamingCellDataset
+from data_prep.test_hooks import TestHookError, read_step_hook
 from pretrain import checkpointing as ckpt
 from pretrain.config import ConfigError, PretrainConfig
 from pretrain.metrics import MetricsLogger, memory_gb
@@ -84,6 +85,13 @@ class Trainer:
         self.rank, self.world_size, local_rank = dist.init_distributed()
         self.device = dist.device_for(local_rank)
         self.run_dir = Path(cfg.train.out_dir)
+        try:  # read (and announced on stderr) once, at start: a malformed value stops here, naming the variable
+            self.test_hooks = {name: read_step_hook(name) for name in (HOLD_IN_SAVE, HOLD_AFTER_SAVE, POISON_AT)}
+        except TestHookError as err:
+            raise ConfigError(str(err)) from None
+        if (why := out_dir_problem(self.run_dir)) is not None:
+            msg = f"train.out_dir = {str(self.run_dir)!r}: {why}."
+            raise ConfigError(msg)
         if not cfg.data.corpus:
             msg = "data.corpus is empty: point it at a directory written by `scgrn shard`."
             raise ConfigError(msg)
@@ -290,8 +298,8 @@ class Trainer:
 
     def _test_matches(self, variable: str, step: int) -> bool:
         """Does the test-only `variable` ("STEP" or "STEP:RANK") name `step` on this rank?"""
-        at, _, rank = os.environ.get(variable, "").partition(":")
-        return bool(at) and int(at) == step and (not rank or int(rank) == self.rank)
+        hook = self.test_hooks.get(variable)
+        return hook is not None and hook[0] == step and (hook[1] is None or hook[1] == self.rank)
 
     def _test_hold(self, variable: str) -> None:
         """Sleep here if the test-only `variable` names this step (and rank); see HOLD_IN_SAVE."""
@@ -301,6 +309,9 @@ class Trainer:
         hold_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(hold_dir / f"rank{self.rank}.pid", str(os.getpid()))
         time.sleep(600)  # the test kills this process; the sleep only bounds a test that forgets to
+        log.warning(
+            "%s held rank %d for 600 s at step %d and nobody killed it; going on", variable, self.rank, self.step
+        )
 
     def _prepare_elastic(self) -> None:
         """Resuming on another world size: ZeRO 1-3 states go through DeepSpeed's universal checkpoint (converted

@@ -483,6 +483,124 @@ def benchmark_expression_not_numeric(tmp):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# issue 14: inputs that used to pass silently
+
+
+def _h5ad(tmp: Path, x, obs_names=None, var_names=None) -> Path:
+    import warnings
+
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    x = np.asarray(x)
+    obs = pd.DataFrame(index=obs_names or [f"c{i}" for i in range(x.shape[0])])
+    var = pd.DataFrame(index=var_names or [f"G{j}" for j in range(x.shape[1])])
+    path = tmp / "cells.h5ad"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # anndata: "obs / var names are not unique"
+        ad.AnnData(X=x, obs=obs, var=var).write_h5ad(path)
+    return path
+
+
+def _shard(tmp: Path, *inputs: Path):
+    from data_prep.config import ShardConfig
+    from data_prep.sharder import shard
+
+    return lambda: shard(ShardConfig(inputs=list(inputs), out=tmp / "corpus", workers=1), progress=False)
+
+
+@case("data_prep")
+def count_above_what_a_shard_stores(tmp):
+    p = _h5ad(tmp, [[1.0, 1e20], [2.0, 3.0]])
+    return _shard(tmp, p), InputError, [str(p), "cell row 0", "gene 'G1'", "1e+20", "above the largest count"]
+
+
+@case("data_prep")
+def h5ad_duplicated_obs_names(tmp):
+    p = _h5ad(tmp, [[1, 2], [3, 4], [5, 6]], obs_names=["c1", "c2", "c1"])
+    return lambda: _read(p), InputError, [str(p), "obs names", "duplicated cell id(s) ['c1']", "unique"]
+
+
+@case("data_prep")
+def tenx_identical_barcodes(tmp):
+    barcodes = "AAAC-1\n" * 60
+    d = _tenx(tmp, MTX_HEAD + "2 60 1\n1 1 5\n", barcodes=barcodes)
+    return lambda: _read(d), InputError, [str(d / "barcodes.tsv"), "duplicated cell id(s) ['AAAC-1']", "60 copies"]
+
+
+@case("data_prep")
+def gene_name_empty(tmp):
+    p = _h5ad(tmp, [[1, 2, 3]], var_names=["G0", "", "G2"])
+    return _shard(tmp, p), InputError, [str(p), "empty gene name", "gene column 1"]
+
+
+@case("data_prep")
+def gene_name_blank(tmp):
+    p = _h5ad(tmp, [[1, 2, 3]], var_names=["G0", "G1", " "])
+    return _shard(tmp, p), InputError, [str(p), "empty gene name", "gene column 2", "' '"]
+
+
+@case("data_prep")
+def gene_names_nfc_and_nfd_in_one_input(tmp):
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", "Gé1"), unicodedata.normalize("NFD", "Gé1")
+    p = _h5ad(tmp, [[1, 2, 3]], var_names=["G0", nfc, nfd])
+    return _shard(tmp, p), InputError, [str(p), "appear more than once", "'Gé1' x2"]
+
+
+@case("pretrain")
+def train_lr_infinite(tmp):
+    p = _config(tmp, CONFIG)
+    return lambda: PretrainConfig.load(p, ["train.lr=.inf"]), ConfigError, ["train.lr = inf", "finite"]
+
+
+@case("pretrain")
+def train_betas_out_of_range(tmp):
+    p = _config(tmp, CONFIG)
+    needles = ["train.betas = (0.9, 1.5)", "two numbers in [0, 1)"]
+    return lambda: PretrainConfig.load(p, ["train.betas=[0.9,1.5]"]), ConfigError, needles
+
+
+@case("pretrain")
+def release_without_vocab(tmp):
+    release = _release(tmp)
+    (release / "vocab.json").unlink()
+    return lambda: load_release(release), ConfigError, [str(release), "vocab.json missing", "scgrn export"]
+
+
+@case("finetune")
+def grn_out_is_a_symlink_loop(tmp):
+    release = _release(tmp)
+    (tmp / "a").symlink_to(tmp / "b")
+    (tmp / "b").symlink_to(tmp / "a")
+    bench = tmp / "STRING" / "hESC" / "TFs+500"
+    bench.mkdir(parents=True)
+
+    def call():
+        return GrnConfig(release=release, out=tmp / "a", benchmark=bench)
+
+    return call, GrnInputError, [f"--out {tmp / 'a'}", "cannot be resolved", "point it at a real directory"]
+
+
+@case("pretrain")
+def scgrn_test_hook_malformed(tmp):
+    import os
+
+    from data_prep.test_hooks import TestHookError, read_step_hook
+
+    def call():
+        os.environ["SCGRN_TEST_POISON_AT"] = "abc"
+        try:
+            return read_step_hook("SCGRN_TEST_POISON_AT")
+        finally:
+            del os.environ["SCGRN_TEST_POISON_AT"]
+
+    return call, TestHookError, ["SCGRN_TEST_POISON_AT='abc'", "STEP or STEP:RANK"]
+
+
+# ---------------------------------------------------------------------------------------------------------
 
 
 def test_catalogue_spans_the_pipeline():

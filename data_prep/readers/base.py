@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from data_prep.errors import DataPrepError, InputError
@@ -22,6 +23,19 @@ from data_prep.errors import DataPrepError, InputError
 # What a damaged or mis-typed text input makes the parsing libraries raise (pandas' ParserError / EmptyDataError and
 # UnicodeDecodeError are ValueErrors; BadGzipFile is an OSError).
 _PARSE_ERRORS = (ValueError, IndexError, KeyError, TypeError, OSError, EOFError, csv.Error, zlib.error)
+
+
+def refuse_duplicate_cell_ids(cell_ids, source: object, where: str) -> None:
+    """Cell ids key the split and the corpus: one repeated inside an input is refused, naming the first ones."""
+    counts = pd.Series(np.asarray(cell_ids, dtype=object)).value_counts()
+    dups = sorted(map(str, counts[counts > 1].index))
+    if dups:
+        msg = (
+            f"{source}: {where}: {len(dups)} duplicated cell id(s) {dups[:5]} ({int(counts.max())} copies of the "
+            "most repeated); cell ids must be unique within an input. Rename or remove the repeated cells (e.g. "
+            "AnnData.obs_names_make_unique, or a per-sample suffix on 10x barcodes)."
+        )
+        raise InputError(msg)
 
 
 @contextmanager

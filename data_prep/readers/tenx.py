@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from data_prep.errors import InputError
-from data_prep.readers.base import CellChunk, CellReader, InputSpec, input_errors
+from data_prep.readers.base import CellChunk, CellReader, InputSpec, input_errors, refuse_duplicate_cell_ids
 from data_prep.readers.spill import TransposeSpill
 
 GENE_EXPRESSION = "Gene Expression"
@@ -65,6 +65,7 @@ class TenxMtxReader(CellReader):
             self.gene_ids = feat[0].to_numpy(dtype=object)
             self.gene_names = (feat[1] if feat.shape[1] > 1 else feat[0]).to_numpy(dtype=object)
             self._cell_ids = _read_tsv(barcodes)[0].to_numpy(dtype=object)
+            refuse_duplicate_cell_ids(self._cell_ids, barcodes, "barcodes")
             self._header_lines, n_rows, n_cols, self._nnz = self._read_header()
         if n_rows != self._n_features or n_cols != len(self._cell_ids):
             msg = (
@@ -160,6 +161,7 @@ class TenxH5Reader(CellReader):
             self.gene_names = np.asarray([x.decode() for x in g["gene_names"][:]], dtype=object)
         self._group = g
         self._cell_ids = np.asarray([x.decode() for x in g["barcodes"][:]], dtype=object)
+        refuse_duplicate_cell_ids(self._cell_ids, self.path, "barcodes")
         n_genes, self.n_cells = (int(x) for x in g["shape"][:])
         if n_genes != len(self.gene_names):
             msg = f"{self.path}: shape says {n_genes} genes but the feature table has {len(self.gene_names)}."

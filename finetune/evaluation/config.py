@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_prep.io_utils import out_dir_problem
 from finetune.errors import GrnInputError
 
 SECTIONS = ("masked", "cells", "genes", "transfer")
@@ -48,6 +49,8 @@ class EvalConfig:
         self.priors = [Path(p) for p in self.priors]
         self.sections = tuple(self.sections)
         problems = []
+        if (why := out_dir_problem(self.out)) is not None:
+            problems.append(f"--out {self.out}: {why}")
         if (self.data is None) == (self.corpus is None):
             problems.append("give exactly one of --data FILE or a corpus (got both or neither)")
         if not (self.release / "config.json").exists():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from data_prep.io_utils import out_dir_problem
 from finetune.errors import GrnInputError
 
 GNNS = ("gcn", "sage", "gat")
@@ -139,6 +140,8 @@ class GrnConfig:
             problems.append(f"--min-vocab-coverage {self.min_vocab_coverage}: must be within [0, 1]")
         if not self.lr > 0:
             problems.append(f"--lr {self.lr}: must be > 0")
+        if (why := out_dir_problem(self.out)) is not None:
+            problems.append(f"--out {self.out}: {why}")
         for name in ("release", "benchmark", "expression", "prior", "truth"):
             path = getattr(self, name)
             if path is not None and not Path(path).exists():

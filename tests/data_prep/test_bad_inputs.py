@@ -647,3 +647,78 @@ def test_missing_obs_column_lists_the_columns_present(tmp_path, finished):
     assert "cell_type, n_counts" in msg
     assert "--obs-columns" in msg
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# issue 14: inputs that used to change the data silently
+
+
+def _with(tmp_path: Path, name: str, *, x=None, obs_names=None, var_names=None) -> Path:
+    adata = make_adata(N_CELLS, N_GENES, density=0.5)
+    if x is not None:
+        adata.X = x
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if obs_names is not None:
+            adata.obs_names = obs_names
+        if var_names is not None:
+            adata.var_names = var_names
+    return _write(adata, tmp_path / name)
+
+
+def test_count_too_large_for_any_shard_dtype_is_refused_through_cli(tmp_path, cli):
+    x = make_adata(N_CELLS, N_GENES, density=0.5).X.astype(np.float64).toarray()
+    x[7, 3] = 1e20  # was cast to uint64 and stored as 0
+    src = _with(tmp_path, "big.h5ad", x=sp.csr_matrix(x))
+    out = tmp_path / "out"
+    proc = cli("shard", src, "--out", out, "--quiet")
+    _assert_cli_error(proc, "shard", str(src), "cell row 7", "gene 'GENE3'", "1e+20", "above the largest count")
+    _assert_no_manifest(out)
+
+
+def test_duplicated_obs_names_are_refused_through_cli(tmp_path, cli):
+    names = [f"cell{i:05d}" for i in range(N_CELLS)]
+    names[50] = names[3]
+    src = _with(tmp_path, "dup_obs.h5ad", obs_names=names)
+    out = tmp_path / "out"
+    proc = cli("shard", src, "--out", out, "--quiet")
+    _assert_cli_error(proc, "shard", str(src), "obs names", "duplicated cell id(s) ['cell00003']")
+    _assert_no_manifest(out)
+
+
+def test_blank_gene_name_is_refused_through_cli(tmp_path, cli):
+    names = [f"GENE{j}" for j in range(N_GENES)]
+    names[5] = "  "
+    src = _with(tmp_path, "blank.h5ad", var_names=names)
+    out = tmp_path / "out"
+    proc = cli("shard", src, "--out", out, "--quiet")
+    _assert_cli_error(proc, "shard", str(src), "empty gene name", "gene column 5")
+    _assert_no_manifest(out)
+
+
+def test_gene_names_are_nfc_normalised_and_stripped_across_inputs(tmp_path):
+    """'Gé1' spelled composed in one file and decomposed (plus a trailing space) in another is one token."""
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", "Gé1"), unicodedata.normalize("NFD", "Gé1") + " "
+    assert nfc != nfd.strip()
+    a = [f"GENE{j}" for j in range(N_GENES)]
+    b = list(a)
+    a[2], b[2] = nfc, nfd
+    src_a = _with(tmp_path, "a.h5ad", var_names=a)
+    src_b = _with(tmp_path, "b.h5ad", var_names=b, obs_names=[f"b{i}" for i in range(N_CELLS)])
+    _shard([src_a, src_b], tmp_path / "out")
+    tokens = json.loads((tmp_path / "out" / "vocab.json").read_text())["tokens"]
+    assert tokens.count(nfc) == 1 and nfd not in tokens and nfd.strip() not in tokens
+    assert len(tokens) == len(set(tokens))
+
+
+def test_unmapped_gene_names_with_tabs_and_newlines_read_back_intact(tmp_path):
+    names = [f"GENE{j}" for j in range(N_GENES)]
+    names[1], names[2] = "odd\tname", "two\nlines"
+    src = _with(tmp_path, "odd.h5ad", var_names=names)
+    vocab = tmp_path / "scgpt_vocab.json"  # scGPT's {gene: id}
+    vocab.write_text(json.dumps({n: i for i, n in enumerate(n for n in names if n.startswith("GENE"))}))
+    _shard([src], tmp_path / "out", vocab=vocab)
+    table = pd.read_csv(tmp_path / "out" / "unmapped_genes.tsv", sep="\t", dtype=str)
+    assert sorted(table["gene"]) == sorted(["odd\tname", "two\nlines"])

@@ -72,7 +72,7 @@ def test_stop_and_go_at_every_epoch_end_and_mid_epoch(corpus, fmt, workers, worl
 def test_an_epoch_that_yields_nothing_from_the_start_is_an_error(corpus):
     path, _ = corpus
     ds = StreamingCellDataset(path, rank=63, world_size=64, seed=3, batch_size=BATCH, block_cells=20)
-    with pytest.raises(CorpusError, match="rank 63 received no train cells in epoch 0.*64 x 1"):
+    with pytest.raises(CorpusError, match=r"rank 63 received no train cells in epoch 0.*64 x 1"):
         next(StatefulCellLoader(ds).forever())
 
 
