@@ -25,9 +25,17 @@ from data_prep.errors import DataPrepError, InputError
 _PARSE_ERRORS = (ValueError, IndexError, KeyError, TypeError, OSError, EOFError, csv.Error, zlib.error)
 
 
-def refuse_duplicate_cell_ids(cell_ids, source: object, where: str) -> None:
-    """Cell ids key the split and the corpus: one repeated inside an input is refused, naming the first ones."""
-    counts = pd.Series(np.asarray(cell_ids, dtype=object)).value_counts()
+def check_cell_ids(cell_ids, source: object, where: str) -> None:
+    """Cell ids key the split and the corpus: a blank one, or one repeated inside an input, is refused."""
+    ids = np.asarray(cell_ids, dtype=object)
+    blank = [i for i, c in enumerate(ids) if not str(c).strip()]
+    if blank:
+        msg = (
+            f"{source}: {where}: {len(blank)} blank cell id(s), first at cell {blank[0]} (0-based); every cell needs "
+            "an id. Fill them in or remove those cells."
+        )
+        raise InputError(msg)
+    counts = pd.Series(ids).value_counts()
     dups = sorted(map(str, counts[counts > 1].index))
     if dups:
         msg = (

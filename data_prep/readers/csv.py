@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep.errors import InputError
-from data_prep.readers.base import CellChunk, CellReader, InputSpec, input_errors, refuse_duplicate_cell_ids
+from data_prep.readers.base import CellChunk, CellReader, InputSpec, check_cell_ids, input_errors
 from data_prep.readers.spill import TransposeSpill
 
 ORIENTATIONS = ("genes-by-cells", "cells-by-genes")
@@ -92,7 +92,7 @@ class CsvReader(CellReader):
             where, cell_ids = "header (cell ids)", labels
         else:
             where, cell_ids = "first column (cell ids)", names
-        refuse_duplicate_cell_ids(cell_ids, self.path, f"malformed {where}")
+        check_cell_ids(cell_ids, self.path, f"malformed {where}")
         if not names:
             msg = f"{self.path}: empty matrix: a header but no data rows. Remove it from the inputs or re-export it."
             raise InputError(msg)

@@ -12,7 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from data_prep.errors import InputError
-from data_prep.readers.base import CellChunk, CellReader, InputSpec, refuse_duplicate_cell_ids
+from data_prep.readers.base import CellChunk, CellReader, InputSpec, check_cell_ids
 from data_prep.readers.spill import TransposeSpill
 
 try:  # anndata >= 0.11
@@ -63,7 +63,7 @@ class H5adReader(CellReader):
         obs_index_key = f["obs"].attrs.get("_index", "_index") if "obs" in f else "_index"
         self._cell_ids = _as_str(np.asarray(read_elem(f["obs"][obs_index_key]))) if "obs" in f else None
         if self._cell_ids is not None:
-            refuse_duplicate_cell_ids(self._cell_ids, self.path, "obs names")
+            check_cell_ids(self._cell_ids, self.path, "obs names")
         self.obs_available = tuple(k for k in (f["obs"].keys() if "obs" in f else []) if k != obs_index_key)
         m = self._matrix
         if isinstance(m, h5py.Group):

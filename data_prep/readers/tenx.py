@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from data_prep.errors import InputError
-from data_prep.readers.base import CellChunk, CellReader, InputSpec, input_errors, refuse_duplicate_cell_ids
+from data_prep.readers.base import CellChunk, CellReader, InputSpec, check_cell_ids, input_errors
 from data_prep.readers.spill import TransposeSpill
 
 GENE_EXPRESSION = "Gene Expression"
@@ -32,7 +32,8 @@ def _first_existing(directory: Path, names: list[str]) -> Path | None:
 
 
 def _read_tsv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", header=None, dtype=str, compression="infer")
+    # keep_default_na=False: a gene called "NA" or an empty barcode stays what it is (not NaN, not "nan")
+    return pd.read_csv(path, sep="\t", header=None, dtype=str, compression="infer", keep_default_na=False)
 
 
 class TenxMtxReader(CellReader):
@@ -65,7 +66,7 @@ class TenxMtxReader(CellReader):
             self.gene_ids = feat[0].to_numpy(dtype=object)
             self.gene_names = (feat[1] if feat.shape[1] > 1 else feat[0]).to_numpy(dtype=object)
             self._cell_ids = _read_tsv(barcodes)[0].to_numpy(dtype=object)
-            refuse_duplicate_cell_ids(self._cell_ids, barcodes, "barcodes")
+            check_cell_ids(self._cell_ids, barcodes, "barcodes")
             self._header_lines, n_rows, n_cols, self._nnz = self._read_header()
         if n_rows != self._n_features or n_cols != len(self._cell_ids):
             msg = (
@@ -82,8 +83,15 @@ class TenxMtxReader(CellReader):
         opener = gzip.open if self._mtx.suffix == ".gz" else open
         with opener(self._mtx, "rt") as f:
             first = f.readline()
-            if not first.startswith("%%MatrixMarket matrix coordinate"):
+            words = first.split()
+            if words[:3] != ["%%MatrixMarket", "matrix", "coordinate"]:
                 msg = f"{self._mtx}: not a Matrix Market coordinate file (first line {first.strip()[:60]!r})."
+                raise InputError(msg)
+            if len(words) != 5 or words[3].lower() not in ("integer", "real") or words[4].lower() != "general":
+                msg = (
+                    f"{self._mtx}: Matrix Market header {first.strip()[:80]!r} is not supported; a 10x matrix is "
+                    "'%%MatrixMarket matrix coordinate integer general' (or 'real general'). Re-export it."
+                )
                 raise InputError(msg)
             n = 1
             line = f.readline()
@@ -107,11 +115,18 @@ class TenxMtxReader(CellReader):
             compression="infer",
             dtype={0: np.int64, 1: np.int64, 2: np.float64},
         )
+        seen = 0
         for chunk in reader:
             arr = chunk.to_numpy()
             if arr.ndim != 2 or arr.shape[1] != 3:
                 msg = f"{self._mtx}: entries must be 'row col value' (3 fields per line), got {arr.shape[1]} fields."
                 raise InputError(msg)
+            short = np.flatnonzero(np.isnan(arr).any(axis=1))  # a line with fewer than 3 fields (pandas fills NaN)
+            if short.size:
+                line = self._header_lines + seen + int(short[0]) + 1
+                msg = f"{self._mtx}: line {line} has fewer than 3 fields ('row col value'); the file is cut or damaged."
+                raise InputError(msg)
+            seen += len(arr)
             genes, cells = arr[:, 0].astype(np.int64) - 1, arr[:, 1].astype(np.int64) - 1
             bad = (genes < 0) | (genes >= self._n_features) | (cells < 0) | (cells >= self.n_cells)
             if bad.any():
@@ -122,6 +137,12 @@ class TenxMtxReader(CellReader):
                 )
                 raise InputError(msg)
             yield cells, genes, arr[:, 2]
+        if seen != self._nnz:
+            msg = (
+                f"{self._mtx}: the header declares {self._nnz} entries but the file holds {seen}; it is truncated or "
+                "damaged. Copy it again."
+            )
+            raise InputError(msg)
 
     def prepare(self) -> None:
         if self.spec.spill_dir is None:
@@ -161,7 +182,7 @@ class TenxH5Reader(CellReader):
             self.gene_names = np.asarray([x.decode() for x in g["gene_names"][:]], dtype=object)
         self._group = g
         self._cell_ids = np.asarray([x.decode() for x in g["barcodes"][:]], dtype=object)
-        refuse_duplicate_cell_ids(self._cell_ids, self.path, "barcodes")
+        check_cell_ids(self._cell_ids, self.path, "barcodes")
         n_genes, self.n_cells = (int(x) for x in g["shape"][:])
         if n_genes != len(self.gene_names):
             msg = f"{self.path}: shape says {n_genes} genes but the feature table has {len(self.gene_names)}."

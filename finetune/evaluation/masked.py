@@ -151,8 +151,10 @@ def masked_value_prediction(
     seed: int = 0,
     mask_prob: float | None = None,
     progress: bool = False,
+    random_model=None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """Score the model and both baselines on the same masked positions of `cells`.
+    """Score the model, both baselines and (given `random_model`) the random-init ablation on the same masked
+    positions of `cells` (the ablation draws its masks from an identically seeded generator).
 
     Returns (report, points): points holds up to PLOT_POINTS (truth, model, per-gene, library) values for plots."""
     model.eval()
@@ -165,6 +167,11 @@ def masked_value_prediction(
     batches = tqdm(cells.model_batches(batch_cells), desc="masked values", disable=not progress, unit="batch")
     parts = [_score_batch(model, b, generator, mask_prob) for b in batches]
     cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "loss_sum"}
+    ablation = None
+    if random_model is not None:
+        random_model.eval()
+        same_masks = torch.Generator().manual_seed(seed)
+        ablation = [_score_batch(random_model, b, same_masks, mask_prob) for b in cells.model_batches(batch_cells)]
     genes = cat["genes"].numpy()
     counts, library = cat["counts"].numpy(), cat["library"].numpy()
     truth = np.log1p(counts / library * TARGET_SUM)
@@ -173,13 +180,22 @@ def masked_value_prediction(
         "per-gene mean": base.per_gene(genes),
         "library-scaled mean": base.library_scaled(genes, library),
     }
+    random_cat = None
+    if ablation is not None:
+        random_cat = {k: torch.cat([p[k] for p in ablation]) for k in ablation[0] if k != "loss_sum"}
+        if not torch.equal(random_cat["genes"], cat["genes"]):
+            msg = "masked-value evaluation: the random-init ablation was masked at other positions than the model."
+            raise RuntimeError(msg)
+        preds["random-init"] = random_cat["pred_x"].numpy()
     table = {name: _regression(p, truth) for name, p in preds.items()}
     n = len(truth)
     if is_scbert:
         labels = cat["labels"].numpy()
         n_bins = model.config.n_bins
-        table["model"]["cross_entropy"] = float(-cat["log_p"][torch.arange(n), cat["labels"]].mean())
-        table["model"]["bin_accuracy"] = float((cat["log_p"].argmax(1).numpy() == labels).mean())
+        for name, scored in (("model", cat), ("random-init", random_cat)):
+            if scored is not None:
+                table[name]["cross_entropy"] = float(-scored["log_p"][torch.arange(n), scored["labels"]].mean())
+                table[name]["bin_accuracy"] = float((scored["log_p"].argmax(1).numpy() == labels).mean())
         table["per-gene mean"]["cross_entropy"] = float(-base.bin_log_p[genes, labels].mean())
         table["per-gene mean"]["bin_accuracy"] = float((base.bin_log_p[genes].argmax(1) == labels).mean())
         library_bins = _bin_of(preds["library-scaled mean"], n_bins)
@@ -188,6 +204,8 @@ def masked_value_prediction(
     else:
         native = f"{model.config.objective}_loss"
         table["model"][native] = float(sum(float(p["loss_sum"]) for p in parts) / max(n, 1))
+        if ablation is not None:
+            table["random-init"][native] = float(sum(float(p["loss_sum"]) for p in ablation) / max(n, 1))
     report = {
         "target": "x = log1p(count / cell total * 1e4) of the masked (expressed) genes",
         "n_cells": cells.n_cells,

@@ -26,9 +26,14 @@ def _masked_md(s: dict) -> list[str]:
     extra = ["cross_entropy", "bin_accuracy"] if native == "cross_entropy" else [native]
     cols = ["mse", "pearson", "spearman", *extra]
     rows = [[name] + [_f(m.get(c)) for c in cols] for name, m in s["predictors"].items()]
-    best = min((m["mse"], n) for n, m in s["predictors"].items() if n != "model")
+    best = min((m["mse"], n) for n, m in s["predictors"].items() if n not in ("model", "random-init"))
     model = s["predictors"]["model"]["mse"]
     verdict = "beats" if model < best[0] else "does not beat"
+    ablation = []
+    if "random-init" in s["predictors"]:
+        ours, theirs = s["predictors"]["model"][native], s["predictors"]["random-init"][native]
+        word = "beats" if ours < theirs else "does not beat"
+        ablation = [f"It {word} the random-init model on its own objective ({native}): {ours:.3f} vs {theirs:.3f}.", ""]
     return [
         "## 1. Masked-value prediction",
         "",
@@ -39,6 +44,7 @@ def _masked_md(s: dict) -> list[str]:
         "",
         f"The model {verdict} the best baseline ({best[1]}) by MSE: {model:.3f} vs {best[0]:.3f}.",
         "",
+        *ablation,
     ]
 
 

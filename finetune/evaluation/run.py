@@ -1,7 +1,7 @@
 """`run_eval`: the four evaluations of a release on one set of cells, written as eval.json, eval.md and plots.
 
 Sections (each with its baselines side by side; see the modules):
-  masked   masked-value prediction vs per-gene and library-scaled means (`masked.py`)
+  masked   masked-value prediction vs per-gene and library-scaled means and the random-init model (`masked.py`)
   cells    cell embeddings: k-NN accuracy, ARI / NMI of k-means, against PCA and a random init (`cells.py`)
   genes    known regulator -> target pairs closer than random pairs, against expression correlation (`genes.py`)
   transfer linear probe and short finetune vs random init vs logistic regression on PCA, macro-F1 (`transfer.py`)
@@ -113,7 +113,13 @@ def run_eval(cfg: EvalConfig) -> dict:
     if "masked" in cfg.sections:
         t = time.perf_counter()
         payload["sections"]["masked"], plots["masked"] = masked_value_prediction(
-            model, masked_cells, reference, batch_cells=cfg.batch_cells, seed=cfg.seed, progress=cfg.progress
+            model,
+            masked_cells,
+            reference,
+            batch_cells=cfg.batch_cells,
+            seed=cfg.seed,
+            progress=cfg.progress,
+            random_model=random_model,
         )
         timings["masked"] = time.perf_counter() - t
 
