@@ -38,7 +38,8 @@ def test_grn_on_a_real_beeline_folder(tmp_path, debug_release):
     out = tmp_path / "out"
     proc = run_cli(
         "grn", "--release", debug_release, "--benchmark", folder, "--out", out,
-        "--seeds", "2", "--tree-method", "none", "--tuning-budget", "2", "--isd-cells", "200", "--quiet",
+        "--seeds", "2", "--tree-method", "none", "--tuning-budget", "2", "--isd-cells", "200",
+        "--negatives", "degree-aware", "--quiet",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {"edges.tsv", "metrics.json", "results.md", "roc.png", "pr.png"} <= {p.name for p in out.iterdir()}
@@ -50,15 +51,14 @@ def test_grn_on_a_real_beeline_folder(tmp_path, debug_release):
     assert not any(name.startswith(("grnboost2", "genie3")) for name in methods)  # --tree-method none
     for m in methods.values():
         assert len(m["seeds"]) == 2
-    joint = methods["joint-gcn"]["summary"]
-    # GENELink's negatives leave node degree in the signal, which the learned models pick up and |r| cannot
-    pearson = methods["pearson"]["summary"]
-    assert joint["auroc"]["mean"] > pearson["auroc"]["mean"] + 0.1, (joint, pearson)
-    assert joint["auprc_ratio"]["mean"] > 1.5, joint
+    auroc = {name: m["summary"]["auroc"]["mean"] for name, m in methods.items()}
+    # degree-aware negatives take node degree out of the signal (the heuristic is at chance) and the graph model
+    # still ranks the held-out edges well above it and above |r| (bench/GRN_RESULTS.md: +0.19 and +0.15 on average)
+    assert abs(auroc["degree"] - 0.5) < 0.05, auroc
+    assert auroc["joint-gcn"] > auroc["degree"] + 0.05 and auroc["joint-gcn"] > auroc["pearson"] + 0.05, auroc
     for row in methods["joint-gcn"]["seeds"]:  # chosen per seed, on that seed's validation set
         assert row["chosen"]["pooling"] in ("mean", "attention", "static") and len(row["tried"]) == 2
-    # the test set is the genelink protocol's: positive rate = the network density, no edge shared with train
-    assert metrics["splits"][0]["test"]["positive_rate"] < 0.1
+    assert metrics["config"]["negatives"] == "degree-aware"
     edges = pd.read_csv(out / "edges.tsv", sep="\t")
     assert list(edges.columns) == ["Gene1", "Gene2", "EdgeWeight"]
     assert (np.diff(edges["EdgeWeight"].to_numpy()) <= 0).all()  # ranked
