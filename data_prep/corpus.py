@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep import remote
 from data_prep.cell_block import CellBlock, slice_block
 from data_prep.errors import CorpusError
-from data_prep.io_utils import sha256_tree
 from data_prep.manifest import read_manifest
 from data_prep.values import ValueKind
 from data_prep.vocab import GeneVocab
@@ -39,9 +39,10 @@ class Corpus:
     """
 
     def __init__(
-        self, directory: Path, fmt: str | None = None, max_open_shards: int = 64, *, verify: bool = False
+        self, directory: Path | str, fmt: str | None = None, max_open_shards: int = 64, *, verify: bool = False
     ) -> None:
-        self.directory = Path(directory)
+        self.directory = remote.as_location(directory)  # a Path, or a URL (s3://, gs://, https://)
+        self.remote = isinstance(self.directory, str)
         # verify: hash each shard against its manifest sha256 the first time this process opens it (one extra read
         # per shard per process), so a bit flip that still decodes fails loudly instead of training on wrong values
         self.verify = verify
@@ -58,7 +59,8 @@ class Corpus:
         self.shards_meta = self.manifest["shards"]
         self.cell_offsets = np.array([s["cell_offset"] for s in self.shards_meta] + [self.n_cells], dtype=np.int64)
         self._open: OrderedDict[int, ZarrShard | WdsShard] = OrderedDict()
-        self._max_open = max_open_shards
+        # a remote webdataset shard is held in memory while open: keep only a few
+        self._max_open = min(max_open_shards, 4) if self.remote and fmt == "webdataset" else max_open_shards
 
     @property
     def n_cells(self) -> int:
@@ -73,7 +75,10 @@ class Corpus:
         return self.manifest["vocab"]["sha256"]
 
     def vocab(self) -> GeneVocab:
-        vocab = GeneVocab.load(self.directory / self.manifest["vocab"]["file"])
+        path = remote.join(self.directory, self.manifest["vocab"]["file"])
+        vocab = (
+            GeneVocab.load(path) if isinstance(path, Path) else GeneVocab.from_json_bytes(remote.read_bytes(path), path)
+        )
         if vocab.sha256 != self.vocab_sha256:
             msg = f"{self.directory}: vocab.json hash {vocab.sha256[:12]} != manifest {self.vocab_sha256[:12]}."
             raise CorpusError(msg)
@@ -90,13 +95,15 @@ class Corpus:
         if info is None:
             msg = f"{self.directory}: shard {k} has no {self.format} file in the manifest."
             raise CorpusError(msg)
-        path = self.directory / info["path"]
-        if not path.exists():
+        path = remote.join(self.directory, info["path"])
+        if not remote.exists(remote.join(path, "zarr.json") if self.format == "zarr" and self.remote else path):
             msg = f"{path}: shard file missing. Run `scgrn validate {self.directory}`, then re-shard with --resume."
             raise CorpusError(msg)
-        if self.verify and k not in self._verified:
-            key = (str(path.resolve()), info["sha256"], _tree_signature(path))
-            if key not in _VERIFIED and sha256_tree(path) != info["sha256"]:
+        streamed = self.remote and self.format == "webdataset"
+        if self.verify and k not in self._verified and not streamed:  # a streamed shard is checked as it streams
+            key = (str(path) if self.remote else str(path.resolve()), info["sha256"])
+            key += () if self.remote else (_tree_signature(path),)
+            if key not in _VERIFIED and remote.sha256_location(path, directory=self.format == "zarr") != info["sha256"]:
                 msg = (
                     f"{path}: shard {k}'s sha256 does not match manifest.json; the file is corrupt or was changed "
                     f"after sharding. Run `scgrn validate {self.directory}`, then re-create it with "
@@ -105,7 +112,10 @@ class Corpus:
                 raise CorpusError(msg)
             _VERIFIED.add(key)
             self._verified.add(k)
-        shard = ZarrShard(path) if self.format == "zarr" else WdsShard(path)
+        if self.format == "zarr":
+            shard = ZarrShard(path)
+        else:
+            shard = WdsShard(path, expected_sha256=info["sha256"] if self.verify and streamed else None)
         self._check_against_manifest(k, shard)
         self._open[k] = shard
         if len(self._open) > self._max_open:
@@ -113,6 +123,12 @@ class Corpus:
             if isinstance(old, WdsShard):
                 old.close()
         return shard
+
+    def release(self, k: int) -> None:
+        """Close shard `k` if open (a streamed remote tar frees its memory)."""
+        shard = self._open.pop(k, None)
+        if isinstance(shard, WdsShard):
+            shard.close()
 
     def _check_against_manifest(self, k: int, shard: ZarrShard | WdsShard) -> None:
         """Cheap check on open (no hashing): the shard's own header agrees with its manifest record, so an edited

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep import remote
 from data_prep.errors import CorpusError
 from data_prep.gene_stats import GeneStats
 from data_prep.io_utils import atomic_write_text
@@ -49,12 +50,13 @@ def write_manifest(directory: Path, manifest: dict) -> Path:
     return path
 
 
-def read_manifest(directory: Path) -> dict:
-    """Load and check a manifest; every problem names the file and what to do."""
-    path = Path(directory) / MANIFEST_NAME
-    if not path.exists() and (Path(directory) / PART_NAME).exists():
+def read_manifest(directory: Path | str) -> dict:
+    """Load and check a manifest (local directory or URL); every problem names the file and what to do."""
+    directory = remote.as_location(directory)
+    path = remote.join(directory, MANIFEST_NAME)
+    if not remote.exists(path) and remote.exists(remote.join(directory, PART_NAME)):
         try:
-            part = json.loads((Path(directory) / PART_NAME).read_text())["part"]
+            part = json.loads(remote.read_bytes(remote.join(directory, PART_NAME)))["part"]
             which = f"part {part['index']}/{part['count']}"
         except (ValueError, KeyError, TypeError):
             which = "a part"
@@ -64,14 +66,15 @@ def read_manifest(directory: Path) -> dict:
             "`scgrn shard merge PART_DIR... --out CORPUS_DIR`."
         )
         raise CorpusError(msg)
-    if not path.exists():
-        msg = (
+    if not remote.exists(path):
+        where = remote.missing_root(directory) if remote.is_url(directory) else None
+        msg = where or (
             f"{directory}: no {MANIFEST_NAME}; not a finished scgrn corpus. If `scgrn shard` was interrupted, "
             "run it again with --resume."
         )
         raise CorpusError(msg)
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(remote.read_bytes(path).decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:  # non-UTF-8 bytes: found by fuzzing
         msg = f"{path}: not valid JSON ({err}); the manifest is damaged. Re-run `scgrn shard ... --resume`."
         raise CorpusError(msg) from None

@@ -7,17 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep import remote
 from data_prep.manifest import read_manifest
 
 
-def corpus_summary(directory: Path) -> dict:
-    m = read_manifest(Path(directory))
+def corpus_summary(directory: Path | str) -> dict:
+    m = read_manifest(directory)
     t = m["totals"]
     expressing = np.asarray(m["gene_stats"]["n_cells_expressing"])
     vocab_tokens = None
     top = np.argsort(-expressing)[:10]
     try:
-        vocab_tokens = json.loads((Path(directory) / m["vocab"]["file"]).read_text())["tokens"]
+        vocab_file = remote.join(remote.as_location(directory), m["vocab"]["file"])
+        vocab_tokens = json.loads(remote.read_bytes(vocab_file))["tokens"]
     except (OSError, ValueError, KeyError):
         vocab_tokens = None
     return {

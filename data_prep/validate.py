@@ -6,18 +6,22 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep import remote
 from data_prep.cell_block import CellBlock
 from data_prep.errors import CorpusError
-from data_prep.io_utils import sha256_tree
 from data_prep.manifest import read_manifest
 from data_prep.vocab import GeneVocab
 from data_prep.wds_shard import WdsShard
 from data_prep.zarr_shard import ZarrShard, use_fast_codec_pipeline
 
 
-def validate_corpus(directory: Path, checksums: bool = True) -> list[str]:
-    """Return the list of problems (empty = valid)."""
-    directory = Path(directory)
+def validate_corpus(directory: Path | str, checksums: bool = True) -> list[str]:
+    """Return the list of problems (empty = valid). `directory` may be a URL: each shard is then streamed once
+    for its sha256 (and a webdataset tar checked while it streams)."""
+    try:
+        directory = remote.as_location(directory)
+    except CorpusError as err:
+        return [str(err)]
     try:
         manifest = read_manifest(directory)
     except CorpusError as err:
@@ -26,14 +30,14 @@ def validate_corpus(directory: Path, checksums: bool = True) -> list[str]:
     problems: list[str] = []
     vocab_size = manifest["vocab"]["size"]
     try:
-        vocab = GeneVocab.load(directory / manifest["vocab"]["file"])
+        vocab = GeneVocab.load(remote.join(directory, manifest["vocab"]["file"]))
         if vocab.sha256 != manifest["vocab"]["sha256"]:
             problems.append(
-                f"{directory / 'vocab.json'}: sha256 {vocab.sha256[:16]}… != manifest "
+                f"{remote.join(directory, 'vocab.json')}: sha256 {vocab.sha256[:16]}… != manifest "
                 f"{manifest['vocab']['sha256'][:16]}…; the vocab was changed after sharding."
             )
     except (CorpusError, ValueError, OSError) as err:
-        problems.append(f"{directory / manifest['vocab']['file']}: {err}")
+        problems.append(f"{remote.join(directory, manifest['vocab']['file'])}: {err}")
     offset = 0
     for shard in manifest["shards"]:
         if shard["cell_offset"] != offset:
@@ -42,18 +46,26 @@ def validate_corpus(directory: Path, checksums: bool = True) -> list[str]:
             )
         offset += shard["n_cells"]
         for fmt, info in shard["files"].items():
-            path = directory / info["path"]
-            if not path.exists():
-                problems.append(f"{path}: missing (shard {shard['index']}, {fmt}).")
-                continue
-            if checksums and sha256_tree(path) != info["sha256"]:
-                problems.append(
-                    f"{path}: sha256 does not match the manifest; the shard is corrupt or was "
-                    "modified. Re-create it: delete it and run `scgrn shard ... --resume`."
-                )
-                continue
+            path = remote.join(directory, info["path"])
             try:
-                problems += _check_shard(path, fmt, shard, vocab_size)
+                if not remote.exists(
+                    remote.join(path, "zarr.json") if isinstance(path, str) and fmt == "zarr" else path
+                ):
+                    problems.append(f"{path}: missing (shard {shard['index']}, {fmt}).")
+                    continue
+                streamed = isinstance(path, str) and fmt == "webdataset"  # hashed as it streams, in _check_shard
+                if (
+                    checksums
+                    and not streamed
+                    and remote.sha256_location(path, directory=fmt == "zarr") != info["sha256"]
+                ):
+                    problems.append(
+                        f"{path}: sha256 does not match the manifest; the shard is corrupt or was "
+                        "modified. Re-create it: delete it and run `scgrn shard ... --resume`."
+                    )
+                    continue
+                expected = info["sha256"] if checksums and streamed else None
+                problems += _check_shard(path, fmt, shard, vocab_size, expected)
             except (CorpusError, ValueError, OSError, KeyError) as err:
                 problems.append(f"{path}: cannot be read ({err}).")
     totals = manifest["totals"]
@@ -65,13 +77,13 @@ def validate_corpus(directory: Path, checksums: bool = True) -> list[str]:
     return problems
 
 
-def _check_shard(path: Path, fmt: str, meta: dict, vocab_size: int) -> list[str]:
+def _check_shard(path: Path | str, fmt: str, meta: dict, vocab_size: int, sha256: str | None = None) -> list[str]:
     out = []
     if fmt == "zarr":
         z = ZarrShard(path)
         block = z.read_block(0, z.n_cells)
     else:
-        w = WdsShard(path)
+        w = WdsShard(path, expected_sha256=sha256)
         block = CellBlock.concat([w.read_sample(i) for i in range(len(w.sample_keys))]) if w.sample_keys else None
         w.close()
         if block is None:

@@ -9,13 +9,15 @@ The sha256 of the token list travels in the manifest and in checkpoints, so a mo
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from data_prep import remote
 from data_prep.errors import InputError
 from data_prep.io_utils import atomic_write_text
 
@@ -78,13 +80,13 @@ class GeneVocab:
         return cls(tuple(tokens), source)
 
     @classmethod
-    def load(cls, path: Path) -> GeneVocab:
-        path = Path(path)
-        if not path.exists():
+    def load(cls, path: Path | str) -> GeneVocab:
+        path = remote.as_location(path)  # a local file or a URL (a remote corpus's vocab.json)
+        if not remote.exists(path):
             msg = f"--vocab {path}: no such file."
             raise InputError(msg)
-        text = path.read_text()
-        if path.suffix == ".json":
+        text = remote.read_bytes(path).decode()
+        if PurePosixPath(str(path)).suffix == ".json":
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as err:
@@ -101,7 +103,7 @@ class GeneVocab:
                 return cls.from_genes([obj]) if obj[:1] != ["<pad>"] else cls(tuple(obj), str(path))
             msg = f"{path}: JSON vocab must be {{gene: id}}, a list of genes, or an scgrn vocab.json."
             raise InputError(msg)
-        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        table = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False)
         if table.shape[1] >= 2 and pd.to_numeric(table.iloc[:, 1], errors="coerce").notna().all():
             return cls.from_ids(dict(zip(table.iloc[:, 0], table.iloc[:, 1].astype(int), strict=True)), str(path))
         if table.shape[1] == 1:

@@ -13,6 +13,7 @@ reads only its own samples. Any standard `webdataset.WebDataset` pipeline can st
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -22,6 +23,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import webdataset as wds
 
+from data_prep import remote
 from data_prep.cell_block import CellBlock
 from data_prep.errors import CorpusError
 
@@ -102,12 +104,37 @@ def write_wds_shard(path: Path, block: CellBlock, shard_index: int, cells_per_sa
     return n_samples
 
 
-class WdsShard:
-    """Random access to the samples of one tar via an index of member offsets (built from headers only)."""
+class _HashingReader:
+    """A read-only stream that hashes what passes through it (tarfile's stream mode reads via `read`)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self, raw, digest) -> None:
+        self.raw, self.digest = raw, digest
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.digest.update(data)
+        return data
+
+
+class WdsShard:
+    """The samples of one tar. A local tar is read by seeks through an index of member offsets (built from headers
+    only); a remote one (an fsspec URL) is streamed once, start to end, into memory (no seeks, no local copy), its
+    sha256 checked on the way when `expected_sha256` is given."""
+
+    def __init__(self, path: Path | str, *, expected_sha256: str | None = None) -> None:
+        self.path = remote.as_location(path)
         self._members: dict[str, dict[str, tuple[int, int]]] = {}
+        self._data: dict[str, dict[str, bytes]] | None = None
+        self._file = None
+        if isinstance(self.path, str):
+            self._stream(expected_sha256)
+        else:
+            self._index()
+        self._check_header()
+        if self._data is None:
+            self._file = open(self.path, "rb")  # noqa: SIM115 - held for seeks, closed in close()
+
+    def _index(self) -> None:
         try:
             with tarfile.open(self.path, "r:") as tar:
                 for m in tar:
@@ -115,11 +142,49 @@ class WdsShard:
                     key, _, ext = m.name.partition(".")
                     self._members.setdefault(key, {})[ext] = (m.offset_data, m.size)
         except (tarfile.TarError, EOFError, OSError) as err:
+            raise self._unreadable(err) from None
+
+    def _unreadable(self, err: BaseException) -> CorpusError:
+        msg = (
+            f"{self.path}: unreadable or truncated tar ({err}). Run `scgrn validate` on the corpus and "
+            "re-create the shard with `scgrn shard ... --resume`."
+        )
+        return CorpusError(msg)
+
+    def _stream(self, expected_sha256: str | None) -> None:
+        url = self.path
+
+        def once() -> tuple[dict, str]:
+            digest, data = hashlib.sha256(), {}
+            with remote.open_stream(url) as raw:
+                reader = _HashingReader(raw, digest)
+                with tarfile.open(fileobj=reader, mode="r|") as tar:
+                    for m in tar:
+                        check_member(url, m)
+                        key, _, ext = m.name.partition(".")
+                        data.setdefault(key, {})[ext] = tar.extractfile(m).read()
+                while reader.read(remote.STREAM_BLOCK):  # the end-of-archive padding: hash the whole file
+                    pass
+            return data, digest.hexdigest()
+
+        try:
+            data, sha256 = remote.with_retries(url, once)
+        except CorpusError:
+            raise
+        except (tarfile.TarError, EOFError) as err:
+            raise self._unreadable(err) from None
+        except Exception as err:
+            raise remote.remote_error(url, err, "stream this shard") from err
+        if expected_sha256 is not None and sha256 != expected_sha256:
             msg = (
-                f"{self.path}: unreadable or truncated tar ({err}). Run `scgrn validate` on the corpus and "
-                "re-create the shard with `scgrn shard ... --resume`."
+                f"{url}: the shard's sha256 does not match manifest.json; its bytes were damaged in storage or in "
+                "transit, or it was changed after sharding. Run `scgrn validate` on the corpus and re-create it."
             )
-            raise CorpusError(msg) from None
+            raise CorpusError(msg)
+        self._data = data
+        self._members = {key: {ext: (0, len(b)) for ext, b in parts.items()} for key, parts in data.items()}
+
+    def _check_header(self) -> None:
         header_key = next((k for k in self._members if k.endswith("_header")), None)
         if header_key is None:
             msg = f"{self.path}: no header sample; not an scgrn webdataset shard."
@@ -142,7 +207,6 @@ class WdsShard:
                 "Run `scgrn validate` and re-create the shard with `scgrn shard ... --resume`."
             )
             raise CorpusError(msg)
-        self._file = open(self.path, "rb")  # noqa: SIM115 - held for seeks, closed in close()
 
     def _read(self, key: str, ext: str) -> bytes:
         try:
@@ -150,6 +214,8 @@ class WdsShard:
         except KeyError:
             msg = f"{self.path}: sample {key!r} has no member {ext!r}; the shard is incomplete. Re-shard it."
             raise CorpusError(msg) from None
+        if self._data is not None:
+            return self._data[key][ext]
         f = getattr(self, "_file", None)
         if f is None:
             with open(self.path, "rb") as g:
@@ -190,5 +256,11 @@ class WdsShard:
             library,
         )
 
+    def read_all(self) -> CellBlock:
+        """Every sample, in order, as one block (a remote shard's read unit)."""
+        return CellBlock.concat([self.read_sample(i) for i in range(len(self.sample_keys))])
+
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+        self._data = None

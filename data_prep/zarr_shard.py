@@ -18,6 +18,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
+from data_prep import remote
 from data_prep.cell_block import CellBlock
 from data_prep.errors import CorpusError
 from data_prep.io_utils import pause_point
@@ -39,6 +40,12 @@ def use_fast_codec_pipeline() -> bool:
         return False
     zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})
     return True
+
+
+def _python_pipeline():
+    """zarr-python's own codec pipeline, for arrays opened from a URL: the `zarrs` pipeline deadlocks on fsspec
+    stores (its Rust threads wait on the Python event loop that serves the byte ranges)."""
+    return zarr.config.set({"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"})
 
 
 def _compressors(codec: str, level: int):
@@ -117,14 +124,25 @@ def damaged_shard_error(path: Path, err: Exception) -> CorpusError:
 class ZarrShard:
     """Read access to one shard: whole cell ranges (streaming) or one cell (random access)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | str) -> None:
+        self.path = remote.as_location(path)
         try:
-            self.group = zarr.open_group(self.path, mode="r")
+            if isinstance(self.path, str):  # a URL: zarr reads the inner chunks it needs by byte range
+                store = zarr.storage.FsspecStore.from_url(self.path, read_only=True)
+                with _python_pipeline():
+                    self.group = remote.with_retries(self.path, lambda: zarr.open_group(store, mode="r"))
+            else:
+                self.group = zarr.open_group(self.path, mode="r")
             attrs = dict(self.group.attrs)
         except (FileNotFoundError, ValueError, KeyError) as err:
             msg = f"{self.path}: not a readable zarr shard ({err}). Run `scgrn validate` on the corpus."
             raise CorpusError(msg) from None
+        except CorpusError:
+            raise
+        except Exception as err:
+            if isinstance(self.path, str):
+                raise remote.remote_error(self.path, err, "open this zarr shard") from err
+            raise
         if attrs.get("magic") != SHARD_MAGIC:
             msg = f"{self.path}: magic {attrs.get('magic')!r} is not {SHARD_MAGIC!r}; not an scgrn zarr shard."
             raise CorpusError(msg)
@@ -137,20 +155,31 @@ class ZarrShard:
         self.attrs = attrs
         self.n_cells = int(attrs["n_cells"])
         self.obs_columns = list(attrs.get("obs_columns", []))
-        self.has_library_size = attrs["format_version"] >= 2 and "library_size" in self.group
+        self.has_library_size = attrs["format_version"] >= 2 and self._decode(lambda: "library_size" in self.group)
         self._indptr: np.ndarray | None = None
         self._per_cell: dict[str, np.ndarray] = {}
-        self._gene_ids = self.group["gene_ids"]  # array handles looked up once (each lookup reads metadata)
-        self._values = self.group["values"]
+        # array handles looked up once (each lookup reads metadata)
+        self._gene_ids = self._decode(lambda: self.group["gene_ids"])
+        self._values = self._decode(lambda: self.group["values"])
 
     def _decode(self, read):
-        """Run `read()`; a decoding failure becomes a CorpusError naming this shard."""
+        """Run `read()` (retried on transient errors when remote); a decoding failure becomes a CorpusError naming
+        this shard."""
         try:
+            if isinstance(self.path, str):
+                with _python_pipeline():
+                    return remote.with_retries(self.path, read)
             return read()
         except CorpusError:
             raise
         except DECODE_ERRORS as err:
+            if isinstance(self.path, str) and remote.is_transient(err):
+                raise remote.remote_error(self.path, err, "read this zarr shard") from err
             raise damaged_shard_error(self.path, err) from err
+        except Exception as err:
+            if isinstance(self.path, str):
+                raise remote.remote_error(self.path, err, "read this zarr shard") from err
+            raise
 
     @property
     def indptr(self) -> np.ndarray:

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 import yaml
 
+from data_prep import remote
 from data_prep.corpus import Corpus
 from data_prep.errors import CorpusError
-from data_prep.io_utils import atomic_write_text, out_dir_problem, sha256_file
+from data_prep.io_utils import atomic_write_text, out_dir_problem
 from data_prep.loader import StatefulCellLoader, StreamingCellDataset
 from data_prep.test_hooks import TestHookError, read_step_hook
 from pretrain import checkpointing as ckpt
@@ -95,7 +96,7 @@ class Trainer:
         if not cfg.data.corpus:
             msg = "data.corpus is empty: point it at a directory written by `scgrn shard`."
             raise ConfigError(msg)
-        self.corpus = Corpus(Path(cfg.data.corpus))
+        self.corpus = Corpus(cfg.data.corpus)  # a directory or a URL (s3://, gs://, https://)
         torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
         self.model_config = model_config(cfg.family, cfg.model, self.corpus.manifest["vocab"]["size"])
         model = build_model(cfg.family, self.model_config)
@@ -420,7 +421,9 @@ class Trainer:
             "final_losses": self.last_losses,
             "loss_history": history,
             "corpus": str(self.corpus.directory),
-            "corpus_manifest_sha256": sha256_file(self.corpus.directory / "manifest.json"),
+            "corpus_manifest_sha256": hashlib.sha256(
+                remote.read_bytes(remote.join(self.corpus.directory, "manifest.json"))
+            ).hexdigest(),
             "vocab_sha256": self.corpus.vocab_sha256,
             "value_kind": self.corpus.value_kind.value,
             "config_sha256": hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest(),

@@ -91,7 +91,8 @@ def test_csv_reader_on_mutated_text(tmp_path_factory, data):
     path.write_bytes(data)
     result = _outcome_is_ours(lambda: _read_all(path), path)
     if result is not None:  # accepted: pandas must read the same genes x cells table from these bytes
-        frame = pd.read_csv(io.BytesIO(data), index_col=0, engine="python")  # the C engine stops at a NUL byte
+        # engine="python": the C engine stops at a NUL byte; keep_default_na=False: a gene called "" or "NA" stays so
+        frame = pd.read_csv(io.BytesIO(data), index_col=0, engine="python", keep_default_na=False)
         genes, cells = [str(g) for g in frame.index], [str(c) for c in frame.columns]
         # an entry that is no number (a NUL byte inside it, say) reads as NaN, which the sharder then refuses
         values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
