@@ -108,6 +108,8 @@ def is_transient(err: BaseException) -> bool:
     """Worth another try: a dropped connection, a timeout, HTTP 429 or 5xx. Not: missing, forbidden, bad data."""
     if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, CorpusError)):
         return False
+    if type(err).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+        return False
     status = _status(err)
     if status is not None:
         return status == 429 or status >= 500
@@ -138,7 +140,12 @@ def with_retries(what: str, call: Callable[[], T], *, retries: int = RETRIES) ->
 
 def remote_error(url: str, err: BaseException, doing: str) -> CorpusError:
     """One message for a remote read that failed for good, naming the URL and what to check."""
-    if isinstance(err, FileNotFoundError):
+    if type(err).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+        hint = (
+            "no credentials were found (set them the way the storage library reads them: AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY or a profile in ~/.aws for s3://, GOOGLE_APPLICATION_CREDENTIALS for gs://)"
+        )
+    elif isinstance(err, FileNotFoundError):
         hint = "it does not exist (check the bucket / prefix, or that the corpus was uploaded completely)"
     elif isinstance(err, PermissionError):
         hint = "access was refused (check the credentials in the environment or the library's config files)"

@@ -65,7 +65,9 @@ def tiny_h5ad(tmp_path: Path, tiny_adata: ad.AnnData) -> Path:
     return path
 
 
-def run_cli(*args: str, check: bool = False, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, check: bool = False, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run `scgrn ARGS` in a subprocess (the real entry point), capturing output."""
     proc = subprocess.run(
         [sys.executable, "-m", "launch.cli", *map(str, args)],
@@ -74,6 +76,7 @@ def run_cli(*args: str, check: bool = False, timeout: int = 600) -> subprocess.C
         cwd=REPO,
         timeout=timeout,
         check=False,
+        env=env,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"scgrn {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stderr}")

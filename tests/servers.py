@@ -183,3 +183,16 @@ def _drop_cached_filesystems() -> None:
     remote._filesystem.cache_clear()
     with contextlib.suppress(Exception):
         fsspec.get_filesystem_class("s3").clear_instance_cache()
+
+
+@contextlib.contextmanager
+def corpus_in_a_bucket(local: Path, bucket: str, prefix: str = "corpus"):
+    """A moto S3 server holding a copy of the local corpus at s3://BUCKET/PREFIX, with the AWS_* environment
+    set while inside; yields the URL."""
+    with MotoServer() as server, server.environment():
+        import s3fs
+
+        fs = s3fs.S3FileSystem()
+        fs.mkdir(bucket)
+        fs.put(str(local), f"{bucket}/{prefix}", recursive=True)
+        yield f"s3://{bucket}/{prefix}"
