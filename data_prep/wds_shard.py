@@ -104,18 +104,6 @@ def write_wds_shard(path: Path, block: CellBlock, shard_index: int, cells_per_sa
     return n_samples
 
 
-class _HashingReader:
-    """A read-only stream that hashes what passes through it (tarfile's stream mode reads via `read`)."""
-
-    def __init__(self, raw, digest) -> None:
-        self.raw, self.digest = raw, digest
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        self.digest.update(data)
-        return data
-
-
 class WdsShard:
     """The samples of one tar. A local tar is read by seeks through an index of member offsets (built from headers
     only); a remote one (an fsspec URL) is streamed once, start to end, into memory (no seeks, no local copy), its
@@ -155,17 +143,16 @@ class WdsShard:
         url = self.path
 
         def once() -> tuple[dict, str]:
-            digest, data = hashlib.sha256(), {}
-            with remote.open_stream(url) as raw:
-                reader = _HashingReader(raw, digest)
-                with tarfile.open(fileobj=reader, mode="r|") as tar:
-                    for m in tar:
-                        check_member(url, m)
-                        key, _, ext = m.name.partition(".")
-                        data.setdefault(key, {})[ext] = tar.extractfile(m).read()
-                while reader.read(remote.STREAM_BLOCK):  # the end-of-archive padding: hash the whole file
-                    pass
-            return data, digest.hexdigest()
+            # one GET of the whole object into memory (no seeks, no local copy), then the tar parsed from memory:
+            # tarfile's stream mode would otherwise make one small remote read per 10 KB
+            blob = remote.fs_of(url).cat_file(url)
+            data = {}
+            with tarfile.open(fileobj=io.BytesIO(blob), mode="r|") as tar:
+                for m in tar:
+                    check_member(url, m)
+                    key, _, ext = m.name.partition(".")
+                    data.setdefault(key, {})[ext] = tar.extractfile(m).read()
+            return data, hashlib.sha256(blob).hexdigest()
 
         try:
             data, sha256 = remote.with_retries(url, once)

@@ -30,6 +30,7 @@ INNER_CHUNK = 1 << 18
 OUTER_SHARD = 1 << 22
 CELL_CHUNK = 1 << 14  # cells per chunk of per-cell arrays (indptr, split, obs)
 CODECS = ("zstd", "lz4")
+REMOTE_CONCURRENCY = 64  # byte-range requests in flight per read from a URL
 
 
 def use_fast_codec_pipeline() -> bool:
@@ -45,7 +46,14 @@ def use_fast_codec_pipeline() -> bool:
 def _python_pipeline():
     """zarr-python's own codec pipeline, for arrays opened from a URL: the `zarrs` pipeline deadlocks on fsspec
     stores (its Rust threads wait on the Python event loop that serves the byte ranges)."""
-    return zarr.config.set({"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"})
+    # More requests in flight than zarr's default 10: each inner chunk is one byte-range request, and a remote
+    # store answers many at once.
+    return zarr.config.set(
+        {
+            "codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline",
+            "async.concurrency": REMOTE_CONCURRENCY,
+        }
+    )
 
 
 def _compressors(codec: str, level: int):

@@ -46,6 +46,10 @@ def _cmd_simulate(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    if args.what == "loader" and "--remote" in args.rest:
+        from bench.remote_loader_bench import main as remote_main
+
+        return remote_main(args.rest)
     if args.what == "loader":
         from bench.loader_bench import main as loader_main
 

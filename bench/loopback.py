@@ -1,0 +1,202 @@
+"""Real servers on 127.0.0.1 for remote corpora: the tests and `scgrn bench loader --remote` start and stop them.
+
+- `FileServer`: the standard library's HTTP server over a directory, plus byte ranges (zarr reads inner chunks by
+  range), HEAD, directory listings (fsspec lists them to find a zarr shard's files), and two faults a test can
+  switch on: answer every Nth request with 503, or flip bytes of one file.
+- `MotoServer`: moto's S3-compatible server as a separate process (what s3fs's own tests use).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http import HTTPStatus
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _fault(self) -> bool:
+        srv = self.server
+        with srv.lock:
+            srv.requests += 1
+            fail = srv.fail_every and srv.requests % srv.fail_every == 0
+        if fail:
+            srv.failed += 1
+            self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "injected fault")
+        return bool(fail)
+
+    def do_HEAD(self) -> None:
+        if not self._fault():
+            super().do_HEAD()
+
+    def do_GET(self) -> None:
+        if self._fault():
+            return
+        path = Path(self.translate_path(self.path))
+        if path.is_dir():
+            super().do_GET()  # an HTML listing (links to children)
+            return
+        if not path.is_file():
+            self.send_error(HTTPStatus.NOT_FOUND)
+            return
+        size = path.stat().st_size
+        match = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
+        status, start, stop = HTTPStatus.OK, 0, size
+        if match:
+            lo, hi = match.groups()
+            if lo:
+                start, stop = int(lo), min(size, int(hi) + 1 if hi else size)
+            else:  # suffix range: the last N bytes
+                start = max(0, size - int(hi))
+            status = HTTPStatus.PARTIAL_CONTENT
+        with path.open("rb") as f:  # only the requested bytes
+            f.seek(start)
+            body = f.read(stop - start)
+        corrupt = self.server.corrupt
+        if corrupt is not None and path.resolve() == corrupt.resolve():
+            body = bytes(b ^ 0xFF if (start + i) % 97 == 13 else b for i, b in enumerate(body))
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        if status == HTTPStatus.PARTIAL_CONTENT:
+            self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.lock = threading.Lock()
+        self.requests = self.failed = 0
+        self.fail_every = 0
+        self.corrupt: Path | None = None
+        super().__init__(("127.0.0.1", free_port()), lambda *a: _Handler(*a, directory=str(root)))
+
+
+class FileServer:
+    """`with FileServer(root) as srv:` serves `root` at `srv.url`; stopped (thread joined) on exit."""
+
+    def __init__(self, root: Path) -> None:
+        self.server = _Server(Path(root))
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self) -> FileServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+    def faults(self, fail_every: int = 0, corrupt: Path | None = None) -> None:
+        with self.server.lock:
+            self.server.fail_every, self.server.corrupt = fail_every, corrupt
+            self.server.requests = self.server.failed = 0
+
+    @property
+    def failed(self) -> int:
+        return self.server.failed
+
+
+class MotoServer:
+    """moto's S3 server on 127.0.0.1 in its own process; sets the AWS_* environment s3fs reads (dummy keys)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.env = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.endpoint,
+        }
+
+    def __enter__(self) -> MotoServer:
+        cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # bounded wait for the server to answer
+            if self.proc.poll() is not None:
+                msg = f"moto server exited with {self.proc.returncode}"
+                raise RuntimeError(msg)
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(self.endpoint, timeout=1).close()
+                return self
+            time.sleep(0.2)
+        self.__exit__()
+        msg = "moto server did not start within 60 s"
+        raise RuntimeError(msg)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    @contextlib.contextmanager
+    def environment(self):
+        """The AWS_* variables set (and restored after), with s3fs's cached clients dropped on both sides."""
+        old = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        _drop_cached_filesystems()
+        try:
+            yield
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            _drop_cached_filesystems()
+
+
+def _drop_cached_filesystems() -> None:
+    import fsspec
+
+    from data_prep import remote
+
+    remote._filesystem.cache_clear()
+    with contextlib.suppress(Exception):
+        fsspec.get_filesystem_class("s3").clear_instance_cache()
+
+
+@contextlib.contextmanager
+def corpus_in_a_bucket(local: Path, bucket: str, prefix: str = "corpus"):
+    """A moto S3 server holding a copy of the local corpus at s3://BUCKET/PREFIX, with the AWS_* environment
+    set while inside; yields the URL."""
+    with MotoServer() as server, server.environment():
+        import s3fs
+
+        fs = s3fs.S3FileSystem()
+        fs.mkdir(bucket)
+        fs.put(str(local), f"{bucket}/{prefix}", recursive=True)
+        yield f"s3://{bucket}/{prefix}"

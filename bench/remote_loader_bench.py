@@ -1,0 +1,112 @@
+"""`scgrn bench loader --remote`: cells/s streaming a corpus from a loopback HTTP server and a loopback S3 server
+(moto) against the same corpus on local disk, in one run, same batch size, same shuffle.
+
+Both servers run on 127.0.0.1, so the ratio measures what the remote path costs in software (fsspec, HTTP, whole-tar
+streaming, byte-range zarr reads, sha256 on the way), not network bandwidth or latency: on a real bucket the
+figure also depends on the link. Webdataset is read as whole-tar streams in every row (local included), zarr by
+byte ranges (local: file reads). Goal (issue 15): remote >= 0.5 x local at the same batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+from bench.corpus import build_pbmc_replicas
+from bench.loopback import FileServer, corpus_in_a_bucket
+from data_prep.config import ShardConfig
+from data_prep.corpus import Corpus
+from data_prep.loader import StreamingCellDataset
+from data_prep.sharder import shard
+
+PBMC = Path(__file__).resolve().parents[2] / "shared" / "data" / "counts" / "human_pbmc3k_10x.h5ad"
+GOAL = 0.5
+
+
+def _corpus(args) -> Path:
+    out = Path(args.workdir) / f"remote_{args.cells}"
+    if not (out / "manifest.json").exists():
+        h5ad = Path(args.workdir) / f"pbmc_{args.cells}.h5ad"
+        if not h5ad.exists():
+            if not PBMC.exists():
+                msg = f"bench source {PBMC} not found (../shared/data/counts); it is needed to build the corpus."
+                raise SystemExit(msg)
+            build_pbmc_replicas(PBMC, args.cells, h5ad)
+        shard(ShardConfig(inputs=[h5ad], out=out, format="both", cells_per_shard=args.cells_per_shard), progress=False)
+    return out
+
+
+def _epoch(location, fmt: str, args) -> tuple[int, float]:
+    ds = StreamingCellDataset(
+        location, fmt=fmt, split="all", seed=args.seed, batch_size=args.batch_size, block_cells=args.block_cells,
+        obs_columns=[], verify_shards=True, stream_tars=True,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    cells = sum(b.n_cells for b in ds)
+    return cells, time.perf_counter() - t0
+
+
+def run(args) -> dict:
+    local = _corpus(args)
+    n = Corpus(local).n_cells
+    rows = []
+    with FileServer(local.parent) as http, corpus_in_a_bucket(local, "scgrn-bench") as s3:
+        where = {"local disk": local, "HTTP (loopback)": f"{http.url}/{local.name}", "S3 (moto, loopback)": s3}
+        for fmt in ("zarr", "webdataset"):
+            for name, location in where.items():
+                best = None
+                for _ in range(args.repeats):
+                    cells, seconds = _epoch(location, fmt, args)
+                    if cells != n:
+                        msg = f"{name} {fmt}: streamed {cells} cells, the corpus has {n}."
+                        raise RuntimeError(msg)
+                    best = seconds if best is None else min(best, seconds)
+                rows.append({"format": fmt, "source": name, "cells": n, "seconds": best, "cells_per_s": n / best})
+    return {"rows": rows, "cells": n}
+
+
+def report(out: dict, args) -> str:
+    lines = [
+        f"# scgrn bench loader --remote ({out['cells']:,} cells, batch {args.batch_size}, best of {args.repeats})",
+        "",
+        f"Machine: {platform.machine()}, Python {platform.python_version()}.",
+        "",
+        "| format | source | cells/s | vs local disk |",
+        "|---|---|---:|---:|",
+    ]
+    ratios = []
+    for row in out["rows"]:
+        base = next(r for r in out["rows"] if r["format"] == row["format"] and r["source"] == "local disk")
+        ratio = row["cells_per_s"] / base["cells_per_s"]
+        lines.append(f"| {row['format']} | {row['source']} | {row['cells_per_s']:,.0f} | {ratio:.2f}x |")
+        if not row["source"].startswith("local disk"):
+            ratios.append((row, ratio))
+    lines.append("")
+    for row, ratio in ratios:
+        met = "met" if ratio >= GOAL else "MISSED"
+        lines.append(f"{row['source']} {row['format']} / local disk: {ratio:.2f}x (goal >= {GOAL}x: {met})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="scgrn bench loader --remote", description=__doc__)
+    p.add_argument("--remote", action="store_true", help="(this benchmark)")
+    p.add_argument("--cells", type=int, default=50_000, help="PBMC replicas in the bench corpus")
+    p.add_argument("--cells-per-shard", type=int, default=10_000)
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/scgrn-bench"))
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--block-cells", type=int, default=8192)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    args = p.parse_args(argv)
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    out = run(args)
+    text = report(out, args)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **out}, indent=1))
+    return 0
