@@ -56,7 +56,17 @@ def add_shard_parser(sub) -> None:
     p.merge_parser = _merge_parser(p.prog)
     p.set_defaults(shard_action="shard")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
-    p.add_argument("--out", required=True, type=Path, help="corpus directory (new, empty, or one to --resume)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="corpus directory (new, empty, or one to --resume), or a URL (s3://, gs://): sharded into --staging, "
+        "then uploaded, manifest.json last",
+    )
+    p.add_argument(
+        "--staging",
+        type=Path,
+        help="local directory an --out URL is sharded into before the upload (default: $TMPDIR/scgrn-staging/<hash>)",
+    )
     p.add_argument("--format", default="both", choices=["zarr", "webdataset", "both"])
     p.add_argument("--cells-per-shard", type=int, default=10_000)
     p.add_argument("--workers", type=int, default=1, help="processes writing shards in parallel")
@@ -110,14 +120,23 @@ def add_shard_parser(sub) -> None:
 def cmd_shard(args) -> int:
     if args.shard_action == "merge":
         return _cmd_merge(args)
+    from data_prep import remote, upload
     from data_prep.config import ShardConfig
+    from data_prep.errors import CorpusError
     from data_prep.gene_mapping import MappingOptions
     from data_prep.sharder import shard
     from data_prep.summary import corpus_summary, format_summary
 
+    url = None
+    if remote.is_url(args.out):
+        url = remote.as_location(args.out)
+        upload.check_destination(url)
+        if args.part:
+            msg = f"--out {url} with --part: write the parts locally, merge them, then upload the merged corpus."
+            raise CorpusError(msg)
     cfg = ShardConfig(
         inputs=args.inputs,
-        out=args.out,
+        out=upload.staging_dir(url, args.staging) if url else remote.as_location(args.out),
         format=args.format,
         cells_per_shard=args.cells_per_shard,
         workers=args.workers,
@@ -145,6 +164,11 @@ def cmd_shard(args) -> int:
         command=shlex.join(["scgrn", *sys.argv[1:]]),
     )
     manifest = shard(cfg, progress=not args.quiet)
+    if url is not None:
+        sent = upload.upload_corpus(cfg.out, url, manifest)
+        if not args.quiet:
+            print(f"{url}: uploaded {sent} file(s) from {cfg.out} (manifest.json last)")
+    where = url or cfg.out
     if args.quiet:
         return 0
     if cfg.part:
@@ -155,8 +179,8 @@ def cmd_shard(args) -> int:
             "When every part is done: scgrn shard merge PART_DIR... --out CORPUS_DIR"
         )
         return 0
-    print(format_summary(corpus_summary(cfg.out)))
-    print(f"  wrote in {manifest['seconds']:.1f} s; mapping report: {cfg.out / 'mapping_report.json'}")
+    print(format_summary(corpus_summary(where)))
+    print(f"  wrote in {manifest['seconds']:.1f} s; mapping report: {remote.join(where, 'mapping_report.json')}")
     return 0
 
 

@@ -97,3 +97,61 @@ def test_a_manifest_naming_shards_that_are_not_in_the_bucket(bucket):
     with pytest.raises(CorpusError, match="shard file missing") as err:
         list(itertools.islice(StatefulCellLoader(StreamingCellDataset(f"s3://{BUCKET}/partial", batch_size=8)), 1000))
     assert f"s3://{BUCKET}/partial/{missing}" in str(err.value)
+
+
+def _shard_until(args: list[str], point: str, marker) -> None:
+    """`scgrn shard ARGS` stopped with SIGKILL at test-only pause point `point`."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    from data_prep.io_utils import PAUSE_AT_ENV, PAUSE_MARKER_ENV
+
+    env = {**os.environ, PAUSE_AT_ENV: point, PAUSE_MARKER_ENV: str(marker)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launch.cli", "shard", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    reached = marker.exists()
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    _, stderr = proc.communicate()
+    assert reached, f"never reached {point!r} (exit {proc.returncode}):\n{stderr.decode()}"
+
+
+def test_shard_to_a_bucket_killed_twice_then_resumed(bucket, tmp_path):
+    """Killed while sharding, then killed mid-upload: no manifest.json in the bucket either time (no reader sees a
+    partial corpus); --resume finishes; the corpus validates and its shards equal a local run's byte for byte."""
+    local, _ = bucket
+    url = f"s3://{BUCKET}/sharded"
+    h5ad = local.parent / "cells.h5ad"
+    args = [str(h5ad), "--out", url, "--staging", str(tmp_path / "stage"), "--cells-per-shard", "100",
+            "--cells-per-sample", "25", "--val-fraction", "0.1", "--quiet"]  # fmt: skip
+    _shard_until(args, "shard-done:2", tmp_path / "paused-1")
+    with pytest.raises(CorpusError, match=r"no manifest\.json"):
+        Corpus(url)
+    _shard_until([*args, "--resume"], "upload:5", tmp_path / "paused-2")
+    with pytest.raises(CorpusError, match=r"no manifest\.json"):
+        Corpus(url)
+    run_cli("shard", *args, "--resume", check=True)
+    proc = run_cli("validate", url)
+    assert proc.returncode == 0, proc.stderr
+    ours = Corpus(url).manifest
+    ref = json.loads((local / "manifest.json").read_text())
+    assert [s["files"] for s in ours["shards"]] == [s["files"] for s in ref["shards"]]
+
+
+def test_shard_to_a_missing_bucket_or_unknown_scheme_stops_before_any_work(bucket, tmp_path):
+    local, _ = bucket
+    h5ad = str(local.parent / "cells.h5ad")
+    proc = run_cli("shard", h5ad, "--out", "s3://no-such-bucket/c", "--staging", tmp_path / "stage")
+    assert proc.returncode == 2 and "the bucket 'no-such-bucket' does not exist" in proc.stderr, proc.stderr
+    assert not (tmp_path / "stage").exists()
+    proc = run_cli("shard", h5ad, "--out", "ftp://host/c")
+    assert proc.returncode == 2 and "unknown URL scheme 'ftp'" in proc.stderr, proc.stderr
