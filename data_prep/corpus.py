@@ -11,6 +11,7 @@ from data_prep import remote
 from data_prep.cell_block import CellBlock, slice_block
 from data_prep.errors import CorpusError
 from data_prep.manifest import read_manifest
+from data_prep.shard_cache import ShardCache
 from data_prep.values import ValueKind
 from data_prep.vocab import GeneVocab
 from data_prep.wds_shard import WdsShard
@@ -39,10 +40,17 @@ class Corpus:
     """
 
     def __init__(
-        self, directory: Path | str, fmt: str | None = None, max_open_shards: int = 64, *, verify: bool = False
+        self,
+        directory: Path | str,
+        fmt: str | None = None,
+        max_open_shards: int = 64,
+        *,
+        verify: bool = False,
+        cache: ShardCache | None = None,
     ) -> None:
         self.directory = remote.as_location(directory)  # a Path, or a URL (s3://, gs://, https://)
         self.remote = isinstance(self.directory, str)
+        self.cache = cache if self.remote else None  # data.cache_dir: local copies of remote shards
         # verify: hash each shard against its manifest sha256 the first time this process opens it (one extra read
         # per shard per process), so a bit flip that still decodes fails loudly instead of training on wrong values
         self.verify = verify
@@ -96,13 +104,18 @@ class Corpus:
             msg = f"{self.directory}: shard {k} has no {self.format} file in the manifest."
             raise CorpusError(msg)
         path = remote.join(self.directory, info["path"])
-        if not remote.exists(remote.join(path, "zarr.json") if self.format == "zarr" and self.remote else path):
+        cached = self.cache.cached(path) if self.cache is not None else None
+        probe = remote.join(path, "zarr.json") if self.format == "zarr" and self.remote else path
+        if cached is None and not remote.exists(probe):
             msg = f"{path}: shard file missing. Run `scgrn validate {self.directory}`, then re-shard with --resume."
             raise CorpusError(msg)
-        streamed = self.remote and self.format == "webdataset"
+        if self.cache is not None:  # from here on the shard is a local one
+            path = cached or self.cache.local_copy(path, directory=self.format == "zarr")
+        streamed = isinstance(path, str) and self.format == "webdataset"
         if self.verify and k not in self._verified and not streamed:  # a streamed shard is checked as it streams
-            key = (str(path) if self.remote else str(path.resolve()), info["sha256"])
-            key += () if self.remote else (_tree_signature(path),)
+            local = isinstance(path, Path)
+            key = (str(path.resolve()) if local else path, info["sha256"])
+            key += (_tree_signature(path),) if local else ()
             if key not in _VERIFIED and remote.sha256_location(path, directory=self.format == "zarr") != info["sha256"]:
                 msg = (
                     f"{path}: shard {k}'s sha256 does not match manifest.json; the file is corrupt or was changed "

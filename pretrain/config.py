@@ -33,6 +33,9 @@ class DataConfig:
     # min(genes, model.max_genes)), so every rank does about the same work per step; >= model.max_genes.
     micro_batch_tokens: int = 0
     num_workers: int = 0  # DataLoader workers per rank
+    # corpus at a URL: keep local copies of its shards here, at most cache_gb (least recently used out); "" = stream
+    cache_dir: str = ""
+    cache_gb: float = 0.0
     block_cells: int = 1024  # loader read unit (cells)
     window_blocks: int = 4  # loader shuffle window (units)
     eval_batches: int = 8  # validation batches per evaluation
@@ -105,6 +108,7 @@ class PretrainConfig:
             (d.micro_batch_cells >= 1, "data.micro_batch_cells", d.micro_batch_cells, ">= 1"),
             (d.micro_batch_tokens >= 0, "data.micro_batch_tokens", d.micro_batch_tokens, ">= 0 (0 = by cells)"),
             (d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0"),
+            (not d.cache_dir or d.cache_gb > 0, "data.cache_gb", d.cache_gb, "> 0 when data.cache_dir is set"),
             (d.block_cells >= 1, "data.block_cells", d.block_cells, ">= 1"),
             (d.window_blocks >= 1, "data.window_blocks", d.window_blocks, ">= 1"),
             (d.eval_batches >= 1, "data.eval_batches", d.eval_batches, ">= 1"),

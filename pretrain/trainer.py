@@ -142,6 +142,8 @@ class Trainer:
                 verify_shards=d.verify_shards,
                 batch_tokens=d.micro_batch_tokens or None,
                 token_cap=max_genes,
+                cache_dir=d.cache_dir or None,
+                cache_bytes=int(d.cache_gb * 1e9),
             ),
             num_workers=d.num_workers,
         )

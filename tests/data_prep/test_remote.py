@@ -136,3 +136,39 @@ def test_a_manifest_naming_a_missing_shard_is_one_clear_error(served, tmp_path):
         assert proc.returncode == 1 and f"{url}/{info['path']}: missing" in proc.stderr
         with pytest.raises(CorpusError, match=r"no manifest\.json") as err:
             Corpus(f"{server.url}/nothing-here")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_cache_dir_serves_later_epochs_from_local_copies(served, tmp_path, fmt):
+    """data.cache_dir: the first epoch copies the shards it reads (same cells as streaming); the next epoch reads
+    them from the cache: only the manifest is fetched again."""
+    local, url, server = served
+    here, _ = _epoch(local, fmt)
+
+    def epoch(n_epoch):
+        ds = StreamingCellDataset(
+            url, fmt=fmt, seed=7, batch_size=32, block_cells=25, verify_shards=True, stream_tars=True,
+            cache_dir=tmp_path / "cache", cache_bytes=10**9, epoch=n_epoch,
+        )  # fmt: skip
+        return [str(c) for b in ds for c in b.cell_ids]
+
+    server.faults()  # resets the request counter
+    assert epoch(0) == here
+    first = server.server.requests
+    second_epoch = epoch(1)
+    assert server.server.requests - first <= 3, (first, server.server.requests)  # manifest only
+    assert sorted(second_epoch) == sorted(here) and second_epoch != here  # reshuffled, same cells
+    assert len(list((tmp_path / "cache").iterdir())) == 4  # the four shards
+
+
+def test_the_cache_stays_within_its_bound(served, tmp_path):
+    from data_prep.shard_cache import ShardCache
+
+    local, url, _ = served
+    corpus = Corpus(local, "webdataset")
+    sizes = [(local / s["files"]["webdataset"]["path"]).stat().st_size for s in corpus.shards_meta]
+    cache = ShardCache(tmp_path / "cache", max_bytes=2 * max(sizes), min_age_s=0)
+    for s in corpus.shards_meta:
+        cache.local_copy(f"{url}/{s['files']['webdataset']['path']}", directory=False)
+        assert cache.size() <= 2 * max(sizes)
+    assert len(cache.entries()) == 2  # the two most recent
