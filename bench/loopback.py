@@ -4,6 +4,7 @@
   range), HEAD, directory listings (fsspec lists them to find a zarr shard's files), and two faults a test can
   switch on: answer every Nth request with 503, or flip bytes of one file.
 - `MotoServer`: moto's S3-compatible server as a separate process (what s3fs's own tests use).
+- `FaultyProxy`: a reverse proxy in front of it that answers every Nth request with 503 or flips bytes of one object.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from http import HTTPStatus
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
@@ -177,6 +179,89 @@ class MotoServer:
                 else:
                     os.environ[k] = v
             _drop_cached_filesystems()
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    server: _ProxyServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _forward(self) -> None:
+        srv = self.server
+        with srv.lock:
+            srv.requests += 1
+            fail = srv.fail_every and srv.requests % srv.fail_every == 0
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        if fail:
+            srv.failed += 1
+            payload = b"<Error><Code>SlowDown</Code><Message>injected fault</Message></Error>"
+            self.send_response(HTTPStatus.SERVICE_UNAVAILABLE)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+        request = urllib.request.Request(srv.upstream + self.path, data=body, headers=headers, method=self.command)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                status, reply, data = r.status, r.headers, r.read()
+        except urllib.error.HTTPError as err:
+            status, reply, data = err.code, err.headers, err.read()
+        if srv.corrupt and self.command == "GET" and srv.corrupt in self.path and status in (200, 206):
+            data = bytes(b ^ 0xFF if i % 97 == 13 else b for i, b in enumerate(data))
+        self.send_response(status)
+        for k, v in reply.items():
+            if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
+
+
+class _ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.lock = threading.Lock()
+        self.requests = self.failed = 0
+        self.fail_every = 0
+        self.corrupt = ""
+        super().__init__(("127.0.0.1", free_port()), _ProxyHandler)
+
+
+class FaultyProxy:
+    """A reverse proxy on 127.0.0.1 in front of `upstream` (the moto server) that can answer every Nth request
+    with 503 or flip bytes of the objects whose path contains a given string."""
+
+    def __init__(self, upstream: str) -> None:
+        self.server = _ProxyServer(upstream)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self) -> FaultyProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+    def faults(self, fail_every: int = 0, corrupt: str = "") -> None:
+        with self.server.lock:
+            self.server.fail_every, self.server.corrupt = fail_every, corrupt
+            self.server.requests = self.server.failed = 0
+
+    @property
+    def failed(self) -> int:
+        return self.server.failed
 
 
 def _drop_cached_filesystems() -> None:

@@ -56,7 +56,7 @@ def validate_values(
             problem = "is not a non-negative integer count"
             if not bad.any():
                 bad = data >= MAX_COUNT
-                problem = f"is above the largest count a shard stores ({MAX_COUNT:.0f} - 1, uint64)"
+                problem = "is above the largest count a shard stores (2**64 - 1, the uint64 maximum)"
         elif kind is ValueKind.LOG1P:
             bad = data < 0
             problem = "is negative, which log1p-normalized values cannot be"
