@@ -86,11 +86,13 @@ def _cell(value: float | None) -> str:
 
 
 def render(results: dict[str, list[dict]], skipped, args, machine: str, total_s: float) -> str:
+    counts = sorted({len(m["seeds"]) for runs in results.values() for r in runs for m in r["methods"].values()})
+    n_seeds = "–".join(map(str, counts[:: max(1, len(counts) - 1)])) if counts else str(args.seeds)
     lines = [
         "# GRN inference on BEELINE — `scgrn bench grn`",
         "",
         f"Command: `{args.command}`  ",
-        f"Machine: {machine}. Release: `{args.release}`. Seeds: {args.seeds}; tuning budget {args.budget} "
+        f"Machine: {machine}. Release: `{args.release}`. Seeds: {n_seeds}; tuning budget {args.budget} "
         f"configurations per learned method and seed; in-silico deletion on {args.isd_cells} cells. "
         f"Wall time {total_s / 60:.1f} min (summed over processes).",
         "",
@@ -160,6 +162,34 @@ def goals(results: dict[str, list[dict]]) -> list[str]:
     return out
 
 
+def merge_runs(runs: list[dict]) -> list[dict]:
+    """One entry per dataset: runs of the same dataset (other seeds, from another summary) have their per-seed rows
+    concatenated method by method, in seed order; a seed present twice is refused."""
+    merged: dict[str, dict] = {}
+    for run in runs:
+        if run["name"] not in merged:
+            merged[run["name"]] = {
+                **run,
+                "methods": {k: {**m, "seeds": list(m["seeds"])} for k, m in run["methods"].items()},
+            }
+            continue
+        into = merged[run["name"]]
+        if set(into["methods"]) != set(run["methods"]):
+            msg = f"{run['name']}: the summaries ran different methods; merge runs of one configuration only."
+            raise SystemExit(msg)
+        for name, m in run["methods"].items():
+            into["methods"][name]["seeds"] += m["seeds"]
+        into["wall_s"] += run["wall_s"]
+    for run in merged.values():
+        for m in run["methods"].values():
+            m["seeds"].sort(key=lambda row: row["seed"])
+            seeds = [row["seed"] for row in m["seeds"]]
+            if len(set(seeds)) != len(seeds):
+                msg = f"{run['name']}: seed(s) {sorted({s for s in seeds if seeds.count(s) > 1})} appear twice."
+                raise SystemExit(msg)
+    return sorted(merged.values(), key=lambda r: r["name"])
+
+
 def main(argv: list[str] | None = None) -> int:
     from finetune.grn.beeline import discover
     from finetune.grn.config import GrnConfig
@@ -172,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=Path("bench/GRN_RESULTS.md"))
     p.add_argument("--protocols", default="genelink,degree-aware,cold-start", help=f"subset of {list(PROTOCOLS)}")
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST.. (add seeds to earlier summaries)")
     p.add_argument("--budget", type=int, default=3, help="hyper-parameter configurations per learned method")
     p.add_argument("--isd-cells", type=int, default=200, help="cells for the in-silico deletion evidence")
     p.add_argument("--gnn", default="gcn")
@@ -203,10 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         wall = 0.0
         for path in args.from_summaries:
             for protocol, runs in json.loads(path.read_text()).items():
-                results.setdefault(protocol, []).extend(runs)
+                results[protocol] = merge_runs([*results.get(protocol, []), *runs])
                 wall += sum(r["wall_s"] for r in runs)
-        for runs in results.values():
-            runs.sort(key=lambda r: r["name"])
         text = render(results, skipped_named, args, machine, wall)
         atomic_write_text(args.results, text)
         print(text)
@@ -220,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             split, negatives = PROTOCOLS[protocol]
             t = time.perf_counter()
             cfg = GrnConfig(release=args.release, out=args.out / protocol / name, benchmark=folder, split=split,
-                            negatives=negatives, seeds=args.seeds, tuning_budget=args.budget, gnn=args.gnn,
+                            negatives=negatives, seeds=args.seeds, first_seed=args.first_seed,
+                            tuning_budget=args.budget, gnn=args.gnn,
                             tree_method=args.tree_method, isd_cells=args.isd_cells, cache_dir=args.out / "cache",
                             workers=args.workers, progress=False)  # fmt: skip
             payload = run_grn(cfg)

@@ -40,6 +40,7 @@ def add_grn_parser(sub) -> None:
     p.add_argument("--method", help="write edges.tsv from this method (default: the best on validation)")
     p.add_argument("--pooling", default="auto", choices=POOLING_CHOICES)
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST .. FIRST+SEEDS-1")
     p.add_argument(
         "--split", default="genelink", help="genelink, cold-start (held-out TFs), or a split file / directory"
     )
@@ -82,6 +83,7 @@ def config_from_args(args: argparse.Namespace):
         method=args.method,
         pooling=args.pooling,
         seeds=args.seeds,
+        first_seed=args.first_seed,
         split=args.split,
         negatives=args.negatives,
         baselines=[b for b in args.baselines.split(",") if b],

@@ -75,6 +75,9 @@ class GrnConfig:
     seed's hyper-parameter choice on that seed's validation set (never by test)."""
     seeds: int = 5
     """Independent splits + initialisations; metrics are reported as mean ± sd over them."""
+    first_seed: int = 0
+    """Seeds run are first_seed .. first_seed + seeds - 1: a long benchmark can be run in pieces (more seeds later)
+    and merged (`scgrn bench grn --from-summaries`)."""
     split: str = "genelink"
     """genelink (scgrn implements GENELink's protocol, one split per seed), cold-start (held-out TFs: none of a test
     TF's edges is in training) or a split file / directory."""
@@ -136,6 +139,8 @@ class GrnConfig:
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} {getattr(self, name)!r}: must be an int >= 1")
+        if not isinstance(self.first_seed, int) or self.first_seed < 0:
+            problems.append(f"--first-seed {self.first_seed!r}: must be an int >= 0")
         if not 0.0 <= self.min_vocab_coverage <= 1.0:
             problems.append(f"--min-vocab-coverage {self.min_vocab_coverage}: must be within [0, 1]")
         if not self.lr > 0:

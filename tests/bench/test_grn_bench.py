@@ -48,3 +48,23 @@ def test_half_of_the_truth_is_the_prior_and_the_other_half_is_held_out():
     assert not set(prior["target"]) & set(held_out["target"])
     again, _ = split_truth(edges, seed=1)
     assert prior.equals(again)
+
+
+def test_summaries_of_other_seeds_merge_per_dataset_and_a_repeated_seed_is_refused():
+    import pytest
+
+    from bench.grn_bench import merge_runs
+
+    def run(name, seeds):
+        methods = {m: {"kind": "learned", "seeds": [{"seed": s, "auroc": 0.5 + s / 10} for s in seeds]}
+                   for m in ("joint-gcn", "degree")}  # fmt: skip
+        return {"name": name, "methods": methods, "wall_s": 2.0, "edges_method": "joint-gcn"}
+
+    merged = merge_runs([run("b", [2, 3]), run("a", [0, 1]), run("b", [0, 1]), run("a", [2])])
+    assert [r["name"] for r in merged] == ["a", "b"]
+    assert [row["seed"] for row in merged[1]["methods"]["joint-gcn"]["seeds"]] == [0, 1, 2, 3]
+    assert merged[1]["wall_s"] == 4.0 and len(merged[0]["methods"]["degree"]["seeds"]) == 3
+    args = SimpleNamespace(command="c", release="R", seeds=2, budget=2, isd_cells=100)
+    assert "Seeds: 3–4;" in render({"degree-aware": merged}, [], args, "m", 1.0)
+    with pytest.raises(SystemExit, match=r"seed\(s\) \[1\] appear twice"):
+        merge_runs([run("a", [0, 1]), run("a", [1])])

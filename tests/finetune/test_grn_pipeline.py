@@ -170,3 +170,14 @@ def test_bad_inputs_get_one_clear_error_and_nothing_finished_under_out(planted, 
     assert str(truth) in str(err.value) or str(cells) in str(err.value)
     finished = {"metrics.json", "results.md", "edges.tsv"} & {p.name for p in out.glob("*")} if out.exists() else set()
     assert not finished
+
+
+def test_a_later_seed_run_on_its_own_repeats_that_seed_of_a_longer_run(planted, tmp_path):
+    """--first-seed: seeds 1.. run alone give seed 1's rows of a run over seeds 0..1 (so a long benchmark can be
+    run in pieces and merged)."""
+    both = pipeline.run_grn(config(planted, tmp_path / "both"))
+    later = pipeline.run_grn(config(planted, tmp_path / "later", seeds=1, first_seed=1))
+    for name, method in later["methods"].items():
+        (row,) = method["seeds"]
+        assert row["seed"] == 1
+        assert row["auroc"] == pytest.approx(both["methods"][name]["seeds"][1]["auroc"], abs=1e-9), name
