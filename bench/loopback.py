@@ -98,15 +98,16 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", free_port()), lambda *a: _Handler(*a, directory=str(root)))
 
 
-class FileServer:
-    """`with FileServer(root) as srv:` serves `root` at `srv.url`; stopped (thread joined) on exit."""
+class _Running:
+    """A loopback server run on a thread: `with X(...) as srv:` serves at `srv.url`; stopped (thread joined) on exit.
+    `faults(fail_every=N, corrupt=...)` switches the server's injected faults (and resets its request counters)."""
 
-    def __init__(self, root: Path) -> None:
-        self.server = _Server(Path(root))
+    def __init__(self, server) -> None:
+        self.server = server
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
-    def __enter__(self) -> FileServer:
+    def __enter__(self):
         self.thread.start()
         return self
 
@@ -115,7 +116,7 @@ class FileServer:
         self.server.server_close()
         self.thread.join(timeout=10)
 
-    def faults(self, fail_every: int = 0, corrupt: Path | None = None) -> None:
+    def faults(self, fail_every: int = 0, corrupt=None) -> None:
         with self.server.lock:
             self.server.fail_every, self.server.corrupt = fail_every, corrupt
             self.server.requests = self.server.failed = 0
@@ -123,6 +124,13 @@ class FileServer:
     @property
     def failed(self) -> int:
         return self.server.failed
+
+
+class FileServer(_Running):
+    """Serves `root` (files, byte ranges, listings); `faults(corrupt=PATH)` flips bytes of that file."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(_Server(Path(root)))
 
 
 class MotoServer:
@@ -232,36 +240,16 @@ class _ProxyServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.requests = self.failed = 0
         self.fail_every = 0
-        self.corrupt = ""
+        self.corrupt = None
         super().__init__(("127.0.0.1", free_port()), _ProxyHandler)
 
 
-class FaultyProxy:
+class FaultyProxy(_Running):
     """A reverse proxy on 127.0.0.1 in front of `upstream` (the moto server) that can answer every Nth request
-    with 503 or flip bytes of the objects whose path contains a given string."""
+    with 503 or flip bytes of the objects whose path contains `corrupt`."""
 
     def __init__(self, upstream: str) -> None:
-        self.server = _ProxyServer(upstream)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self) -> FaultyProxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
-
-    def faults(self, fail_every: int = 0, corrupt: str = "") -> None:
-        with self.server.lock:
-            self.server.fail_every, self.server.corrupt = fail_every, corrupt
-            self.server.requests = self.server.failed = 0
-
-    @property
-    def failed(self) -> int:
-        return self.server.failed
+        super().__init__(_ProxyServer(upstream))
 
 
 def _drop_cached_filesystems() -> None:
