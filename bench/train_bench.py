@@ -121,6 +121,7 @@ def pad_prepared(prepared: dict[str, Tensor], length: int) -> dict[str, Tensor]:
         "gene_ids": gene_ids.reshape(-1),  # (B*L,)
         "input_bins": bins.reshape(-1),
         "labels": labels.reshape(-1),
+        "max_seqlen": length,  # host int: no device read of the longest cell
     }
 
 

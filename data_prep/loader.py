@@ -12,13 +12,16 @@ How an epoch is laid out (deterministic from seed + epoch):
 A consumer's position is a cursor (window, cells emitted in it); restoring it reproduces the remaining sequence
 exactly, because everything before it is recomputed from the seed. Batches are cut from each consumer's cell
 stream; `StatefulCellLoader` tracks the cursors of batches the training loop has consumed.
+4. Optionally (`prepare`, the model's batch preparer: gene sampling, binning, masking) each batch is turned into
+   model inputs where it is cut, in the worker, with a torch generator seeded by (seed, epoch, consumer, cursor):
+   the same batch always gets the same draws, so the draws need no state of their own and resume exactly.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +45,7 @@ class CellBatch(CellBlock):
 
     consumer: int = 0
     cursor: tuple[int, int] = (0, 0)  # (window, cells emitted in it) *after* this batch
+    prepared: dict | None = None  # the model's inputs, when the dataset has a `prepare` (tensors and host ints)
 
     def to_torch(self) -> dict[str, torch.Tensor]:
         """Packed tensors for a varlen transformer: `cu_seqlens` (B+1,) int32, `gene_ids` (T,), `values` (T,), and
@@ -55,9 +59,26 @@ class CellBatch(CellBlock):
             out["library_size"] = torch.from_numpy(self.library_size.astype(np.float32))
         return out
 
+    def pin_memory(self) -> CellBatch:
+        """Pin the prepared tensors (DataLoader's `pin_memory=True` calls this on its pinning thread), so the
+        trainer's host-to-GPU copies run asynchronously."""
+        if self.prepared is not None:
+            self.prepared = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in self.prepared.items()}
+        return self
+
 
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
+
+
+PREPARE_STREAM = 0x70726570  # "prep": keeps the preparation draws apart from the shuffling streams of the same seed
+
+
+def batch_generator(*key: int) -> torch.Generator:
+    """A torch CPU generator seeded from the integers `key` (through numpy's SeedSequence, so nearby keys give
+    unrelated streams)."""
+    seed = int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0]) & (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
 
 
 SAME_ON_EVERY_RANK = ("seed", "split", "epoch", "world_size", "num_workers", "remnant")
@@ -96,6 +117,7 @@ class StreamingCellDataset(IterableDataset):
         stream_tars: bool | None = None,
         cache_dir: Path | str | None = None,
         cache_bytes: int = 0,
+        prepare: Callable[[dict, torch.Generator], dict] | None = None,
     ) -> None:
         super().__init__()
         if split not in SPLITS:
@@ -134,6 +156,9 @@ class StreamingCellDataset(IterableDataset):
         # seek is a request, off for local tars (read by sample: finer shuffling, a rank reads only its samples)
         self.stream_tars = stream_tars
         self.cache_dir, self.cache_bytes = cache_dir, cache_bytes  # a remote corpus's shards copied here (bounded)
+        # (raw packed tensors, generator) -> model inputs, run on every batch where it is cut (step 4 above); must be
+        # picklable (it travels to the DataLoader workers), e.g. `functools.partial(fn, model_config)`
+        self.prepare = prepare
         # Read the next window on a thread while this one is emitted. Default: on for zarr (zarrs decodes outside
         # the GIL: 1.3x measured), off for webdataset (.npy parsing holds the GIL: 0.7x measured).
         self.prefetch = prefetch
@@ -146,6 +171,9 @@ class StreamingCellDataset(IterableDataset):
         # partition's windows (see `plan` and `load_elastic_state`).
         self.remnant: list[list[tuple]] | None = None
         self.last_consumer: int | None = None  # consumer of the last batch handed out
+        # The epoch as the parent process last set it, in shared memory: persistent DataLoader workers hold a copy of
+        # this dataset from when they started and learn of a new epoch here (see `__iter__`).
+        self._shared_epoch = torch.full((), epoch, dtype=torch.int64).share_memory_()
         # DataLoader asks its workers round-robin starting from worker 0; after a restore, worker 0 must play
         # the consumer whose turn was next, so worker ids are rotated by this much.
         self.worker_shift = 0
@@ -189,6 +217,7 @@ class StreamingCellDataset(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self._shared_epoch.fill_(epoch)
         self.cursors = {}
         self.remnant = None
         self.worker_shift = 0
@@ -303,6 +332,9 @@ class StreamingCellDataset(IterableDataset):
                 pool.shutdown(wait=True, cancel_futures=True)
 
     def __iter__(self) -> Iterator:
+        if get_worker_info() is not None and int(self._shared_epoch) != self.epoch:
+            # a persistent worker, started in an earlier epoch: the parent has moved on to a fresh epoch
+            self.set_epoch(int(self._shared_epoch))
         consumer, n_consumers = self._consumer()
         start = self.cursors.get(consumer, (0, 0))
         if self.batch_size is None:
@@ -373,10 +405,14 @@ class StreamingCellDataset(IterableDataset):
         if pending and not self.drop_last:
             yield self._batch(pending, consumer, cursor)
 
-    @staticmethod
-    def _batch(parts: list[CellBlock], consumer: int, cursor: tuple[int, int]) -> CellBatch:
+    def _batch(self, parts: list[CellBlock], consumer: int, cursor: tuple[int, int]) -> CellBatch:
         b = CellBlock.concat(parts)
-        return CellBatch(b.indptr, b.gene_ids, b.values, b.cell_ids, b.split, b.obs, b.library_size, consumer, cursor)
+        batch = CellBatch(b.indptr, b.gene_ids, b.values, b.cell_ids, b.split, b.obs, b.library_size, consumer, cursor)
+        if self.prepare is not None:
+            # (consumer, cursor) names the batch within the epoch: a resumed run draws for it what the first did
+            generator = batch_generator(self.seed, PREPARE_STREAM, self.epoch, consumer, *cursor)
+            batch.prepared = self.prepare(batch.to_torch(), generator)
+        return batch
 
     # -- exact resume --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -405,6 +441,7 @@ class StreamingCellDataset(IterableDataset):
             )
             raise CorpusError(msg)
         self.epoch = state["epoch"]
+        self._shared_epoch.fill_(self.epoch)
         self._num_workers = state["num_workers"]
         saved = state.get("remnant")
         self.remnant = None if saved is None else [[tuple(p) for p in plan] for plan in saved]
@@ -437,6 +474,7 @@ class StreamingCellDataset(IterableDataset):
             raise CorpusError(msg)
         n_old = old_world * states[0]["num_workers"]
         self.epoch = states[0]["epoch"]
+        self._shared_epoch.fill_(self.epoch)
         saved = states[0].get("remnant")
         self.remnant = None if saved is None else [[tuple(p) for p in plan] for plan in saved]
         cursors = {int(c): tuple(v) for s in states for c, v in s["cursors"].items()}
@@ -472,25 +510,52 @@ class StatefulCellLoader:
 
     Workers run copies of the dataset, so the loader records the cursor carried by every batch it hands out;
     `state_dict()` is then exact whatever the number of workers (which must stay the same on resume).
+
+    Workers persist across epochs (`persistent_workers`, default on): they start once, so each opens and verifies
+    its shards once per run instead of once per epoch, and learn of a new epoch through the dataset's shared epoch
+    counter. The batches are the same as with workers re-started every epoch (a test compares them). Workers hold
+    the cursors they started from, so a restored state, or an epoch left before its end, starts new ones.
     """
 
-    def __init__(self, dataset: StreamingCellDataset, num_workers: int = 0, **kwargs) -> None:
+    def __init__(
+        self, dataset: StreamingCellDataset, num_workers: int = 0, *, persistent_workers: bool = True, **kwargs
+    ) -> None:
         if dataset.batch_size is None:
             msg = "StatefulCellLoader needs a dataset built with batch_size=N."
             raise ValueError(msg)
         self.dataset = dataset
         self.num_workers = num_workers
+        self.persistent_workers = persistent_workers and num_workers > 0
         self.kwargs = kwargs
         dataset._num_workers = max(1, num_workers)
+        self._loader: DataLoader | None = None
+
+    def _data_loader(self) -> DataLoader:
+        if self._loader is None:
+            self._loader = DataLoader(
+                self.dataset,
+                batch_size=None,
+                num_workers=self.num_workers,
+                persistent_workers=self.persistent_workers,
+                **self.kwargs,
+            )
+        return self._loader
+
+    def close(self) -> None:
+        """Stop the workers (the next iteration starts new ones from the dataset's current state)."""
+        self._loader = None  # the DataLoader's iterator shuts its workers down when it is collected
 
     def __iter__(self) -> Iterator[CellBatch]:
-        loader = DataLoader(
-            self.dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=False, **self.kwargs
-        )
-        for batch in loader:
-            self.dataset.cursors[batch.consumer] = tuple(batch.cursor)
-            self.dataset.last_consumer = batch.consumer
-            yield batch
+        finished = False
+        try:
+            for batch in self._data_loader():
+                self.dataset.cursors[batch.consumer] = tuple(batch.cursor)
+                self.dataset.last_consumer = batch.consumer
+                yield batch
+            finished = True
+        finally:
+            if not finished or not self.persistent_workers:
+                self.close()  # left mid-epoch: the workers' cursors are behind the parent's
 
     def forever(self) -> Iterator[CellBatch]:
         """Batches epoch after epoch (reshuffled each time), from wherever the loader's state says it stands.
@@ -521,6 +586,7 @@ class StatefulCellLoader:
         return self.dataset.state_dict()
 
     def load_elastic_state(self, states: list[dict]) -> None:
+        self.close()
         self.dataset._num_workers = max(1, self.num_workers)
         self.dataset.load_elastic_state(states)
 
@@ -531,4 +597,5 @@ class StatefulCellLoader:
                 f"{max(1, self.num_workers)}; resume with the same num_workers."
             )
             raise CorpusError(msg)
+        self.close()
         self.dataset.load_state_dict(state)

@@ -3,7 +3,8 @@
 Layout of a run directory:
     RUN/config.yaml, RUN/tensorboard/, RUN/checkpoints/step00000050/  (DeepSpeed files for that tag)
         loader_rank{r}.json   each rank's data-loader cursor (StreamingCellDataset.state_dict)
-        rng_rank{r}.pt        each rank's masking generator + torch CPU (and CUDA) RNG (tensors; weights_only=True)
+        rng_rank{r}.pt        each rank's torch CPU (and CUDA) RNG (tensors; weights_only=True); the masking draws
+                              need none: they are seeded per batch by the loader's cursor
         COMPLETE              written by rank 0 after every rank finished: only such checkpoints are resumed from
                               (JSON: step, reason, time, world_size, zero_stage, vocab_sha256)
         universal/STEP/       DeepSpeed's universal checkpoint of this one, made when resuming on another
@@ -61,14 +62,14 @@ def resolve_resume(resume: str, run_dir: Path) -> Path | None:
     return path
 
 
-def save_rank_state(
-    directory: Path, rank: int, loader_state: dict, generator: torch.Generator, device: torch.device | None = None
-) -> None:
-    """The rank's loader cursor and RNG: the masking generator, torch's CPU RNG and, on a GPU, its CUDA RNG (dropout
-    draws there), so a resumed run repeats the same random numbers."""
+def save_rank_state(directory: Path, rank: int, loader_state: dict, device: torch.device | None = None) -> None:
+    """The rank's loader cursor and RNG: torch's CPU RNG and, on a GPU, its CUDA RNG (dropout draws there), so a
+    resumed run repeats the same random numbers. (Checkpoints of earlier versions also hold a "generator", the
+    masking generator of the training step; masking now happens in the loader, seeded per batch, and it is
+    ignored.)"""
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_text(directory / f"loader_rank{rank}.json", json.dumps(loader_state))
-    rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    rng = {"torch": torch.get_rng_state()}
     if device is not None and device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
     torch.save(rng, directory / f"rng_rank{rank}.pt")

@@ -19,6 +19,7 @@ import yaml
 FAMILIES = ("scbert", "exceiver")
 PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = ("adamw", "fused_adam")
+FINITE_CHECKS = ("auto", "before_update", "lagged")
 
 
 class ConfigError(ValueError):
@@ -63,6 +64,10 @@ class TrainConfig:
     out_dir: str = "runs/pretrain"
     resume: str = "none"  # none | auto (latest complete checkpoint in out_dir) | a checkpoint directory
     peak_tflops: float = 0.0  # device peak for the MFU estimate (0: not logged)
+    # When a non-finite loss is caught: before_update (the step's update is never applied; one host sync per step),
+    # lagged (read one step later, so the host never waits for the GPU; the bad update is applied, nothing after
+    # it is saved, resume from the last checkpoint) or auto (lagged on a GPU, before_update on CPU).
+    finite_check: str = "auto"
     # Audit log of the cells each rank trains on: false (off) | true (RUN/cell_ids/rank{r}.jsonl) | a directory.
     # One JSON line per micro batch, {"step", "micro", "cell_ids"}, flushed as written; on resume, lines past
     # the resumed step are dropped, so the file is the exact sequence the model state has seen.
@@ -104,6 +109,7 @@ class PretrainConfig:
             (t.save_every >= 1, "train.save_every", t.save_every, ">= 1"),
             (t.keep_last >= 1, "train.keep_last", t.keep_last, ">= 1"),
             (t.peak_tflops >= 0, "train.peak_tflops", t.peak_tflops, ">= 0"),
+            (t.finite_check in FINITE_CHECKS, "train.finite_check", t.finite_check, f"one of {FINITE_CHECKS}"),
             (isinstance(t.log_cell_ids, bool | str), "train.log_cell_ids", t.log_cell_ids, "true, false or a dir"),
             (d.micro_batch_cells >= 1, "data.micro_batch_cells", d.micro_batch_cells, ">= 1"),
             (d.micro_batch_tokens >= 0, "data.micro_batch_tokens", d.micro_batch_tokens, ">= 0 (0 = by cells)"),

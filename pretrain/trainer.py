@@ -100,6 +100,9 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
         self.model_config = model_config(cfg.family, cfg.model, self.corpus.manifest["vocab"]["size"])
         model = build_model(cfg.family, self.model_config)
+        # Gene sampling, binning and masking run in the loader's workers (seeded per batch, resumed by the cursor):
+        # the training step gets finished inputs with host-side sizes and never waits on the device for a length.
+        prepare = model.batch_preparer()
         check_corpus(model, self.corpus.value_kind.value, self.corpus.vocab_sha256, cfg.model.get("vocab_sha256"))
         model.to(self.device)
         # Counted before ZeRO-3 partitions the parameters (a partitioned parameter's numel() is 0): the MFU figure.
@@ -117,8 +120,9 @@ class Trainer:
         if self.elastic:
             self._prepare_elastic()
         self.engine = dist.create_engine(model, cfg, self.ds_config)
-        # Masking/sampling randomness per rank, saved and restored with each checkpoint.
-        self.generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + self.rank)
+        check = cfg.train.finite_check
+        self.lagged_check = check == "lagged" or (check == "auto" and self.device.type == "cuda")
+        self.pending_check: tuple[int, torch.Tensor, torch.cuda.Event | None] | None = None
         d = cfg.data
         max_genes = self.model_config.max_genes
         if d.micro_batch_tokens and d.micro_batch_tokens < max_genes:
@@ -144,8 +148,10 @@ class Trainer:
                 token_cap=max_genes,
                 cache_dir=d.cache_dir or None,
                 cache_bytes=int(d.cache_gb * 1e9),
+                prepare=prepare,
             ),
             num_workers=d.num_workers,
+            pin_memory=self.device.type == "cuda",  # CellBatch.pin_memory pins the prepared tensors
         )
         self.step = 0
         self.tokens_seen = 0  # this rank's tokens, after max_genes sampling
@@ -163,23 +169,27 @@ class Trainer:
         except CorpusError as e:
             raise ConfigError(str(e)) from None
 
-    def _to_device(self, batch) -> dict[str, torch.Tensor]:
-        """Host batch -> device tensors; on a GPU through pinned memory so the copy runs asynchronously."""
-        tensors = batch.to_torch()
-        if self.device.type == "cuda":
-            return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in tensors.items()}
-        return tensors
+    def _to_device(self, tensors: dict) -> dict:
+        """Host tensors -> device; pinned ones (the loader pins on a GPU) are copied asynchronously. Host ints (the
+        prepared sizes) stay as they are."""
+        if self.device.type == "cpu":
+            return tensors
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in tensors.items()}
 
     # -- steps ---------------------------------------------------------------------------------------
-    def train_step(self, batches) -> dict[str, float]:
+    def train_step(self, batches) -> dict:
         """One optimizer step over `grad_accum` micro batches, with a per-token loss.
 
         Every masked gene of the step, over all micro batches and ranks, weighs the same: each micro batch's summed
-        loss is divided by the step's global count of masked genes (one all-reduce of a device tensor, no host
-        sync), times world_size because DeepSpeed averages gradients over ranks, and DeepSpeed's own 1/grad_accum
-        scaling is turned off. So grad_accum 2 x 1 rank, 1 x 2 ranks and one large batch give the same update.
-        The finite-loss check is one host sync per step, before the update is applied: a NaN never reaches the
-        weights and the last good state can be saved.
+        loss is divided by the step's global count of masked genes (counted on the host where the batches were
+        prepared, summed over ranks by one all-reduce of a device tensor), times world_size because DeepSpeed
+        averages gradients over ranks, and DeepSpeed's own 1/grad_accum scaling is turned off. So grad_accum 2 x 1
+        rank, 1 x 2 ranks and one large batch give the same update.
+
+        Nothing in a micro step reads a value back from the device: the batches arrive prepared (sizes are host
+        ints), and the finite-loss check is either one host sync per step before the update is applied
+        (train.finite_check=before_update) or reads the previous step's flag, which the device has long finished
+        (lagged). The returned loss is a device tensor; the loop reads losses once per log interval.
         """
         module = self.engine.module
         micro_batches = []
@@ -187,41 +197,86 @@ class Trainer:
             batch = next(batches)
             if self.cell_id_log is not None:
                 self.cell_id_log.write(self.step + 1, micro, batch.cell_ids, self.train_data.dataset.epoch)
-            inputs = self._to_device(batch)
-            if self._test_matches(POISON_AT, self.step + 1):
-                inputs["values"] = torch.full_like(inputs["values"], float("nan"))
-            micro_batches.append((batch, module.prepare_batch(inputs, self.generator)))
-        n_local = torch.stack([module.n_targets(prepared) for _, prepared in micro_batches]).sum().double()
-        n_global = dist.all_reduce_sum_tensor(n_local.clone())
+            micro_batches.append((batch, self._to_device(batch.prepared)))
+        n_local = sum(module.n_targets(prepared) for _, prepared in micro_batches)  # host int
+        # torch.full fills on the device from a host scalar: no copy, no sync
+        n_global = dist.all_reduce_sum_tensor(torch.full((), float(n_local), dtype=torch.float64, device=self.device))
         scale = self.world_size / n_global.clamp(min=1.0)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         tokens, cells, flops = 0, 0, 0.0
+        poison = self._test_matches(POISON_AT, self.step + 1)
         for i, (batch, prepared) in enumerate(micro_batches):
-            out = self.engine(prepared)
-            loss_sum += out["loss_sum"].detach().double()
+            micro_loss = self.engine(prepared)["loss_sum"]
+            if poison:
+                micro_loss = micro_loss * float("nan")
+            loss_sum += micro_loss.detach().double()
             if i == len(micro_batches) - 1:
-                self._stop_if_not_finite(loss_sum, n_local)
-            self.engine.backward(out["loss_sum"] * scale.to(out["loss_sum"].dtype), scale_wrt_gas=False)
+                if self.lagged_check:
+                    self._stop_if_pending_not_finite()  # the previous step's flag; this one's is read next step
+                else:
+                    self._stop_if_not_finite(loss_sum, n_local)
+            self.engine.backward(micro_loss * scale.to(micro_loss.dtype), scale_wrt_gas=False)
             self.engine.step()
             tokens += int(prepared["gene_ids"].shape[0])  # shape: host-side, no sync
             cells += batch.n_cells
             flops += module.flops(np.diff(batch.indptr), self.n_matmul_params)
         self.step += 1
         self.tokens_seen += tokens
-        loss = float(loss_sum / n_local.clamp(min=1.0))  # this rank's per-token mean; the step's one more sync
+        if self.lagged_check:
+            self._queue_finite_check(loss_sum)
+        loss = loss_sum / max(n_local, 1)  # this rank's per-token mean, still on the device
         return {"loss": loss, "tokens": tokens, "cells": cells, "flops": flops}
 
-    def _stop_if_not_finite(self, loss_sum: torch.Tensor, n_tokens: torch.Tensor) -> None:
+    def _not_finite_error(self, bad_step: int, loss: str, kept_step: int) -> NonFiniteLossError:
+        msg = (
+            f"the loss of step {bad_step} is not finite on at least one rank (rank {self.rank}'s per-token loss: "
+            f"{loss}); stopped before applying "
+        )
+        if kept_step == bad_step - 1:
+            msg += (
+                f"that update. The last good state (step {kept_step}) is saved in {ckpt.checkpoint_root(self.run_dir)}."
+            )
+        else:
+            latest = ckpt.complete_checkpoints(self.run_dir)
+            where = f"{latest[-1]}" if latest else "none yet: restart the run"
+            msg += (
+                f"the next one, but step {bad_step}'s update was applied (train.finite_check=lagged reads the check "
+                f"one step late so the host never waits for the device) and nothing after step {bad_step - 1} is "
+                f"saved. Resume from the last complete checkpoint ({where}); train.finite_check=before_update stops "
+                "before the bad update at the cost of one host sync per step."
+            )
+        return NonFiniteLossError(msg + " Lower train.lr, enable train.grad_clip, or check the corpus values.")
+
+    def _stop_if_not_finite(self, loss_sum: torch.Tensor, n_tokens: int) -> None:
         # Every rank must agree to stop before anyone applies the update.
         if dist.all_reduce_max(0.0 if torch.isfinite(loss_sum).item() else 1.0, self.device) > 0:
             self._save(reason="non-finite loss")
-            msg = (
-                f"the loss of step {self.step + 1} is not finite on at least one rank (rank {self.rank}'s per-token "
-                f"loss: {float(loss_sum / n_tokens.clamp(min=1.0))}); stopped before applying that update. The last "
-                f"good state (step {self.step}) is saved in {ckpt.checkpoint_root(self.run_dir)}. Lower train.lr, "
-                "enable train.grad_clip, or check the corpus values."
-            )
-            raise NonFiniteLossError(msg)
+            raise self._not_finite_error(self.step + 1, str(float(loss_sum / max(n_tokens, 1))), self.step)
+
+    def _queue_finite_check(self, loss_sum: torch.Tensor) -> None:
+        """Start the all-reduced not-finite flag of the step just queued on its way to the host; read next step."""
+        flag = dist.all_reduce_max_tensor((~torch.isfinite(loss_sum)).to(torch.float32).reshape(1))
+        value = loss_sum.reshape(1).float()
+        both = torch.cat([flag, value])  # (2,) flag over ranks, this rank's loss sum
+        event = None
+        if both.device.type == "cuda":
+            host = torch.empty(2, dtype=torch.float32, pin_memory=True)
+            host.copy_(both, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            both = host
+        self.pending_check = (self.step, both, event)
+
+    def _stop_if_pending_not_finite(self) -> None:
+        """Raise if the step queued last had a non-finite loss on any rank (waits only for that step's work)."""
+        if self.pending_check is None:
+            return
+        step, host, event = self.pending_check
+        self.pending_check = None
+        if event is not None:
+            event.synchronize()
+        if float(host[0]) > 0:
+            raise self._not_finite_error(step, str(float(host[1])), -1)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -250,7 +305,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(12345 + self.rank)  # the same masks at every evaluation
         loss_sum, n = 0.0, 0
         for i in range(n_forwards):
-            out = self.engine(self._to_device(batches[i] if i < len(batches) else filler), generator=gen)
+            out = self.engine(self._to_device((batches[i] if i < len(batches) else filler).to_torch()), generator=gen)
             if i < len(batches):
                 m = int(out.get("n_masked", 1))
                 loss_sum += float(out["loss"]) * m
@@ -276,10 +331,12 @@ class Trainer:
         }
 
     def _save(self, reason: str = "periodic") -> Path:
+        if reason != "non-finite loss":
+            self._stop_if_pending_not_finite()  # never save the state after a bad update (lagged check)
         tag = ckpt.tag_for(self.step)
         root = ckpt.checkpoint_root(self.run_dir)
         dist.save_checkpoint(self.engine, root, tag, self._client_state())
-        ckpt.save_rank_state(root / tag, self.rank, self.train_data.state_dict(), self.generator, self.device)
+        ckpt.save_rank_state(root / tag, self.rank, self.train_data.state_dict(), self.device)
         self._test_hold(HOLD_IN_SAVE)
         dist.barrier()
         if self.rank == 0:
@@ -350,13 +407,11 @@ class Trainer:
         if self.elastic:
             self.train_data.load_elastic_state(ckpt.load_loader_states(path, marker["world_size"]))
             # The old ranks' random streams cannot be split over new ranks: each rank starts a fresh one, seeded by
-            # the run's seed, the step and the rank (the masking draws differ from an uninterrupted run's).
-            self.generator.manual_seed(self.cfg.train.seed * 1000 + self.rank + 7919 * state["step"])
+            # the run's seed, the step and the rank (dropout draws differ from an uninterrupted run's).
             torch.manual_seed(self.cfg.train.seed + 104_729 * state["step"] + self.rank)
         else:
             loader_state, rng = ckpt.load_rank_state(path, self.rank)
             self.train_data.load_state_dict(loader_state)
-            self.generator.set_state(rng["generator"])
             torch.set_rng_state(rng["torch"])
             if "cuda" in rng and self.device.type == "cuda":  # dropout draws on the GPU
                 torch.cuda.set_rng_state(rng["cuda"], self.device)
@@ -375,24 +430,24 @@ class Trainer:
             self.cell_id_log.open(self.step)
         metrics = MetricsLogger(self.run_dir, self.rank, cfg.train.steps, self.step)
         batches = self._batches()
-        window = {"loss": 0.0, "n": 0, "tokens": 0, "cells": 0, "flops": 0.0, "t0": time.perf_counter()}
+        window = {"losses": [], "tokens": 0, "cells": 0, "flops": 0.0, "t0": time.perf_counter()}
         history = []
         last = cfg.train.stop_after or cfg.train.steps
         try:
             while self.step < last:
                 out = self.train_step(batches)
-                history.append(out["loss"])
-                window["loss"] += out["loss"]
-                window["n"] += 1
+                window["losses"].append(out["loss"])  # device tensors, read once per log interval
                 window["tokens"] += out["tokens"]
                 window["cells"] += out["cells"]
                 window["flops"] += out["flops"]
                 metrics.advance()
                 if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                    losses = torch.stack(window["losses"]).tolist()  # the interval's one device read
+                    history += losses
                     seconds = time.perf_counter() - window["t0"]
                     tokens_s = window["tokens"] * self.world_size / seconds  # all ranks stream similar amounts
                     scalars = {
-                        "train/loss": window["loss"] / window["n"],
+                        "train/loss": sum(losses) / len(losses),
                         "train/lr": self.engine.get_lr()[0],
                         "train/grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
                         "perf/tokens_per_s": tokens_s,
@@ -404,13 +459,15 @@ class Trainer:
                         scalars["perf/mfu"] = window["flops"] / seconds / (cfg.train.peak_tflops * 1e12)
                     metrics.scalars(self.step, scalars)
                     self.last_losses["train"] = scalars["train/loss"]
-                    window = {"loss": 0.0, "n": 0, "tokens": 0, "cells": 0, "flops": 0.0, "t0": time.perf_counter()}
+                    window = {"losses": [], "tokens": 0, "cells": 0, "flops": 0.0, "t0": time.perf_counter()}
                 if self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps:
                     val = self.evaluate()
                     self.last_losses["val"] = val
                     metrics.scalars(self.step, {"val/loss": val})
                 if self.step % cfg.train.save_every == 0 or self.step in (cfg.train.steps, last):
                     self._save()
+            if window["losses"]:  # steps after the last log line (a stop_after between two log steps)
+                history += torch.stack(window["losses"]).tolist()
         finally:
             metrics.close()
             if self.cell_id_log is not None:

@@ -37,6 +37,7 @@ Shapes: B cells, T packed genes, L latents, D model width, H heads, N masked gen
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -262,6 +263,103 @@ def _subset_cu_seqlens(cell_of_token: Tensor, selected: Tensor, n_cells: int) ->
     return cu_seqlens_from_lengths(counts), counts
 
 
+def _lengths_stats(*counts: Tensor) -> list[int]:
+    """Max of each (B,) count vector plus the min of the first, in one device->host copy (a sync on a GPU)."""
+    with torch.no_grad():
+        stats = torch.stack([c.max() if c.numel() else c.new_zeros(()) for c in counts] + [counts[0].min()])
+    return stats.tolist()
+
+
+def _raise_empty(counts: Tensor, what: str) -> None:
+    empty = (counts == 0).nonzero().flatten().tolist()  # error path only: the sync happens once
+    msg = (
+        f"cell(s) {empty[:10]} of the batch have no {what}; every cell needs >= 1 expressed gene "
+        "(data_prep drops empty cells; check the batch's cu_seqlens)"
+    )
+    raise ValueError(msg)
+
+
+def split_masked(config: ExceiverConfig, batch: dict[str, Tensor]) -> dict:
+    """Packed cells with a mask -> what the encoder and decoder read, all of it data-dependent (boolean selections,
+    per-cell counts), so that `Exceiver.forward` on the result has none.
+
+    Args:
+        batch: "gene_ids" (T,), "values" (T,) raw counts, "cu_seqlens" (B+1,), "mask" (T,) bool (True = predict);
+            optional "library_size" (B,), the cells' whole totals (default: the sum of the given values).
+
+    Returns:
+        encoder_gene_ids (T-N,), encoder_log_values (T-N,) log1p(CP10k), cu_encoder (B+1,) int32, max_encoder (int);
+        query_gene_ids (N,), cu_query (B+1,) int32, max_query (int); target (N,) log1p(CP10k) (mse) or raw counts
+        (poisson, nb); query_library (N,) the library size of each query's cell; n_targets = N (int);
+        library_size (B,).
+    """
+    gene_ids, values, cu_seqlens, mask = batch["gene_ids"], batch["values"], batch["cu_seqlens"], batch["mask"]
+    _check_packed(gene_ids, values, cu_seqlens)
+    if mask.shape != gene_ids.shape or mask.dtype != torch.bool:
+        msg = (
+            f"batch['mask'] must be a bool tensor shaped like gene_ids {tuple(gene_ids.shape)}; "
+            f"got {mask.dtype} {tuple(mask.shape)}"
+        )
+        raise ValueError(msg)
+    n_cells = cu_seqlens.numel() - 1
+    library = batch.get("library_size")
+    if library is None:
+        library = cell_library_size(values, cu_seqlens)  # (B,) the given genes are the whole cells
+    library = library.to(values.device)
+    cell = token_cell_index(cu_seqlens, gene_ids.shape[0])  # (T,)
+    log_values = normalize_log1p(values, cu_seqlens, library_size=library)  # (T,)
+    keep = ~mask
+    cu_encoder, n_encoder = _subset_cu_seqlens(cell, keep, n_cells)  # (B+1,), (B,)
+    cu_query, n_query = _subset_cu_seqlens(cell, mask, n_cells)
+    max_encoder, max_query, min_encoder = _lengths_stats(n_encoder, n_query)
+    if min_encoder == 0:
+        _raise_empty(n_encoder, "unmasked genes for the encoder")
+    # boolean indexing keeps tokens in order, so both subsets stay packed cell by cell
+    return {
+        "encoder_gene_ids": gene_ids[keep],
+        "encoder_log_values": log_values[keep],
+        "cu_encoder": cu_encoder,
+        "max_encoder": int(max_encoder),
+        "query_gene_ids": gene_ids[mask],
+        "cu_query": cu_query,
+        "max_query": int(max_query),
+        "target": log_values[mask] if config.objective == "mse" else values[mask],
+        "query_library": library[cell[mask]],
+        "n_targets": int(cu_query[-1]),
+        "library_size": library,
+    }
+
+
+def prepare_batch(config: ExceiverConfig, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict:
+    """Raw packed cells -> the inputs `Exceiver.forward` uses as given: library sizes taken before sampling, at
+    most `max_genes` genes per cell, the mask, and its `split_masked` split.
+
+    Runs wherever `batch` lives; the trainer runs it in the data loader's workers on CPU tensors (seeded per batch,
+    see `data_prep.loader.StreamingCellDataset`), so the step on a GPU gets finished inputs with host-side sizes.
+    Returns gene_ids, values, cu_seqlens, mask (T',) bool, library_size and the keys of `split_masked`.
+    """
+    gene_ids, values, cu_seqlens = batch["gene_ids"], batch["values"], batch["cu_seqlens"]
+    _check_packed(gene_ids, values, cu_seqlens)
+    library = batch.get("library_size")
+    if library is None:
+        library = cell_library_size(values, cu_seqlens)  # (B,) whole-cell totals, before sampling
+    gene_ids, values, cu_seqlens = sample_genes(
+        gene_ids, values, cu_seqlens, config.max_genes, config.gene_sampling, generator
+    )
+    mask = sample_mask(cu_seqlens, gene_ids.shape[0], config.mask_prob, generator)  # (T',)
+    sampled = {"gene_ids": gene_ids, "values": values, "cu_seqlens": cu_seqlens, "mask": mask, "library_size": library}
+    return {**sampled, **split_masked(config, sampled)}
+
+
+def _check_packed(gene_ids: Tensor, values: Tensor, cu_seqlens: Tensor) -> None:
+    if gene_ids.dim() != 1 or values.shape != gene_ids.shape or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        msg = (
+            "expected packed cells: gene_ids (T,), values (T,), cu_seqlens (B+1,) with B >= 1; got "
+            f"gene_ids {tuple(gene_ids.shape)}, values {tuple(values.shape)}, cu_seqlens {tuple(cu_seqlens.shape)}"
+        )
+        raise ValueError(msg)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # model
 
@@ -379,35 +477,6 @@ class Exceiver(nn.Module):
         readout = (self.norm_out(out) * queries).sum(-1) / math.sqrt(d_model)  # (N,)
         return readout + self.gene_bias(query_gene_ids).squeeze(-1) + self.value_bias
 
-    def _sample(
-        self, gene_ids: Tensor, values: Tensor, cu_seqlens: Tensor, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        return sample_genes(gene_ids, values, cu_seqlens, self.config.max_genes, self.config.gene_sampling, generator)
-
-    @staticmethod
-    def _check_packed(gene_ids: Tensor, values: Tensor, cu_seqlens: Tensor) -> None:
-        if gene_ids.dim() != 1 or values.shape != gene_ids.shape or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-            msg = (
-                "expected packed cells: gene_ids (T,), values (T,), cu_seqlens (B+1,) with B >= 1; got "
-                f"gene_ids {tuple(gene_ids.shape)}, values {tuple(values.shape)}, cu_seqlens {tuple(cu_seqlens.shape)}"
-            )
-            raise ValueError(msg)
-
-    @staticmethod
-    def _raise_empty(counts: Tensor, what: str) -> None:
-        empty = (counts == 0).nonzero().flatten().tolist()  # error path only: the sync happens once
-        msg = (
-            f"cell(s) {empty[:10]} of the batch have no {what}; every cell needs >= 1 expressed gene "
-            "(data_prep drops empty cells; check the batch's cu_seqlens)"
-        )
-        raise ValueError(msg)
-
-    @torch.no_grad()
-    def _lengths_stats(self, *counts: Tensor) -> list[int]:
-        # max of each count vector plus the min of the first, in one device->host copy (a sync on GPU)
-        stats = torch.stack([c.max() if c.numel() else c.new_zeros(()) for c in counts] + [counts[0].min()])
-        return stats.tolist()
-
     def encode(
         self, gene_ids: Tensor, values: Tensor, cu_seqlens: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
@@ -420,14 +489,16 @@ class Exceiver(nn.Module):
             generator: drives "random" gene sampling of cells longer than `max_genes` (use "topk" sampling or
                 a seeded generator for reproducible embeddings).
         """
-        self._check_packed(gene_ids, values, cu_seqlens)
+        _check_packed(gene_ids, values, cu_seqlens)
         library = cell_library_size(values, cu_seqlens)  # (B,) whole-cell totals, before sampling
-        gene_ids, values, cu_seqlens = self._sample(gene_ids, values, cu_seqlens, generator)
+        gene_ids, values, cu_seqlens = sample_genes(
+            gene_ids, values, cu_seqlens, self.config.max_genes, self.config.gene_sampling, generator
+        )
         log_values = normalize_log1p(values, cu_seqlens, library_size=library)  # (T',)
         lengths = seqlens(cu_seqlens)  # (B,)
-        max_genes, min_genes = self._lengths_stats(lengths)
+        max_genes, min_genes = _lengths_stats(lengths)
         if min_genes == 0:
-            self._raise_empty(lengths, "expressed genes")
+            _raise_empty(lengths, "expressed genes")
         return self._encode_tokens(gene_ids, log_values, cu_seqlens, max_genes)
 
     def gene_states(
@@ -449,7 +520,7 @@ class Exceiver(nn.Module):
         if latents is None:
             latents = self.encode(gene_ids, values, cu_seqlens, generator)  # (B, L, D)
         cu_seqlens = cu_seqlens.to(device=gene_ids.device, dtype=torch.int32)
-        max_queries = self._lengths_stats(seqlens(cu_seqlens))[0]
+        max_queries = _lengths_stats(seqlens(cu_seqlens))[0]
         n_cells, n_latents, d_model = latents.shape
         queries = self.gene_embedding(gene_ids)  # (T, D)
         cu_latents = torch.arange(n_cells + 1, device=latents.device, dtype=torch.int32) * n_latents  # (B+1,)
@@ -466,11 +537,13 @@ class Exceiver(nn.Module):
         """One masked-expression step.
 
         Args:
-            batch: packed cells, `data_prep.loader.CellBatch.to_torch()`: "gene_ids" (T,), "values" (T,) raw counts,
-                "cu_seqlens" (B+1,). Optional "mask" (T,) bool (True = hide and predict): then the tokens are used
-                as given, with no gene sampling, and the caller is responsible for `max_genes`. Optional
-                "library_size" (B,): each cell's total counts, when the given genes are a subset of the cell's.
-            generator: drives gene sampling and masking; the same seed gives the same step.
+            batch: either raw packed cells, `data_prep.loader.CellBatch.to_torch()`: "gene_ids" (T,), "values" (T,)
+                raw counts, "cu_seqlens" (B+1,), optional "library_size" (B,) (each cell's total counts, when the
+                given genes are a subset of the cell's) and optional "mask" (T,) bool (True = hide and predict: the
+                tokens are then used as given, with no gene sampling, and the caller is responsible for
+                `max_genes`); or the output of `prepare_batch`, used as given with no data-dependent step (the
+                trainer prepares batches in its loader workers, so no device sync happens here).
+            generator: drives gene sampling and masking of raw cells; the same seed gives the same step.
 
         Returns:
             loss: scalar, mean over the N masked genes (mse, Poisson or NB negative log-likelihood).
@@ -480,73 +553,49 @@ class Exceiver(nn.Module):
             n_masked: N, a Python int.
             mask: (T',) bool over the tokens after gene sampling; masked_gene_ids: (N,).
         """
-        if batch.get("mask") is None:
-            batch = self.prepare_batch(batch, generator)
-        gene_ids, values, cu_seqlens, mask = batch["gene_ids"], batch["values"], batch["cu_seqlens"], batch["mask"]
-        self._check_packed(gene_ids, values, cu_seqlens)
-        n_cells = cu_seqlens.numel() - 1
-        library = batch.get("library_size")
-        if library is None:
-            library = cell_library_size(values, cu_seqlens)  # (B,) the given genes are the whole cells
-        if mask.shape != gene_ids.shape or mask.dtype != torch.bool:
-            msg = (
-                f"batch['mask'] must be a bool tensor shaped like gene_ids {tuple(gene_ids.shape)}; "
-                f"got {mask.dtype} {tuple(mask.shape)}"
-            )
-            raise ValueError(msg)
-
-        cell = token_cell_index(cu_seqlens, gene_ids.shape[0])  # (T',)
-        log_values = normalize_log1p(values, cu_seqlens, library_size=library)  # (T',)
-        keep = ~mask
-        cu_keep, n_keep = _subset_cu_seqlens(cell, keep, n_cells)  # (B+1,), (B,)
-        cu_masked, n_masked_per_cell = _subset_cu_seqlens(cell, mask, n_cells)
-        max_keep, max_masked, min_keep = self._lengths_stats(n_keep, n_masked_per_cell)
-        if min_keep == 0:
-            self._raise_empty(n_keep, "unmasked genes for the encoder")
-
-        # boolean indexing keeps tokens in order, so both subsets stay packed cell by cell (a sync on GPU)
-        latents = self._encode_tokens(gene_ids[keep], log_values[keep], cu_keep, max_keep)  # (B, L, D)
-        masked_gene_ids = gene_ids[mask]  # (N,)
-        pred = self._decode(latents, masked_gene_ids, cu_masked, max_masked)  # (N,)
-
+        if "cu_query" not in batch:
+            if batch.get("mask") is None:
+                batch = self.prepare_batch(batch, generator)
+            else:
+                batch = {**batch, **split_masked(self.config, batch)}
+        latents = self._encode_tokens(
+            batch["encoder_gene_ids"], batch["encoder_log_values"], batch["cu_encoder"], batch["max_encoder"]
+        )  # (B, L, D)
+        query_gene_ids, target = batch["query_gene_ids"], batch["target"]  # (N,), (N,)
+        pred = self._decode(latents, query_gene_ids, batch["cu_query"], batch["max_query"])  # (N,)
         objective = self.config.objective
         if objective == "mse":
-            target = log_values[mask]
             loss = mse_loss(pred, target)
+        elif objective == "poisson":
+            loss = poisson_nll(pred, target, batch["query_library"], TARGET_SUM, zero_truncated=True)
         else:
-            target = values[mask]
-            library_per_gene = library[cell[mask]]  # (N,)
-            if objective == "poisson":
-                loss = poisson_nll(pred, target, library_per_gene, TARGET_SUM, zero_truncated=True)
-            else:
-                log_theta = self.log_theta(masked_gene_ids).squeeze(-1)  # (N,)
-                loss = negative_binomial_nll(pred, log_theta, target, library_per_gene, TARGET_SUM, zero_truncated=True)
+            log_theta = self.log_theta(query_gene_ids).squeeze(-1)  # (N,)
+            loss = negative_binomial_nll(
+                pred, log_theta, target, batch["query_library"], TARGET_SUM, zero_truncated=True
+            )
         return {
             "loss": loss,
             "loss_sum": loss * pred.shape[0],
             "pred": pred,
             "target": target,
             "n_masked": int(pred.shape[0]),
-            "mask": mask,
-            "masked_gene_ids": masked_gene_ids,
+            "mask": batch["mask"],
+            "masked_gene_ids": query_gene_ids,
         }
 
-    def prepare_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Raw packed cells -> the inputs `forward` uses as given: at most `max_genes` genes per cell, the mask,
-        and each cell's library size taken before sampling (gene_ids, values, cu_seqlens, mask, library_size)."""
-        gene_ids, values, cu_seqlens = batch["gene_ids"], batch["values"], batch["cu_seqlens"]
-        self._check_packed(gene_ids, values, cu_seqlens)
-        library = batch.get("library_size")
-        if library is None:
-            library = cell_library_size(values, cu_seqlens)  # (B,) whole-cell totals, before sampling
-        gene_ids, values, cu_seqlens = self._sample(gene_ids, values, cu_seqlens, generator)
-        mask = sample_mask(cu_seqlens, gene_ids.shape[0], self.config.mask_prob, generator)  # (T',)
-        return {"gene_ids": gene_ids, "values": values, "cu_seqlens": cu_seqlens, "mask": mask, "library_size": library}
+    def prepare_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict:
+        """Raw packed cells -> the inputs `forward` uses as given; see the module function `prepare_batch`."""
+        return prepare_batch(self.config, batch, generator)
+
+    def batch_preparer(self) -> functools.partial:
+        """`prepare_batch` bound to this model's config: a picklable callable (batch, generator) -> prepared batch,
+        for the data loader's workers, so sampling, masking and splitting run on the host, off the training step."""
+        return functools.partial(prepare_batch, self.config)
 
     @staticmethod
-    def n_targets(prepared: dict[str, Tensor]) -> Tensor:
-        """0-dim int64: masked genes of `prepared` (from `prepare_batch`), on its device (no sync)."""
-        return prepared["mask"].sum()
+    def n_targets(prepared: dict) -> int:
+        """Masked genes of `prepared` (from `prepare_batch`): a host int, counted where it was prepared."""
+        return prepared["n_targets"]
 
     # ------------------------------------------------------------------------------------------------------------------
     # accounting
@@ -592,4 +641,12 @@ class Exceiver(nn.Module):
         return float(sum(self.flops_per_token(n) * n for n in kept if n > 0))
 
 
-__all__ = ["ATTENTION", "OBJECTIVES", "Exceiver", "ExceiverConfig", "sample_mask"]
+__all__ = [
+    "ATTENTION",
+    "OBJECTIVES",
+    "Exceiver",
+    "ExceiverConfig",
+    "prepare_batch",
+    "sample_mask",
+    "split_masked",
+]

@@ -23,6 +23,7 @@ Departures from the paper, and why:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -223,6 +224,41 @@ def mask_for_mlm(
     return input_bins, labels
 
 
+def prepare_batch(config: ScBertConfig, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict:
+    """Raw packed cells -> model inputs: bin every gene (cell totals: the batch's `library_size` when the corpus
+    records it, else the sum over its genes), keep at most `max_genes` per cell, mask.
+
+    Runs wherever `batch` lives; the trainer runs it in the data loader's workers on CPU tensors (seeded per batch,
+    see `data_prep.loader.StreamingCellDataset`), so the training step on a GPU gets finished inputs and host-side
+    sizes and never waits for the device to report a length.
+
+    Returns cu_seqlens, gene_ids, input_bins, labels (tensors, packed, after sampling) and two host ints:
+    max_seqlen (the longest cell, for the varlen kernels) and n_targets (the masked genes, for the per-token loss).
+    """
+    cu_seqlens, gene_ids, values = batch["cu_seqlens"], batch["gene_ids"], batch["values"]
+    bins = bin_values(values, cu_seqlens, config.n_bins, library_size=batch.get("library_size"))  # (T,)
+    gene_ids, values, cu_seqlens, kept = sample_genes(
+        gene_ids, values, cu_seqlens, config.max_genes, config.gene_sampling, generator, return_index=True
+    )  # (T',), (T',), (B+1,), (T',)
+    input_bins, labels = mask_for_mlm(
+        bins[kept],
+        cu_seqlens,
+        generator,
+        mask_prob=config.mask_prob,
+        replace_prob=config.mask_replace_prob,
+        mask_token=config.mask_token,
+    )
+    sizes = torch.stack([common.seqlens(cu_seqlens).max(), (labels != IGNORE_INDEX).sum()]).tolist()  # one sync
+    return {
+        "cu_seqlens": cu_seqlens,
+        "gene_ids": gene_ids,
+        "input_bins": input_bins,
+        "labels": labels,
+        "max_seqlen": int(sizes[0]),
+        "n_targets": int(sizes[1]),
+    }
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # model
 
@@ -285,32 +321,22 @@ class ScBert(nn.Module):
         bins = bin_values(values, cu_seqlens, self.config.n_bins)  # (T,)
         return self.encode(gene_ids, bins, cu_seqlens)
 
-    def prepare_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Raw packed cells -> model inputs: bin every gene (cell totals: the batch's `library_size` when the corpus
-        records it, else the sum over its genes), keep at most `max_genes` per cell, mask. Returns cu_seqlens,
-        gene_ids, input_bins, labels (all packed, after sampling)."""
-        c = self.config
-        cu_seqlens, gene_ids, values = batch["cu_seqlens"], batch["gene_ids"], batch["values"]
-        bins = bin_values(values, cu_seqlens, c.n_bins, library_size=batch.get("library_size"))  # (T,)
-        gene_ids, values, cu_seqlens, kept = sample_genes(
-            gene_ids, values, cu_seqlens, c.max_genes, c.gene_sampling, generator, return_index=True
-        )  # (T',), (T',), (B+1,), (T',)
-        input_bins, labels = mask_for_mlm(
-            bins[kept],
-            cu_seqlens,
-            generator,
-            mask_prob=c.mask_prob,
-            replace_prob=c.mask_replace_prob,
-            mask_token=c.mask_token,
-        )
-        return {"cu_seqlens": cu_seqlens, "gene_ids": gene_ids, "input_bins": input_bins, "labels": labels}
+    def prepare_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict:
+        """Raw packed cells -> model inputs; see the module function `prepare_batch`."""
+        return prepare_batch(self.config, batch, generator)
+
+    def batch_preparer(self) -> functools.partial:
+        """`prepare_batch` bound to this model's config: a picklable callable (batch, generator) -> prepared batch,
+        for the data loader's workers, so sampling, binning and masking run on the host, off the training step."""
+        return functools.partial(prepare_batch, self.config)
 
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Masked-bin loss on a packed batch.
 
         `batch` holds either raw cells (`cu_seqlens`, `gene_ids`, `values`: the model samples, bins and masks them
         with `generator`, see `prepare_batch`), or prepared inputs (`cu_seqlens`, `gene_ids`, `input_bins`,
-        `labels`) used as given.
+        `labels`, optionally the host int `max_seqlen`, without which the longest cell is read from the device)
+        used as given.
 
         Returns a dict: loss (scalar, mean over masked genes; 0 when nothing is masked), loss_sum (the sum over
         them, for a per-token mean over a whole optimizer step), logits (T', n_bins), n_masked (0-dim int64 tensor),
@@ -322,7 +348,9 @@ class ScBert(nn.Module):
             msg = f"a batch with 'labels' also needs 'input_bins' (prepared inputs); got keys {sorted(batch)}"
             raise ValueError(msg)
         labels = batch["labels"]
-        hidden = self.encode(batch["gene_ids"], batch["input_bins"], batch["cu_seqlens"])  # (T', d_model)
+        hidden = self.encode(
+            batch["gene_ids"], batch["input_bins"], batch["cu_seqlens"], batch.get("max_seqlen")
+        )  # (T', d_model)
         logits = self.head(hidden)  # (T', n_bins)
         n_masked = (labels != IGNORE_INDEX).sum()
         loss_sum = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
@@ -338,9 +366,9 @@ class ScBert(nn.Module):
         }
 
     @staticmethod
-    def n_targets(prepared: dict[str, Tensor]) -> Tensor:
-        """0-dim int64: genes whose loss `prepared` (from `prepare_batch`) counts, on its device (no sync)."""
-        return (prepared["labels"] != IGNORE_INDEX).sum()
+    def n_targets(prepared: dict) -> int:
+        """Genes whose loss `prepared` (from `prepare_batch`) counts: a host int, counted where it was prepared."""
+        return prepared["n_targets"]
 
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
         """Parameter count; with `exclude_embeddings` the gene/bin lookup tables are left out (they do no matmul,

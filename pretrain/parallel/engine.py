@@ -249,3 +249,9 @@ def all_reduce_sum_tensor(t: torch.Tensor) -> torch.Tensor:
     """Sum `t` over ranks in place and return it; stays on its device (no host sync)."""
     deepspeed.comm.all_reduce(t, op=deepspeed.comm.ReduceOp.SUM)
     return t
+
+
+def all_reduce_max_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Max of `t` over ranks in place and return it; stays on its device (no host sync)."""
+    deepspeed.comm.all_reduce(t, op=deepspeed.comm.ReduceOp.MAX)
+    return t

@@ -6,6 +6,7 @@ must be the same, or, for an elastic resume, every train cell of the interrupted
 from __future__ import annotations
 
 import itertools
+import os
 from collections import Counter
 
 import pytest
@@ -145,3 +146,32 @@ def test_elastic_states_that_do_not_belong_together_are_refused(corpus):
         _loader(path, "zarr", 0, 1, 0, elastic=[a.state_dict(), b.state_dict()])
     with pytest.raises(CorpusError, match=r"states of ranks \[0\], expected every rank 0..1"):
         _loader(path, "zarr", 0, 1, 0, elastic=[a.state_dict()])
+
+
+def _worker_pid(batch: dict, generator) -> dict:
+    """A batch preparer that records which process prepared the batch."""
+    del batch, generator
+    return {"pid": os.getpid()}
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "webdataset"])
+def test_persistent_workers_start_once_and_give_the_batches_of_restarted_ones(corpus, fmt):
+    """Over several epochs, workers that persist give the same (epoch, cells) stream as workers re-started every
+    epoch, and the same two worker processes prepare every batch."""
+    path, n_train = corpus
+
+    def stream(*, persistent: bool) -> list:
+        ds = StreamingCellDataset(path, fmt=fmt, seed=3, batch_size=BATCH, block_cells=20, window_blocks=2,
+                                  prepare=_worker_pid)  # fmt: skip
+        loader = StatefulCellLoader(ds, num_workers=2, persistent_workers=persistent)
+        it = loader.forever()
+        out = [(ds.epoch, tuple(map(str, b.cell_ids)), b.prepared["pid"]) for b in itertools.islice(it, n_batches)]
+        it.close()
+        return out
+
+    n_batches = 4 * n_train // BATCH  # about four epochs
+    kept, restarted = stream(persistent=True), stream(persistent=False)
+    assert [k[:2] for k in kept] == [r[:2] for r in restarted]
+    assert len({k[0] for k in kept}) >= 3
+    assert len({k[2] for k in kept}) == 2  # two workers for the whole run
+    assert len({r[2] for r in restarted}) > 2  # new ones every epoch

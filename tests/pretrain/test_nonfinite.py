@@ -72,3 +72,34 @@ def test_a_poisoned_batch_on_one_rank_stops_both_ranks_with_a_resumable_checkpoi
     summary = json.loads((run / "run_summary.json").read_text())
     assert summary["steps"] == 6 and len(summary["loss_history"]) == 4
     assert all(math.isfinite(x) for x in summary["loss_history"])
+
+
+@pytest.mark.parametrize("check", ["lagged", "before_update"])
+def test_finite_check_modes_on_a_poisoned_step(tmp_path, cli, check):
+    """Step 3's loss is poisoned. before_update (the CPU default) stops before applying it and saves step 2 as the
+    last good state; lagged (the GPU default, no host wait per step) sees it during step 4, after step 3's update,
+    and saves nothing after step 2: the checkpoint the message names is the one to resume from."""
+    make_adata(300, 50, seed=1).write_h5ad(tmp_path / "a.h5ad")
+    cli("shard", tmp_path / "a.h5ad", "--out", tmp_path / "corpus", "--quiet", check=True)
+    run = tmp_path / "run"
+    proc = cli(
+        "pretrain",
+        "--config",
+        "launch/configs/pretrain/exceiver-debug.yaml",
+        f"data.corpus={tmp_path / 'corpus'}",
+        f"train.out_dir={run}",
+        f"train.finite_check={check}",
+        "train.steps=8",
+        "train.save_every=2",
+        "train.eval_every=100",
+        "train.resume=none",
+        env={**os.environ, "SCGRN_TEST_POISON_AT": "3", "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "the loss of step 3 is not finite" in proc.stderr and "loss: nan" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert [p.name for p in ckpt.complete_checkpoints(run)] == ["step00000002"]
+    if check == "lagged":
+        assert "step 3's update was applied" in proc.stderr and "step00000002" in proc.stderr
+    else:
+        assert "last good state (step 2)" in proc.stderr
