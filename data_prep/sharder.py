@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import replace
 from multiprocessing import get_context
@@ -223,8 +224,20 @@ def plan_tasks(n_cells_per_input: list[int], cells_per_shard: int) -> list[Shard
     return [replace(t, shard_index=k) for k, t in enumerate(tasks)]
 
 
-def shard(cfg: ShardConfig, progress: bool = True) -> dict:
-    """Run the whole sharding job (or part `cfg.part` of it); returns the manifest (or the part's part.json)."""
+def shard(
+    cfg: ShardConfig,
+    progress: bool = True,
+    *,
+    on_shard: Callable[[dict], None] | None = None,
+    kept_elsewhere: Callable[[dict], bool] | None = None,
+) -> dict:
+    """Run the whole sharding job (or part `cfg.part` of it); returns the manifest (or the part's part.json).
+
+    on_shard(record) runs in this process after each shard is written (its files and `.progress` record are
+    final); `scgrn shard --out s3://...` uses it to copy the shard to the bucket at once. kept_elsewhere(record),
+    asked on `--resume` for a recorded shard whose files are not (intact) in `--out`, says whether they are
+    safely elsewhere (that bucket) so the shard is kept, not written again.
+    """
     t0 = time.perf_counter()
     identity = cfg.identity()
     state = _check_out_dir(cfg, identity)
@@ -299,7 +312,10 @@ def shard(cfg: ShardConfig, progress: bool = True) -> dict:
         rec_path = out / PROGRESS_DIR / f"{t.name}.json"
         if cfg.resume and rec_path.exists():
             record = json.loads(rec_path.read_text())
-            if record["rows"] == [t.row_start, t.row_stop] and _shard_ok(out, record):
+            if record["rows"] != [t.row_start, t.row_stop]:
+                continue
+            stats_here = (out / PROGRESS_DIR / f"{t.name}.stats.npz").exists()
+            if _shard_ok(out, record) or (stats_here and kept_elsewhere is not None and kept_elsewhere(record)):
                 records[t.shard_index] = record
     todo = [t for t in mine if t.shard_index not in records]
     if records:
@@ -332,7 +348,7 @@ def shard(cfg: ShardConfig, progress: bool = True) -> dict:
         initial=sum(t.row_stop - t.row_start for t in mine if t.shard_index in records),
     )
     try:
-        _run_tasks(ctx, todo, cfg.workers, records, bar)
+        _run_tasks(ctx, todo, cfg.workers, records, bar, on_shard)
     finally:
         bar.close()
         close_readers()
@@ -350,11 +366,16 @@ def shard(cfg: ShardConfig, progress: bool = True) -> dict:
     return result
 
 
-def _run_tasks(ctx: TaskContext, todo: list[ShardTask], workers: int, records: dict, bar) -> None:
+def _run_tasks(ctx: TaskContext, todo: list[ShardTask], workers: int, records: dict, bar, on_shard=None) -> None:
+    def finished(t: ShardTask, record: dict) -> None:
+        records[t.shard_index] = record
+        if on_shard is not None:
+            on_shard(record)
+        bar.update(t.row_stop - t.row_start)
+
     if workers == 1 or len(todo) <= 1:
         for t in todo:
-            records[t.shard_index] = run_task(ctx, t)
-            bar.update(t.row_stop - t.row_start)
+            finished(t, run_task(ctx, t))
         return
     # spawn, not fork: workers open their own HDF5 handles (h5py is not fork-safe with open files).
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
@@ -363,9 +384,7 @@ def _run_tasks(ctx: TaskContext, todo: list[ShardTask], workers: int, records: d
         while pending:
             done, pending = wait(pending, return_when=FIRST_EXCEPTION)
             for f in done:
-                t = futures[f]
-                records[t.shard_index] = f.result()  # re-raises a worker's InputError with its message
-                bar.update(t.row_stop - t.row_start)
+                finished(futures[f], f.result())  # re-raises a worker's InputError with its message
 
 
 def _write_mapping_report(out: Path, mappings) -> None:

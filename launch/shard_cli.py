@@ -60,7 +60,7 @@ def add_shard_parser(sub) -> None:
         "--out",
         required=True,
         help="corpus directory (new, empty, or one to --resume), or a URL (s3://, gs://): sharded into --staging, "
-        "then uploaded, manifest.json last",
+        "each shard uploaded when written, manifest.json last; --resume then works from the bucket alone",
     )
     p.add_argument(
         "--staging",
@@ -130,7 +130,7 @@ def cmd_shard(args) -> int:
     url = None
     if remote.is_url(args.out):
         url = remote.as_location(args.out)
-        upload.check_destination(url)
+        upload.check_destination(url, resume=args.resume)
         if args.part:
             msg = f"--out {url} with --part: write the parts locally, merge them, then upload the merged corpus."
             raise CorpusError(msg)
@@ -163,7 +163,15 @@ def cmd_shard(args) -> int:
         part=args.part,
         command=shlex.join(["scgrn", *sys.argv[1:]]),
     )
-    manifest = shard(cfg, progress=not args.quiet)
+    hooks = {}
+    if url is not None:
+        if args.resume and not (cfg.out / "manifest.json").exists():
+            upload.restore_progress(url, cfg.out)  # the bucket's resume state, if this machine lacks it
+        hooks = {
+            "on_shard": lambda record: upload.mirror_shard(cfg.out, url, record),
+            "kept_elsewhere": upload.recorded_in_bucket(url),
+        }
+    manifest = shard(cfg, progress=not args.quiet, **hooks)
     if url is not None:
         sent = upload.upload_corpus(cfg.out, url, manifest)
         if not args.quiet:

@@ -14,13 +14,14 @@ Layout of a run directory:
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
 
 import torch
 
-from data_prep.io_utils import atomic_write_text
+from data_prep.io_utils import atomic_write_bytes, atomic_write_text
 from pretrain.config import ConfigError
 
 COMPLETE = "COMPLETE"
@@ -72,7 +73,9 @@ def save_rank_state(directory: Path, rank: int, loader_state: dict, device: torc
     rng = {"torch": torch.get_rng_state()}
     if device is not None and device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
-    torch.save(rng, directory / f"rng_rank{rank}.pt")
+    buffer = io.BytesIO()
+    torch.save(rng, buffer)
+    atomic_write_bytes(directory / f"rng_rank{rank}.pt", buffer.getvalue())
 
 
 def load_rank_state(directory: Path, rank: int) -> tuple[dict, dict]:

@@ -147,6 +147,40 @@ def test_shard_to_a_bucket_killed_twice_then_resumed(bucket, tmp_path):
     assert [s["files"] for s in ours["shards"]] == [s["files"] for s in ref["shards"]]
 
 
+def test_shard_to_a_bucket_resumes_from_the_bucket_alone_on_another_machine(bucket, tmp_path):
+    """Killed after two shards, the run's state is in the bucket: a plain re-run is refused (it would mix two runs),
+    and --resume with a new, empty staging directory (another machine) fetches the bucket's progress records, keeps
+    the shards recorded there without writing them again, finishes, and removes the bucket's .progress/."""
+    import s3fs
+
+    local, _ = bucket
+    url = f"s3://{BUCKET}/elsewhere"
+    h5ad = local.parent / "cells.h5ad"
+    common = [str(h5ad), "--out", url, "--cells-per-shard", "100", "--cells-per-sample", "25", "--val-fraction",
+              "0.1", "--workers", "1", "--quiet"]  # fmt: skip
+    _shard_until([*common, "--staging", str(tmp_path / "first")], "shard-done:2", tmp_path / "paused")
+    fs = s3fs.S3FileSystem()
+    recorded = sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{BUCKET}/elsewhere/.progress") if p.endswith("0.json")
+                      or p.endswith("1.json"))  # fmt: skip
+    assert recorded == ["shard-000000.json", "shard-000001.json"]
+    with pytest.raises(CorpusError, match=r"no manifest\.json"):
+        Corpus(url)
+    again = run_cli("shard", *common, "--staging", tmp_path / "second")
+    assert again.returncode != 0 and "holds an unfinished sharding run" in again.stderr and "--resume" in again.stderr
+    run_cli("shard", *common, "--staging", tmp_path / "second", "--resume", check=True)
+    second = tmp_path / "second"
+    assert not list(second.glob("zarr/shard-000000*")) and not list(second.glob("webdataset/shard-000000*"))
+    assert list(second.glob("zarr/shard-000002*"))  # written here
+    fs.invalidate_cache()
+    assert not fs.exists(f"{BUCKET}/elsewhere/.progress")
+    proc = run_cli("validate", url)
+    assert proc.returncode == 0, proc.stderr
+    ours = Corpus(url).manifest
+    ref = json.loads((local / "manifest.json").read_text())
+    assert [s["files"] for s in ours["shards"]] == [s["files"] for s in ref["shards"]]
+    assert ours["gene_stats"] == ref["gene_stats"] and ours["totals"] == ref["totals"]
+
+
 def test_shard_to_a_missing_bucket_or_unknown_scheme_stops_before_any_work(bucket, tmp_path):
     local, _ = bucket
     h5ad = str(local.parent / "cells.h5ad")
