@@ -42,7 +42,7 @@ def _corpus(args) -> Path:
 def _epoch(location, fmt: str, args) -> tuple[int, float]:
     ds = StreamingCellDataset(
         location, fmt=fmt, split="all", seed=args.seed, batch_size=args.batch_size, block_cells=args.block_cells,
-        obs_columns=[], verify_shards=True, stream_tars=True,
+        obs_columns=[], verify_shards=True, whole_shards=True,
     )  # fmt: skip
     t0 = time.perf_counter()
     cells = sum(b.n_cells for b in ds)

@@ -47,9 +47,13 @@ class Corpus:
         *,
         verify: bool = False,
         cache: ShardCache | None = None,
+        whole_shards: bool = True,
     ) -> None:
         self.directory = remote.as_location(directory)  # a Path, or a URL (s3://, gs://, https://)
         self.remote = isinstance(self.directory, str)
+        # whole_shards: a remote zarr shard is fetched whole (one GET per file, hashed on the way) and read from
+        # memory; False reads the inner chunks it needs by byte range (cheaper for a few cells of a big shard)
+        self.whole_shards = whole_shards
         self.cache = cache if self.remote else None  # data.cache_dir: local copies of remote shards
         # verify: hash each shard against its manifest sha256 the first time this process opens it (one extra read
         # per shard per process), so a bit flip that still decodes fails loudly instead of training on wrong values
@@ -67,8 +71,9 @@ class Corpus:
         self.shards_meta = self.manifest["shards"]
         self.cell_offsets = np.array([s["cell_offset"] for s in self.shards_meta] + [self.n_cells], dtype=np.int64)
         self._open: OrderedDict[int, ZarrShard | WdsShard] = OrderedDict()
-        # a remote webdataset shard is held in memory while open: keep only a few
-        self._max_open = min(max_open_shards, 4) if self.remote and fmt == "webdataset" else max_open_shards
+        # a remote shard read whole is held in memory while open: keep only a few
+        in_memory = self.remote and (fmt == "webdataset" or whole_shards) and cache is None
+        self._max_open = min(max_open_shards, 4) if in_memory else max_open_shards
 
     @property
     def n_cells(self) -> int:
@@ -112,21 +117,22 @@ class Corpus:
         if self.cache is not None:  # from here on the shard is a local one
             path = cached or self.cache.local_copy(path, directory=self.format == "zarr")
         streamed = isinstance(path, str) and self.format == "webdataset"
+        files = None
+        if isinstance(path, str) and self.format == "zarr" and self.whole_shards:
+            files = remote.read_tree(path)
+            if self.verify and remote.tree_sha256(files) != info["sha256"]:
+                raise self._corrupt(path, k)
+            streamed = True  # checked above, as fetched
         if self.verify and k not in self._verified and not streamed:  # a streamed shard is checked as it streams
             local = isinstance(path, Path)
             key = (str(path.resolve()) if local else path, info["sha256"])
             key += (_tree_signature(path),) if local else ()
             if key not in _VERIFIED and remote.sha256_location(path, directory=self.format == "zarr") != info["sha256"]:
-                msg = (
-                    f"{path}: shard {k}'s sha256 does not match manifest.json; the file is corrupt or was changed "
-                    f"after sharding. Run `scgrn validate {self.directory}`, then re-create it with "
-                    "`scgrn shard ... --resume` (the corrupt shard is detected and rewritten)."
-                )
-                raise CorpusError(msg)
+                raise self._corrupt(path, k)
             _VERIFIED.add(key)
             self._verified.add(k)
         if self.format == "zarr":
-            shard = ZarrShard(path)
+            shard = ZarrShard(path, files)
         else:
             shard = WdsShard(path, expected_sha256=info["sha256"] if self.verify and streamed else None)
         self._check_against_manifest(k, shard)
@@ -137,8 +143,16 @@ class Corpus:
                 old.close()
         return shard
 
+    def _corrupt(self, path, k: int) -> CorpusError:
+        msg = (
+            f"{path}: shard {k}'s sha256 does not match manifest.json; the file is corrupt or was changed "
+            f"after sharding. Run `scgrn validate {self.directory}`, then re-create it with "
+            "`scgrn shard ... --resume` (the corrupt shard is detected and rewritten)."
+        )
+        return CorpusError(msg)
+
     def release(self, k: int) -> None:
-        """Close shard `k` if open (a streamed remote tar frees its memory)."""
+        """Close shard `k` if open (a remote shard read whole frees its memory)."""
         shard = self._open.pop(k, None)
         if isinstance(shard, WdsShard):
             shard.close()

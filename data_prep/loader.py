@@ -114,7 +114,7 @@ class StreamingCellDataset(IterableDataset):
         verify_shards: bool = False,
         batch_tokens: int | None = None,
         token_cap: int | None = None,
-        stream_tars: bool | None = None,
+        whole_shards: bool | None = None,
         cache_dir: Path | str | None = None,
         cache_bytes: int = 0,
         prepare: Callable[[dict, torch.Generator], dict] | None = None,
@@ -152,9 +152,10 @@ class StreamingCellDataset(IterableDataset):
         self.batch_tokens, self.token_cap = batch_tokens, token_cap
         self.obs_columns = obs_columns
         self.verify_shards = verify_shards  # hash each shard on first open (see Corpus); training turns it on
-        # webdataset: read each tar whole, start to end, as the read unit (no seeks); default on for URLs, where a
-        # seek is a request, off for local tars (read by sample: finer shuffling, a rank reads only its samples)
-        self.stream_tars = stream_tars
+        # read each shard whole, start to end, as the read unit (webdataset: one GET per tar, no seeks; zarr: one GET
+        # per file); default on for URLs, where a seek or a byte range is a request, off for local shards (read by
+        # sample / block: finer shuffling, a rank reads only its units)
+        self.whole_shards = whole_shards
         self.cache_dir, self.cache_bytes = cache_dir, cache_bytes  # a remote corpus's shards copied here (bounded)
         # (raw packed tensors, generator) -> model inputs, run on every batch where it is cut (step 4 above); must be
         # picklable (it travels to the DataLoader workers), e.g. `functools.partial(fn, model_config)`
@@ -186,7 +187,13 @@ class StreamingCellDataset(IterableDataset):
         # would then share: each process opens its own.
         if self._corpus is None or self._corpus_pid != os.getpid():
             cache = ShardCache(self.cache_dir, self.cache_bytes) if self.cache_dir else None
-            self._corpus = Corpus(self.corpus_dir, self.fmt, verify=self.verify_shards, cache=cache)
+            self._corpus = Corpus(
+                self.corpus_dir,
+                self.fmt,
+                verify=self.verify_shards,
+                cache=cache,
+                whole_shards=self.whole_shards is not False,
+            )
             self._corpus_pid = os.getpid()
         return self._corpus
 
@@ -200,8 +207,8 @@ class StreamingCellDataset(IterableDataset):
         out = []
         for k, meta in enumerate(self.corpus.shards_meta):
             n = meta["n_cells"]
-            if self.corpus.format == "webdataset" and self._streamed():
-                step = n  # the tar is streamed whole (no seeks): the shard is the read unit
+            if self._whole():
+                step = n  # the shard is read whole (no seeks or ranges): it is the read unit
             elif self.corpus.format == "webdataset":
                 step = meta["files"]["webdataset"].get("cells_per_sample") or self._wds_step(k)
             else:
@@ -209,8 +216,8 @@ class StreamingCellDataset(IterableDataset):
             out.extend((k, lo, min(lo + step, n)) for lo in range(0, n, step))
         return out
 
-    def _streamed(self) -> bool:
-        return self.corpus.remote if self.stream_tars is None else self.stream_tars
+    def _whole(self) -> bool:
+        return self.corpus.remote if self.whole_shards is None else self.whole_shards
 
     def _wds_step(self, k: int) -> int:
         return self.corpus.shard(k).cells_per_sample
@@ -268,13 +275,14 @@ class StreamingCellDataset(IterableDataset):
     def _read_unit(self, unit: tuple[int, int, int]) -> CellBlock:
         k, lo, hi = unit
         shard = self.corpus.shard(k)
-        if self.corpus.format == "webdataset" and self._streamed():
+        if self.corpus.format == "webdataset" and self._whole():
             block = shard.read_all()
-            self.corpus.release(k)  # streamed into memory once; this process will not read it again this epoch
         elif self.corpus.format == "webdataset":
             block = shard.read_sample(lo // shard.cells_per_sample)
         else:
             block = shard.read_block(lo, hi, with_obs=True)
+        if self._whole() and self.corpus.remote:
+            self.corpus.release(k)  # held in memory once; this process will not read it again this epoch
         if self.obs_columns is not None:
             block.obs = {c: block.obs[c] for c in self.obs_columns}
         return block
@@ -285,7 +293,12 @@ class StreamingCellDataset(IterableDataset):
         The window is not permuted as a whole: each batch gathers its own rows, so every non-zero is copied
         once, in cache-sized pieces.
         """
-        block = BlockList([self._read_unit(u) for u in units[w * self.window_blocks : (w + 1) * self.window_blocks]])
+        mine = units[w * self.window_blocks : (w + 1) * self.window_blocks]
+        if self._whole() and self.corpus.remote and len(mine) > 1:  # network-bound: fetch the window's shards at once
+            with ThreadPoolExecutor(max_workers=len(mine), thread_name_prefix="scgrn-unit") as pool:
+                block = BlockList(list(pool.map(self._read_unit, mine)))
+        else:
+            block = BlockList([self._read_unit(u) for u in mine])
         wanted = SPLITS[self.split]
         rows = np.arange(block.n_cells) if wanted is None else np.flatnonzero(block.split == wanted)
         if self.shuffle:
@@ -571,10 +584,16 @@ class StatefulCellLoader:
                 yielded = True
                 yield batch
             if not yielded and fresh:
+                fix = (
+                    f"more, smaller shards: its {len(d.corpus.shards_meta)} shard(s) are each read whole (the default "
+                    "for a URL; data.whole_shards=false reads them by block)."
+                    if d._whole()
+                    else "a smaller data.block_cells."
+                )
                 msg = (
                     f"{d.corpus_dir}: rank {d.rank} received no {d.split} cells in epoch {d.epoch}; the corpus has "
                     f"fewer {d.split} cells (or read units) than ranks x workers ({d.world_size} x "
-                    f"{max(1, self.num_workers)}) need. Use fewer ranks or workers, or a smaller data.block_cells."
+                    f"{max(1, self.num_workers)}) need. Use fewer ranks or workers, or {fix}"
                 )
                 raise CorpusError(msg)
             self.set_epoch(d.epoch + 1)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.core.buffer import cpu
 
 from data_prep import remote
 from data_prep.cell_block import CellBlock
@@ -132,10 +133,15 @@ def damaged_shard_error(path: Path, err: Exception) -> CorpusError:
 class ZarrShard:
     """Read access to one shard: whole cell ranges (streaming) or one cell (random access)."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, files: dict[str, bytes] | None = None) -> None:
+        """`files`: the shard's files already fetched ({relative name: bytes}, `remote.read_tree`): it is read from
+        memory and `path` only names it in messages."""
         self.path = remote.as_location(path)
         try:
-            if isinstance(self.path, str):  # a URL: zarr reads the inner chunks it needs by byte range
+            if files is not None:
+                buffers = {name: cpu.Buffer.from_bytes(data) for name, data in files.items()}
+                self.group = zarr.open_group(zarr.storage.MemoryStore(buffers, read_only=True), mode="r")
+            elif isinstance(self.path, str):  # a URL: zarr reads the inner chunks it needs by byte range
                 store = zarr.storage.FsspecStore.from_url(self.path, read_only=True)
                 with _python_pipeline():
                     self.group = remote.with_retries(self.path, lambda: zarr.open_group(store, mode="r"))
@@ -161,6 +167,7 @@ class ZarrShard:
             )
             raise CorpusError(msg)
         self.attrs = attrs
+        self.in_memory = files is not None
         self.n_cells = int(attrs["n_cells"])
         self.obs_columns = list(attrs.get("obs_columns", []))
         self.has_library_size = attrs["format_version"] >= 2 and self._decode(lambda: "library_size" in self.group)
@@ -171,21 +178,22 @@ class ZarrShard:
         self._values = self._decode(lambda: self.group["values"])
 
     def _decode(self, read):
-        """Run `read()` (retried on transient errors when remote); a decoding failure becomes a CorpusError naming
-        this shard."""
+        """Run `read()` (retried on transient errors when read by range from a URL); a decoding failure becomes a
+        CorpusError naming this shard."""
+        by_range = isinstance(self.path, str) and not getattr(self, "in_memory", False)
         try:
-            if isinstance(self.path, str):
+            if by_range:
                 with _python_pipeline():
                     return remote.with_retries(self.path, read)
             return read()
         except CorpusError:
             raise
         except DECODE_ERRORS as err:
-            if isinstance(self.path, str) and remote.is_transient(err):
+            if by_range and remote.is_transient(err):
                 raise remote.remote_error(self.path, err, "read this zarr shard") from err
             raise damaged_shard_error(self.path, err) from err
         except Exception as err:
-            if isinstance(self.path, str):
+            if by_range:
                 raise remote.remote_error(self.path, err, "read this zarr shard") from err
             raise
 

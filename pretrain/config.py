@@ -20,6 +20,7 @@ FAMILIES = ("scbert", "exceiver")
 PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = ("adamw", "fused_adam")
 FINITE_CHECKS = ("auto", "before_update", "lagged")
+WHOLE_SHARDS = {"auto": None, True: True, False: False}
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,9 @@ class DataConfig:
     # corpus at a URL: keep local copies of its shards here, at most cache_gb (least recently used out); "" = stream
     cache_dir: str = ""
     cache_gb: float = 0.0
+    # read each shard whole (one GET per file for a URL; the shard is the read unit, so the corpus needs at least
+    # ranks x workers shards) or by block / sample (false: finer units, more requests). auto: true for URLs only.
+    whole_shards: bool | str = "auto"
     block_cells: int = 1024  # loader read unit (cells)
     window_blocks: int = 4  # loader shuffle window (units)
     eval_batches: int = 8  # validation batches per evaluation
@@ -115,6 +119,7 @@ class PretrainConfig:
             (d.micro_batch_tokens >= 0, "data.micro_batch_tokens", d.micro_batch_tokens, ">= 0 (0 = by cells)"),
             (d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0"),
             (not d.cache_dir or d.cache_gb > 0, "data.cache_gb", d.cache_gb, "> 0 when data.cache_dir is set"),
+            (d.whole_shards in (True, False, "auto"), "data.whole_shards", d.whole_shards, "true, false or auto"),
             (d.block_cells >= 1, "data.block_cells", d.block_cells, ">= 1"),
             (d.window_blocks >= 1, "data.window_blocks", d.window_blocks, ">= 1"),
             (d.eval_batches >= 1, "data.eval_batches", d.eval_batches, ">= 1"),

@@ -25,7 +25,7 @@ from data_prep.io_utils import atomic_write_text, out_dir_problem
 from data_prep.loader import StatefulCellLoader, StreamingCellDataset
 from data_prep.test_hooks import TestHookError, read_step_hook
 from pretrain import checkpointing as ckpt
-from pretrain.config import ConfigError, PretrainConfig
+from pretrain.config import WHOLE_SHARDS, ConfigError, PretrainConfig
 from pretrain.metrics import MetricsLogger, memory_gb
 from pretrain.model_factory import build_model, check_corpus, model_config
 from pretrain.parallel import engine as dist
@@ -148,6 +148,7 @@ class Trainer:
                 token_cap=max_genes,
                 cache_dir=d.cache_dir or None,
                 cache_bytes=int(d.cache_gb * 1e9),
+                whole_shards=WHOLE_SHARDS[d.whole_shards],
                 prepare=prepare,
             ),
             num_workers=d.num_workers,

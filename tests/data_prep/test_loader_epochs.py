@@ -75,6 +75,9 @@ def test_an_epoch_that_yields_nothing_from_the_start_is_an_error(corpus):
     ds = StreamingCellDataset(path, rank=63, world_size=64, seed=3, batch_size=BATCH, block_cells=20)
     with pytest.raises(CorpusError, match=r"rank 63 received no train cells in epoch 0.*64 x 1"):
         next(StatefulCellLoader(ds).forever())
+    whole = StreamingCellDataset(path, rank=5, world_size=6, seed=3, batch_size=BATCH, whole_shards=True)
+    with pytest.raises(CorpusError, match=r"its 3 shard\(s\) are each read whole.*data.whole_shards=false"):
+        next(StatefulCellLoader(whole).forever())
 
 
 def _elastic_run(path, fmt, before: tuple[int, int], after: tuple[int, int], stop: int):

@@ -44,7 +44,7 @@ def served(tmp_path_factory):
 def _epoch(location, fmt, *, rank=0, world=1, workers=0, n=None, state=None, verify=True):
     ds = StreamingCellDataset(
         location, fmt=fmt, rank=rank, world_size=world, seed=7, batch_size=32, block_cells=25, verify_shards=verify,
-        stream_tars=True,
+        whole_shards=True,
     )  # fmt: skip
     loader = StatefulCellLoader(ds, num_workers=workers)
     if state is not None:
@@ -147,7 +147,7 @@ def test_a_cache_dir_serves_later_epochs_from_local_copies(served, tmp_path, fmt
 
     def epoch(n_epoch):
         ds = StreamingCellDataset(
-            url, fmt=fmt, seed=7, batch_size=32, block_cells=25, verify_shards=True, stream_tars=True,
+            url, fmt=fmt, seed=7, batch_size=32, block_cells=25, verify_shards=True, whole_shards=True,
             cache_dir=tmp_path / "cache", cache_bytes=10**9, epoch=n_epoch,
         )  # fmt: skip
         return [str(c) for b in ds for c in b.cell_ids]

@@ -46,7 +46,7 @@ def bucket(tmp_path_factory):
 def _ids(location, fmt, rank=0, world=1, workers=0) -> list[str]:
     ds = StreamingCellDataset(
         location, fmt=fmt, rank=rank, world_size=world, seed=3, batch_size=16, block_cells=25, verify_shards=True,
-        stream_tars=True,
+        whole_shards=True,
     )  # fmt: skip
     return [str(c) for b in StatefulCellLoader(ds, num_workers=workers) for c in b.cell_ids]
 

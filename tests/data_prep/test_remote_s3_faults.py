@@ -40,7 +40,7 @@ def proxied(tmp_path_factory):
 
 
 def _ids(location, fmt) -> list[str]:
-    ds = StreamingCellDataset(location, fmt=fmt, seed=5, batch_size=16, block_cells=25, stream_tars=True)
+    ds = StreamingCellDataset(location, fmt=fmt, seed=5, batch_size=16, block_cells=25, whole_shards=True)
     return [str(c) for b in StatefulCellLoader(ds) for c in b.cell_ids]
 
 

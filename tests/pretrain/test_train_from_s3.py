@@ -17,7 +17,8 @@ pytest.importorskip("moto", reason="the S3 tests need moto[server] (pip install 
 def test_two_ranks_train_from_a_bucket_as_from_disk(tmp_path):
     local = _corpus(tmp_path, 96, val_fraction=0.1, seed=8)
     common = ("train.steps=4", "train.save_every=4", "train.eval_every=4", "data.block_cells=8")
-    common += ("train.log_cell_ids=true", "train.precision=fp32")
+    # by block, as from disk (one shard: read whole, it would be a single unit for two ranks)
+    common += ("train.log_cell_ids=true", "train.precision=fp32", "data.whole_shards=false")
     _train(tmp_path / "local", local, 2, *common)
     with corpus_in_a_bucket(local, "scgrn-train") as url:
         _train(tmp_path / "s3", url, 2, *common)
