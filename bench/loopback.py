@@ -133,34 +133,37 @@ class FileServer(_Running):
         super().__init__(_Server(Path(root)))
 
 
-class MotoServer:
-    """moto's S3 server on 127.0.0.1 in its own process; sets the AWS_* environment s3fs reads (dummy keys)."""
+class _ServerProcess:
+    """A storage server in its own process on 127.0.0.1 (bounded start-up wait), plus the environment variables
+    that point its client library at it."""
+
+    name = "server"
 
     def __init__(self) -> None:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
-        self.env = {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": self.endpoint,
-        }
+        self.env: dict[str, str] = {}
 
-    def __enter__(self) -> MotoServer:
-        cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # bounded wait for the server to answer
             if self.proc.poll() is not None:
-                msg = f"moto server exited with {self.proc.returncode}"
+                msg = f"{self.name} exited with {self.proc.returncode}"
                 raise RuntimeError(msg)
-            with contextlib.suppress(OSError):
+            try:
                 urllib.request.urlopen(self.endpoint, timeout=1).close()
                 return self
-            time.sleep(0.2)
+            except urllib.error.HTTPError:  # it answers (an error page for "/" is an answer)
+                return self
+            except OSError:
+                time.sleep(0.2)
         self.__exit__()
-        msg = "moto server did not start within 60 s"
+        msg = f"{self.name} did not start within 60 s"
         raise RuntimeError(msg)
 
     def __exit__(self, *exc) -> None:
@@ -174,7 +177,7 @@ class MotoServer:
 
     @contextlib.contextmanager
     def environment(self):
-        """The AWS_* variables set (and restored after), with s3fs's cached clients dropped on both sides."""
+        """`self.env` set (and restored after), with cached filesystem clients dropped on both sides."""
         old = {k: os.environ.get(k) for k in self.env}
         os.environ.update(self.env)
         _drop_cached_filesystems()
@@ -187,6 +190,39 @@ class MotoServer:
                 else:
                     os.environ[k] = v
             _drop_cached_filesystems()
+
+
+class MotoServer(_ServerProcess):
+    """moto's S3 server on 127.0.0.1 in its own process; sets the AWS_* environment s3fs reads (dummy keys)."""
+
+    name = "moto server"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.env = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.endpoint,
+        }
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+
+
+class GcsServer(_ServerProcess):
+    """gcp-storage-emulator's Google Cloud Storage API on 127.0.0.1 in its own process (in memory); sets
+    STORAGE_EMULATOR_HOST, which gcsfs reads (no credentials needed)."""
+
+    name = "GCS emulator"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.env = {"STORAGE_EMULATOR_HOST": self.endpoint}
+
+    def command(self) -> list[str]:
+        script = "from gcp_storage_emulator.__main__ import main; main()"
+        return [sys.executable, "-c", script, "start", "-H", "127.0.0.1", "--port", str(self.port), "--in-memory", "-q"]
 
 
 class _ProxyHandler(BaseHTTPRequestHandler):
@@ -258,8 +294,9 @@ def _drop_cached_filesystems() -> None:
     from data_prep import remote
 
     remote._filesystem.cache_clear()
-    with contextlib.suppress(Exception):
-        fsspec.get_filesystem_class("s3").clear_instance_cache()
+    for protocol in ("s3", "gs"):
+        with contextlib.suppress(Exception):
+            fsspec.get_filesystem_class(protocol).clear_instance_cache()
 
 
 @contextlib.contextmanager
@@ -273,3 +310,16 @@ def corpus_in_a_bucket(local: Path, bucket: str, prefix: str = "corpus"):
         fs.mkdir(bucket)
         fs.put(str(local), f"{bucket}/{prefix}", recursive=True)
         yield f"s3://{bucket}/{prefix}"
+
+
+@contextlib.contextmanager
+def corpus_in_a_gcs_bucket(local: Path, bucket: str, prefix: str = "corpus"):
+    """A GCS emulator holding a copy of the local corpus at gs://BUCKET/PREFIX, with STORAGE_EMULATOR_HOST set while
+    inside; yields the URL."""
+    with GcsServer() as server, server.environment():
+        import fsspec
+
+        fs = fsspec.filesystem("gs")
+        fs.mkdir(bucket)
+        fs.put(str(local), f"{bucket}/{prefix}", recursive=True)
+        yield f"gs://{bucket}/{prefix}"

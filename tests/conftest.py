@@ -83,6 +83,31 @@ def run_cli(
     return proc
 
 
+def small_corpus(root: Path, n_cells: int, seed: int, **options) -> Path:
+    """root/cells.h5ad (`make_adata(n_cells, 40, seed)`) sharded into root/corpus, both formats, 100 cells per shard,
+    25 per webdataset sample (`options` override ShardConfig fields). Returns the corpus directory."""
+    from data_prep.config import ShardConfig
+    from data_prep.sharder import shard
+
+    make_adata(n_cells, 40, seed=seed).write_h5ad(root / "cells.h5ad")
+    config = {"cells_per_shard": 100, "cells_per_sample": 25, **options}
+    shard(ShardConfig(inputs=[root / "cells.h5ad"], out=root / "corpus", **config), progress=False)
+    return root / "corpus"
+
+
+def check_inspect_and_validate(local: Path, url: str) -> None:
+    """`scgrn inspect --json` of the corpus at `url` equals that of its local copy (but for where it is), and
+    `scgrn validate url` (every shard streamed and hashed) passes."""
+    import json
+
+    here = json.loads(run_cli("inspect", local, "--json", check=True).stdout)
+    there = json.loads(run_cli("inspect", url, "--json", check=True).stdout)
+    assert (here.pop("directory"), there.pop("directory")) == (str(local), url)
+    assert there == here
+    proc = run_cli("validate", url)
+    assert proc.returncode == 0 and f"{url}: valid" in proc.stdout, proc.stderr
+
+
 @pytest.fixture
 def cli():
     return run_cli

@@ -12,14 +12,12 @@ import json
 import os
 
 import pytest
-from conftest import make_adata, run_cli
+from conftest import check_inspect_and_validate, run_cli, small_corpus
 from servers import corpus_in_a_bucket
 
-from data_prep.config import ShardConfig
 from data_prep.corpus import Corpus
 from data_prep.errors import CorpusError
 from data_prep.loader import StatefulCellLoader, StreamingCellDataset
-from data_prep.sharder import shard
 
 pytest.importorskip("s3fs", reason="s3:// needs the s3fs package (pip install 'scgrn[remote]')")
 pytest.importorskip("moto", reason="the S3 tests need moto[server] (pip install 'scgrn[dev]')")
@@ -30,15 +28,7 @@ BUCKET = "scgrn-corpora"
 @pytest.fixture(scope="module")
 def bucket(tmp_path_factory):
     """A local corpus (both formats) uploaded to s3://scgrn-corpora/corpus on a moto server: (local dir, URL)."""
-    root = tmp_path_factory.mktemp("s3")
-    make_adata(400, 40, seed=41).write_h5ad(root / "cells.h5ad")
-    local = root / "corpus"
-    shard(
-        ShardConfig(
-            inputs=[root / "cells.h5ad"], out=local, cells_per_shard=100, cells_per_sample=25, val_fraction=0.1
-        ),
-        progress=False,
-    )
+    local = small_corpus(tmp_path_factory.mktemp("s3"), 400, seed=41, val_fraction=0.1)
     with corpus_in_a_bucket(local, BUCKET) as url:
         yield local, url
 
@@ -53,12 +43,7 @@ def _ids(location, fmt, rank=0, world=1, workers=0) -> list[str]:
 
 def test_inspect_and_validate_an_s3_corpus(bucket):
     local, url = bucket
-    here = json.loads(run_cli("inspect", local, "--json", check=True).stdout)
-    there = json.loads(run_cli("inspect", url, "--json", check=True).stdout)
-    here.pop("directory"), there.pop("directory")
-    assert there == here
-    proc = run_cli("validate", url)
-    assert proc.returncode == 0 and f"{url}: valid" in proc.stdout, proc.stderr
+    check_inspect_and_validate(local, url)
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "webdataset"])
