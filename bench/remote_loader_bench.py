@@ -2,21 +2,27 @@
 (moto) against the same corpus on local disk, in one run, same batch size, same shuffle.
 
 Both servers run on 127.0.0.1, so the ratio measures what the remote path costs in software (fsspec, HTTP, whole-tar
-streaming, byte-range zarr reads, sha256 on the way), not network bandwidth or latency: on a real bucket the
-figure also depends on the link. Webdataset is read as whole-tar streams in every row (local included), zarr by
-byte ranges (local: file reads). Goal (issue 15): remote >= 0.5 x local at the same batch size.
+streaming, whole-file zarr reads, sha256 on the way), not network bandwidth or latency: on a real bucket the
+figure also depends on the link. Every row reads whole shards as its units (local included, so the partition is
+the same). Goal (issue 15): remote >= 0.5 x local at the same batch size.
+
+With obstore installed, a second table compares raw GET throughput of the shard files through fsspec (what the
+loader uses: aiohttp / s3fs, 8 files at a time) and through obstore (Rust object_store), same files, same servers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.corpus import build_pbmc_replicas
 from bench.loopback import FileServer, corpus_in_a_bucket
+from data_prep import remote
 from data_prep.config import ShardConfig
 from data_prep.corpus import Corpus
 from data_prep.loader import StreamingCellDataset
@@ -65,7 +71,53 @@ def run(args) -> dict:
                         raise RuntimeError(msg)
                     best = seconds if best is None else min(best, seconds)
                 rows.append({"format": fmt, "source": name, "cells": n, "seconds": best, "cells_per_s": n / best})
-    return {"rows": rows, "cells": n}
+        clients = _client_rows(local, where, args.repeats)
+    return {"rows": rows, "cells": n, "clients": clients}
+
+
+def _obstore_store(source: str, location: str):
+    from obstore.store import HTTPStore, S3Store
+
+    if location.startswith("s3://"):
+        bucket, _, prefix = location[len("s3://") :].partition("/")
+        return S3Store(
+            bucket, prefix=prefix, endpoint=os.environ["AWS_ENDPOINT_URL"], region=os.environ["AWS_DEFAULT_REGION"],
+            access_key_id=os.environ["AWS_ACCESS_KEY_ID"], secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+            virtual_hosted_style_request=False, client_options={"allow_http": True},
+        )  # fmt: skip
+    return HTTPStore.from_url(location, client_options={"allow_http": True})
+
+
+def _client_rows(local: Path, where: dict, repeats: int) -> list[dict]:
+    """MB/s fetching every shard file whole, fsspec vs obstore, best of `repeats` (empty without obstore)."""
+    try:
+        import obstore
+    except ImportError:
+        return []
+    names = sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file() and "shard-" in p.as_posix())
+    total = sum((local / n).stat().st_size for n in names)
+    rows = []
+    for source, location in where.items():
+        if source == "local disk":
+            continue
+        store = _obstore_store(source, location)
+        clients = {
+            "fsspec": lambda n, location=location: len(remote.read_bytes(remote.join(location, n))),
+            "obstore": lambda n, store=store: len(obstore.get(store, n).bytes()),
+        }
+        for client, fetch in clients.items():
+            best = None
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                with ThreadPoolExecutor(max_workers=remote.READ_THREADS) as pool:
+                    got = sum(pool.map(fetch, names))
+                if got != total:
+                    msg = f"{source} {client}: fetched {got} bytes, the files hold {total}."
+                    raise RuntimeError(msg)
+                seconds = time.perf_counter() - t0
+                best = seconds if best is None else min(best, seconds)
+            rows.append({"source": source, "client": client, "files": len(names), "bytes": total, "seconds": best})
+    return rows
 
 
 def report(out: dict, args) -> str:
@@ -88,6 +140,16 @@ def report(out: dict, args) -> str:
     for row, ratio in ratios:
         met = "met" if ratio >= GOAL else "MISSED"
         lines.append(f"{row['source']} {row['format']} / local disk: {ratio:.2f}x (goal >= {GOAL}x: {met})")
+    if out.get("clients"):
+        first = out["clients"][0]
+        lines += ["", f"Raw GETs of the {first['files']} shard files ({first['bytes'] / 1e6:.0f} MB), 8 at a time:", "",
+                  "| source | client | MB/s | vs fsspec |", "|---|---|---:|---:|"]  # fmt: skip
+        for row in out["clients"]:
+            base = next(r for r in out["clients"] if r["source"] == row["source"] and r["client"] == "fsspec")
+            rate = row["bytes"] / row["seconds"] / 1e6
+            lines.append(
+                f"| {row['source']} | {row['client']} | {rate:,.0f} | {base['seconds'] / row['seconds']:.2f}x |"
+            )
     return "\n".join(lines)
 
 
