@@ -66,10 +66,13 @@ def prepare_corpus(counts_dir: Path, workdir: Path) -> Path:
         msg = f"no .h5ad files in {counts_dir}; pass --counts DIR (a directory of count h5ad files)."
         raise SystemExit(msg)
     from data_prep.config import ShardConfig
+    from data_prep.manifest import CORPUS_FORMAT_VERSION
     from data_prep.sharder import shard
 
     out = Path(workdir) / f"corpus_{Path(counts_dir).name}"
-    if not (out / "manifest.json").exists():
+    manifest = out / "manifest.json"
+    current = manifest.exists() and json.loads(manifest.read_text()).get("format_version") == CORPUS_FORMAT_VERSION
+    if not current:  # absent, or written by an older scgrn (re-sharded so the bench sees today's format)
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
         shard(ShardConfig(inputs=inputs, out=out, format="zarr", workers=2, val_fraction=0.0), progress=False)

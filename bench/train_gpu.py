@@ -54,8 +54,21 @@ def build(config_name: str, backend: str, device: torch.device, overrides: dict)
     return model.to(device), cfg["family"]
 
 
-def run_one(model, family: str, backend: str, batches: list[dict], warmup: int, steps: int, device) -> dict:
-    """Train `model` on `batches` (already on `device`); time the last `steps` steps."""
+def run_one(model, family: str, backend: str, batches: list[tuple], warmup: int, steps: int, device) -> dict:
+    """Train `model` on `batches` ((raw host tensors, cell lengths)); time the last `steps` steps.
+
+    As in the trainer, each batch is prepared on the host first (gene sampling, binning, masking: the loader's
+    workers do this off the step), pinned, and each step copies it asynchronously, then runs forward, backward and
+    AdamW; `padded-sdpa` pads the prepared cells to the batch's longest on the host too."""
+    prepare = model.batch_preparer()
+    host = []
+    for i, (raw, lengths) in enumerate(batches):
+        prepared = prepare(raw, torch.Generator().manual_seed(i))
+        if backend == "padded-sdpa":
+            prepared = pad_prepared(prepared, int(prepared["max_seqlen"]))
+        if device.type == "cuda":
+            prepared = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in prepared.items()}
+        host.append((prepared, lengths))
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
     n_params = model.num_parameters(exclude_embeddings=True)
@@ -70,17 +83,10 @@ def run_one(model, family: str, backend: str, batches: list[dict], warmup: int, 
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
-        raw, lengths = batches[i % len(batches)]
-        gen = torch.Generator(device=device).manual_seed(i)
+        prepared, lengths = host[i % len(host)]
+        inputs = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in prepared.items()}
         with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-            if backend == "padded-sdpa":
-                prepared = model.prepare_batch(raw, gen)
-                longest = int(lengths.clip(max=model.config.max_genes).max())
-                padded = pad_prepared(prepared, longest)
-                padded["cu_seqlens"] = padded["cu_seqlens"].to(device)
-                out = model(padded, gen)
-            else:
-                out = model(raw, gen)
+            out = model(inputs)
         out["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -131,11 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     vocab = Corpus(corpus).manifest["vocab"]["size"]
     raw = load_batches(corpus, args.batch_cells, max(1, min(args.steps + args.warmup, 8)))
-    batches = []
-    for b in raw:
-        lengths = cell_lengths(b["cu_seqlens"]).numpy()
-        moved = {k: v.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else v for k, v in b.items()}
-        batches.append((moved, lengths))
+    batches = [(b, cell_lengths(b["cu_seqlens"]).numpy()) for b in raw]  # host tensors: prepared in run_one
     peak = peak_tflops(device, args.peak_tflops)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device: {name}  torch {torch.__version__}  peak bf16 {peak} TFLOP/s  batch {args.batch_cells} cells")
