@@ -79,11 +79,16 @@ def config(root, out, **overrides) -> GrnConfig:
 
 
 def test_joint_model_beats_abs_pearson_and_the_degree_only_methods_on_a_planted_network(planted, tmp_path):
-    payload = pipeline.run_grn(config(planted, tmp_path / "out"))
+    payload = pipeline.run_grn(config(planted, tmp_path / "out", seeds=4))
     auroc = {name: m["summary"]["auroc"]["mean"] for name, m in payload["methods"].items()}
     joint = auroc["joint-gcn"]
-    # conditioning on the TFs is what the pair evidence adds (measured: joint 0.960, |Pearson| 0.932)
-    assert joint >= auroc["pearson"] + 0.02, auroc
+    # Conditioning on the TFs is what the pair evidence adds. Measured over 4 seeds: joint 0.956 (per seed 0.957,
+    # 0.942, 0.969, 0.954), |Pearson| 0.935 (0.921, 0.944, 0.936, 0.941). The margin moves by ~0.01 with the
+    # pretraining's random draws (0.028 with an earlier masking stream, 2 seeds), so the test asks for a mean margin
+    # of 0.01 over 4 seeds and a win on at least 3 of them, not a margin one draw happened to give.
+    assert joint >= auroc["pearson"] + 0.01, auroc
+    per_seed = {name: [r["auroc"] for r in payload["methods"][name]["seeds"]] for name in ("joint-gcn", "pearson")}
+    assert sum(j > p for j, p in zip(per_seed["joint-gcn"], per_seed["pearson"], strict=True)) >= 3, per_seed
     assert joint >= auroc["genelink-gat"] + 0.05 and joint >= auroc["degree"] + 0.3, auroc
     assert {"pretrained-isd", "random-init-isd", "random-init", "evidence-logreg", "regression"} <= set(auroc)
     text = (tmp_path / "out" / "results.md").read_text()
