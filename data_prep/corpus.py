@@ -116,14 +116,13 @@ class Corpus:
             raise CorpusError(msg)
         if self.cache is not None:  # from here on the shard is a local one
             path = cached or self.cache.local_copy(path, directory=self.format == "zarr")
-        streamed = isinstance(path, str) and self.format == "webdataset"
+        streamed = isinstance(path, str) and self.format == "webdataset"  # checked by WdsShard as it streams
         files = None
         if isinstance(path, str) and self.format == "zarr" and self.whole_shards:
-            files = remote.read_tree(path)
+            files = remote.read_tree(path)  # checked here, as fetched
             if self.verify and remote.tree_sha256(files) != info["sha256"]:
                 raise self._corrupt(path, k)
-            streamed = True  # checked above, as fetched
-        if self.verify and k not in self._verified and not streamed:  # a streamed shard is checked as it streams
+        if self.verify and k not in self._verified and not streamed and files is None:
             local = isinstance(path, Path)
             key = (str(path.resolve()) if local else path, info["sha256"])
             key += (_tree_signature(path),) if local else ()

@@ -42,7 +42,7 @@ class NonFiniteLossError(RuntimeError):
 # sleeps, so the test can SIGKILL it at a known point instead of racing a fast run.
 HOLD_IN_SAVE = "SCGRN_TEST_HOLD_IN_SAVE"  # after this rank's checkpoint files are written, before COMPLETE
 HOLD_AFTER_SAVE = "SCGRN_TEST_HOLD_AFTER_SAVE"  # after that checkpoint is complete
-POISON_AT = "SCGRN_TEST_POISON_AT"  # "STEP[:RANK]": that step's batch gets NaN values (test_nonfinite.py)
+POISON_AT = "SCGRN_TEST_POISON_AT"  # "STEP[:RANK]": that step's loss is made NaN (test_nonfinite.py)
 
 
 class CellIdLog:

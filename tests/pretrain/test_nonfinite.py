@@ -25,23 +25,20 @@ def _launch_raw(run, corpus, extra_env: dict, *overrides: str) -> subprocess.Com
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600, check=False)
 
 
-def test_nonfinite_loss_stops_with_message_and_checkpoint(tmp_path, cli):
+def _pretrain_one_rank(cli, tmp_path, *overrides: str, env: dict | None = None):
+    """`scgrn pretrain` of exceiver-debug on a fresh 300-cell corpus, no success check: (process, run dir)."""
     make_adata(300, 50, seed=1).write_h5ad(tmp_path / "a.h5ad")
     cli("shard", tmp_path / "a.h5ad", "--out", tmp_path / "corpus", "--quiet", check=True)
     run = tmp_path / "run"
+    config = ("--config", "launch/configs/pretrain/exceiver-debug.yaml")
+    proc = cli("pretrain", *config, f"data.corpus={tmp_path / 'corpus'}", f"train.out_dir={run}", *overrides, env=env)
+    return proc, run
+
+
+def test_nonfinite_loss_stops_with_message_and_checkpoint(tmp_path, cli):
     # Poisson likelihood with a huge step size: exp(predicted log-rate) overflows to inf within a few steps.
-    proc = cli(
-        "pretrain",
-        "--config",
-        "launch/configs/pretrain/exceiver-debug.yaml",
-        f"data.corpus={tmp_path / 'corpus'}",
-        f"train.out_dir={run}",
-        "train.lr=1e4",
-        "train.grad_clip=0",
-        "train.warmup_steps=0",
-        "train.steps=30",
-        "train.resume=none",
-    )
+    overrides = ("train.lr=1e4", "train.grad_clip=0", "train.warmup_steps=0", "train.steps=30", "train.resume=none")
+    proc, run = _pretrain_one_rank(cli, tmp_path, *overrides)
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "is not finite on at least one rank" in proc.stderr and "Lower train.lr" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -52,7 +49,7 @@ def test_nonfinite_loss_stops_with_message_and_checkpoint(tmp_path, cli):
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_a_poisoned_batch_on_one_rank_stops_both_ranks_with_a_resumable_checkpoint(tmp_path, cli):
-    """Rank 1's step-3 batch gets NaN values (test-only SCGRN_TEST_POISON_AT): the guard's all-reduce stops both
+    """Rank 1's step-3 loss is made NaN (test-only SCGRN_TEST_POISON_AT): the guard's all-reduce stops both
     ranks before the update is applied, the last good state (step 2) is saved complete, and a plain relaunch
     resumes and ends."""
     make_adata(600, 60, seed=2).write_h5ad(tmp_path / "a.h5ad")
@@ -79,22 +76,10 @@ def test_finite_check_modes_on_a_poisoned_step(tmp_path, cli, check):
     """Step 3's loss is poisoned. before_update (the CPU default) stops before applying it and saves step 2 as the
     last good state; lagged (the GPU default, no host wait per step) sees it during step 4, after step 3's update,
     and saves nothing after step 2: the checkpoint the message names is the one to resume from."""
-    make_adata(300, 50, seed=1).write_h5ad(tmp_path / "a.h5ad")
-    cli("shard", tmp_path / "a.h5ad", "--out", tmp_path / "corpus", "--quiet", check=True)
-    run = tmp_path / "run"
-    proc = cli(
-        "pretrain",
-        "--config",
-        "launch/configs/pretrain/exceiver-debug.yaml",
-        f"data.corpus={tmp_path / 'corpus'}",
-        f"train.out_dir={run}",
-        f"train.finite_check={check}",
-        "train.steps=8",
-        "train.save_every=2",
-        "train.eval_every=100",
-        "train.resume=none",
-        env={**os.environ, "SCGRN_TEST_POISON_AT": "3", "OMP_NUM_THREADS": "1"},
-    )
+    overrides = (f"train.finite_check={check}", "train.steps=8", "train.save_every=2", "train.eval_every=100",
+                 "train.resume=none")  # fmt: skip
+    env = {**os.environ, "SCGRN_TEST_POISON_AT": "3", "OMP_NUM_THREADS": "1"}
+    proc, run = _pretrain_one_rank(cli, tmp_path, *overrides, env=env)
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "the loss of step 3 is not finite" in proc.stderr and "loss: nan" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
