@@ -42,9 +42,22 @@ def add_grn_parser(sub) -> None:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST .. FIRST+SEEDS-1")
     p.add_argument(
-        "--split", default="genelink", help="genelink, cold-start (held-out TFs), or a split file / directory"
+        "--split",
+        default="genelink",
+        help="genelink (per-TF edge split), cold-start (held-out TFs), held-out-genes (a test pair's genes have no "
+        "training edge), or a split file / directory (run as given)",
     )
-    p.add_argument("--negatives", default="genelink", choices=NEGATIVE_MODES)
+    p.add_argument(
+        "--split-repair",
+        action="store_true",
+        help="with a split file: move pairs whose reverse pair is in a later set into that set",
+    )
+    p.add_argument(
+        "--negatives",
+        default="degree-aware",
+        choices=NEGATIVE_MODES,
+        help="degree-aware (node degree carries no signal) or genelink (published protocol; leaks node degree)",
+    )
     p.add_argument(
         "--baselines",
         default=",".join(BASELINES),
@@ -85,6 +98,7 @@ def config_from_args(args: argparse.Namespace):
         seeds=args.seeds,
         first_seed=args.first_seed,
         split=args.split,
+        split_repair=args.split_repair,
         negatives=args.negatives,
         baselines=[b for b in args.baselines.split(",") if b],
         tree_method=args.tree_method,

@@ -21,11 +21,13 @@ UNSUPERVISED_BASELINES = (
     "partial",
     "regression",
     "trees",
-    "degree",
 )
-BASELINES = LEARNED_BASELINES + UNSUPERVISED_BASELINES
+# Shortcuts read the training labels but nothing about the scored pair's data (shortcuts.py): references that show
+# what a benchmark can be passed with, never the method that writes edges.tsv.
+SHORTCUT_BASELINES = ("degree", "topology", "label-knn")
+BASELINES = LEARNED_BASELINES + UNSUPERVISED_BASELINES + SHORTCUT_BASELINES
 EVIDENCE = ("pearson", "regression", "partial", "trees", "isd")
-SPLITS = ("genelink", "cold-start")
+SPLITS = ("genelink", "cold-start", "held-out-genes")
 
 
 @dataclass
@@ -79,10 +81,17 @@ class GrnConfig:
     """Seeds run are first_seed .. first_seed + seeds - 1: a long benchmark can be run in pieces (more seeds later)
     and merged (`scgrn bench grn --from-summaries`)."""
     split: str = "genelink"
-    """genelink (scgrn implements GENELink's protocol, one split per seed), cold-start (held-out TFs: none of a test
-    TF's edges is in training) or a split file / directory."""
-    negatives: str = "genelink"
-    """genelink, or degree-aware negatives (Stock et al. 2025) that take node degree out of the signal."""
+    """genelink (GENELink's per-TF assignment of the positives, one split per seed), cold-start (held-out TFs: no
+    edge touching a validation or test TF, in either direction, is in training), held-out-genes (genes partitioned: a
+    test pair's genes have no training edge at all) or a split file / directory (run as given; the count of test
+    pairs whose reverse pair is in training is reported). Every built-in protocol keeps a pair and its reverse in
+    one set."""
+    split_repair: bool = False
+    """With a split file: move every pair whose reverse pair is in a later set into that set (splits.repair_reverse)
+    instead of running the file as given."""
+    negatives: str = "degree-aware"
+    """degree-aware negatives (Stock et al. 2025; node degree carries no signal), or genelink (GENELink's own, kept
+    for comparison with published numbers: node degree leaks into the labels)."""
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     """Methods run beside the joint model on the same splits."""
     tree_method: str = "grnboost2"
@@ -132,8 +141,20 @@ class GrnConfig:
             problems.append("--evidence trees needs a tree method; drop trees from --evidence or set --tree-method")
         if not 0.0 <= self.supervision_fraction < 1.0:
             problems.append(f"--supervision-fraction {self.supervision_fraction}: must be within [0, 1)")
-        if self.method is not None and self.method not in (*BASELINES, f"joint-{self.gnn}"):
-            problems.append(f"--method {self.method!r}: allowed joint-{self.gnn} or one of {BASELINES}")
+        if self.method is not None and self.method in SHORTCUT_BASELINES:
+            problems.append(
+                f"--method {self.method!r}: a shortcut reads only the training labels' structure and is a reference, "
+                f"never the ranking written to edges.tsv; allowed joint-{self.gnn} or one of "
+                f"{LEARNED_BASELINES + UNSUPERVISED_BASELINES}"
+            )
+        elif self.method is not None and self.method not in (*BASELINES, f"joint-{self.gnn}"):
+            allowed = LEARNED_BASELINES + UNSUPERVISED_BASELINES
+            problems.append(f"--method {self.method!r}: allowed joint-{self.gnn} or one of {allowed}")
+        if self.split_repair and self.split in SPLITS:
+            problems.append(
+                f"--split-repair applies to a split file; --split {self.split} already keeps every pair and its "
+                "reverse in one set (drop --split-repair)"
+            )
         positive = ("seeds", "layers", "hidden", "epochs", "patience", "workers", "max_genes")
         positive += ("tuning_budget", "isd_cells")
         for name in positive:

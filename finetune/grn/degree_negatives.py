@@ -208,8 +208,17 @@ def _matched_set(
     return keep, np.concatenate(filled)
 
 
+def _reverse_codes(pairs: np.ndarray, n_genes: int) -> np.ndarray:
+    """Codes of the reversed pairs (target, tf) of (n, >=2) rows."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, pairs.shape[1] if np.ndim(pairs) == 2 else 2)
+    return pairs[:, 1] * n_genes + pairs[:, 0]
+
+
 def degree_aware_negatives(
-    rng: np.random.Generator, dataset: GrnDataset, assign: np.ndarray
+    rng: np.random.Generator,
+    dataset: GrnDataset,
+    assign: np.ndarray,
+    set_forbidden: dict[int, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Degree-matched negatives for every set; returns (assign with the dropped positives set to DROPPED, negatives).
 
@@ -221,6 +230,11 @@ def degree_aware_negatives(
     Each TF's non-targets are shared out between the sets in proportion to its positives in each (its cap), so a
     hub TF keeps edges in every set rather than training using up all of its non-targets. Positives without a
     matching negative are dropped (module docstring); the counts per set go to logger.info.
+
+    Directed pairs: a set's negative is never the reverse of a pair labelled in another set (a positive assigned
+    there or a negative drawn there), so a labelled pair and its reverse stay in one set. `set_forbidden` maps a set
+    code to further (tf, target) codes its negatives may not use (cold-start and held-out-genes keep each set's
+    negatives inside its own genes).
     """
     n_genes = dataset.n_genes
     positives = dataset.positives
@@ -238,7 +252,12 @@ def degree_aware_negatives(
         set_positives = positives[index]
         seen += np.bincount(set_positives[:, 0], minlength=n_genes)
         share = non_targets if code == TEST else non_targets * seen // np.maximum(out_degree, 1)
-        keep, matched = _matched_set(rng, set_positives, key, n_genes, used, share - spent)
+        elsewhere = positives[(assign != code) & (assign != DROPPED)]
+        drawn = [negatives[c] for c in negatives]
+        forbidden = [used, _reverse_codes(elsewhere, n_genes), *(_reverse_codes(d, n_genes) for d in drawn)]
+        if set_forbidden and code in set_forbidden:
+            forbidden.append(np.asarray(set_forbidden[code], dtype=np.int64))
+        keep, matched = _matched_set(rng, set_positives, key, n_genes, np.concatenate(forbidden), share - spent)
         assign[index[~keep]] = DROPPED
         used = np.concatenate([used, _codes(matched, n_genes)])
         spent += np.bincount(matched[:, 0], minlength=n_genes)

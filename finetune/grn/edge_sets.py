@@ -28,7 +28,12 @@ class EdgeSplit:
 
     Shapes: train, val, test (n_set, 3) int64 with columns [tf, target, label], label in {0, 1}.
     `protocol` names where the split came from: "genelink-specific", "genelink-density", "degree-aware",
-    "cold-start" or "file:<path>".
+    "cold-start", "held-out-genes" or "file:<path>".
+
+    Directed pairs: (a, b) and its reverse (b, a) are different pairs, but they are not independent (BEELINE's STRING
+    networks list 41-89 % of their edges both ways, and the message-passing graph is undirected), so every built-in
+    protocol puts a labelled pair and its labelled reverse in the same set (`reverse_leaks` counts the exceptions;
+    `check(..., directed=True)` refuses them; `repair_reverse` moves them).
     """
 
     train: np.ndarray
@@ -63,9 +68,29 @@ class EdgeSplit:
             }
         return out
 
-    def check(self, n_genes: int) -> None:
+    def reverse_leaks(self, n_genes: int) -> dict[str, int]:
+        """How many pairs of each set have their reverse pair labelled in another set.
+
+        Keys: "val" and "test" count validation / test pairs whose reverse is a *training* pair (the leak a model or
+        the topology shortcut reads through the undirected training graph), "other" the remaining cross-set reverses
+        (validation <-> test, or a training pair whose reverse is held out is counted once, on the held-out side).
+        """
+        codes = {name: _codes(rows[:, :2], n_genes) for name, rows in self.sets().items()}
+
+        def reversed_codes(rows: np.ndarray) -> np.ndarray:
+            return rows[:, 1] * n_genes + rows[:, 0]
+
+        reverse = {name: reversed_codes(rows) for name, rows in self.sets().items()}
+        return {
+            "val": int(np.isin(reverse["val"], codes["train"]).sum()),
+            "test": int(np.isin(reverse["test"], codes["train"]).sum()),
+            "other": int(np.isin(reverse["test"], codes["val"]).sum()),
+        }
+
+    def check(self, n_genes: int, *, directed: bool = False) -> None:
         """Raise GrnInputError on a label other than 0/1, an index outside 0..n_genes-1, a pair with two labels in one
-        set, or a (tf, target) pair in two sets (a leak between training, selection and test)."""
+        set, or a (tf, target) pair in two sets (a leak between training, selection and test). With `directed`, also
+        on a pair whose reverse pair is in another set (every built-in protocol keeps the two together)."""
         where = f"edge split ({self.protocol})"
         unique_codes = []
         for name, rows in self.sets().items():
@@ -108,6 +133,43 @@ class EdgeSplit:
                 "test score"
             )
             raise GrnInputError(msg)
+        if directed:
+            leaks = self.reverse_leaks(n_genes)
+            if any(leaks.values()):
+                msg = (
+                    f"{where}: {leaks['test']} test and {leaks['val']} validation pair(s) have their reverse pair in "
+                    f"training and {leaks['other']} test pair(s) in validation; a pair and its reverse must be in the "
+                    "same set (repair_reverse / --split-repair moves them)"
+                )
+                raise GrnInputError(msg)
+
+
+def repair_reverse(split: EdgeSplit, n_genes: int, *, keep_positives: bool = False) -> tuple[EdgeSplit, int]:
+    """Move every pair whose reverse pair is labelled in a later set (train < validation < test) into that set, so a
+    pair and its reverse end in the same set and the held-out sets keep all their pairs. Returns (split, moved).
+
+    `keep_positives` (for a protocol whose positives are already grouped with their reverse): positives stay; a
+    negative joins the set of its reverse when that is a positive, and two reverse negatives go to the set of the
+    (low, high) one, so no set grows at another's expense on average."""
+    sets = split.sets()
+    rows = np.concatenate([sets[name] for name in SPLIT_NAMES])
+    where = np.concatenate([np.full(len(sets[name]), code) for code, name in enumerate(SPLIT_NAMES)])
+    codes = _codes(rows[:, :2], n_genes)
+    order = np.argsort(codes)
+    reverse = rows[:, 1] * n_genes + rows[:, 0]
+    position = np.minimum(np.searchsorted(codes[order], reverse), len(codes) - 1) if len(codes) else reverse
+    has_reverse = codes[order][position] == reverse if len(codes) else np.zeros(0, dtype=bool)
+    reverse_set = np.where(has_reverse, where[order][position], -1)
+    target = np.maximum(where, reverse_set)
+    if keep_positives:
+        reverse_label = np.where(has_reverse, rows[order][position, 2], -1)
+        canonical = np.where(rows[:, 0] < rows[:, 1], where, reverse_set)  # the set of the (low, high) member
+        negative_pair = np.where(has_reverse, canonical, where)
+        target = np.where(rows[:, 2] == 1, where, np.where(reverse_label == 1, reverse_set, negative_pair))
+    moved = int((target != where).sum())
+    parts = {name: _sorted_rows(rows[target == code]) for code, name in enumerate(SPLIT_NAMES)}
+    repaired = EdgeSplit(**parts, protocol=split.protocol + (" (repaired)" if moved else ""))
+    return repaired, moved
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import numpy as np
 
 from finetune.errors import GrnInputError
 from finetune.grn.beeline import GrnDataset
-from finetune.grn.degree_negatives import degree_aware_negatives
+from finetune.grn.degree_negatives import DROPPED, _reverse_codes, degree_aware_negatives
 from finetune.grn.edge_sets import (
     _BLOCK_CELLS,
     SPLIT_NAMES,
@@ -45,6 +45,7 @@ from finetune.grn.edge_sets import (
     _sorted_rows,
     _warn_short,
     logger,
+    repair_reverse,
 )
 from finetune.grn.split_files import read_split
 
@@ -54,17 +55,27 @@ __all__ = [
     "SPLIT_NAMES",
     "_BLOCK_CELLS",
     "EdgeSplit",
+    "HeldOutGenesTooSmall",
     "_codes",
     "_draw_per_tf",
     "_per_tf_counts",
     "cold_start_split",
     "genelink_split",
+    "held_out_genes_split",
     "logger",
     "read_split",
+    "repair_reverse",
 ]
 
 NEGATIVE_MODES = ("genelink", "degree-aware")
 COLD_START_NEGATIVES = ("degree-aware",)
+# Set code of a gene in no group (cold-start: a gene that is not a TF with an edge).
+FREE = -2
+# Held-out genes: shares of the genes (TFs and the others, each) in the validation and test parts; a test pair needs
+# both genes in the test part, so about 0.3^2 = 9 % of the edges are test pairs.
+HELD_OUT_GENES_FRACTIONS = (0.2, 0.3)
+# Held-out genes: a set with fewer test positives than this per seed is too small to report.
+MIN_HELD_OUT_POSITIVES = 20
 # Cold-start: shares of the TFs (with at least one edge) in the validation and test groups; training takes the rest.
 COLD_START_VAL_FRACTION = 0.2
 COLD_START_TEST_FRACTION = 0.2
@@ -101,6 +112,19 @@ def _assign_positives(rng: np.random.Generator, positives: np.ndarray, *, specif
     return np.where(size == 1, np.where(to_train, TRAIN, TEST), sets)
 
 
+def _unify_reciprocal(positives: np.ndarray, assign: np.ndarray, n_genes: int) -> np.ndarray:
+    """Put the reverse (b, a) of every positive (a, b) with a < b in the set of (a, b): a reciprocal pair of edges is
+    one fact seen from two ends, and the undirected training graph would hand a held-out one to the model (and to
+    the topology shortcut) through the other. `positives` are sorted unique rows, so their codes are sorted."""
+    codes = _codes(positives, n_genes)
+    reverse = positives[:, 1] * n_genes + positives[:, 0]
+    position = np.minimum(np.searchsorted(codes, reverse), max(len(codes) - 1, 0))
+    reciprocal = (codes[position] == reverse) & (positives[:, 0] > positives[:, 1])
+    assign = assign.copy()
+    assign[reciprocal] = assign[position[reciprocal]]
+    return assign
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # GENELink protocols
 
@@ -129,9 +153,15 @@ def _density_negatives(rng: np.random.Generator, dataset: GrnDataset, assign: np
     positives = dataset.positives
     forbidden = _codes(positives, n_genes)
     negatives = []
+
+    def barred(code: int) -> np.ndarray:
+        """Also never the reverse of a positive of another set or of a negative drawn for another set."""
+        reverse = [_reverse_codes(positives[assign != code], n_genes), *(_reverse_codes(d, n_genes) for d in negatives)]
+        return np.concatenate([forbidden, *reverse])
+
     for code, what in ((TRAIN, "the training 1:1 negatives"), (VAL, "the validation 1:1 negatives")):
         tfs, need = _per_tf_counts(positives[assign == code])
-        drawn, taken = _draw_per_tf(rng, tfs, need, n_genes, forbidden)
+        drawn, taken = _draw_per_tf(rng, tfs, need, n_genes, barred(code))
         _warn_short(what, dataset, need, taken)
         negatives.append(drawn)
         forbidden = np.concatenate([forbidden, _codes(drawn, n_genes)])
@@ -147,7 +177,7 @@ def _density_negatives(rng: np.random.Generator, dataset: GrnDataset, assign: np
     n_test_neg = int(n_test_pos // dataset.density - n_test_pos)
     tf_pool = dataset.tf_index if dataset.n_tfs else np.unique(positives[:, 0])
     tfs, need = np.unique(rng.choice(tf_pool, size=n_test_neg), return_counts=True)
-    drawn, taken = _draw_per_tf(rng, tfs, need, n_genes, forbidden)
+    drawn, taken = _draw_per_tf(rng, tfs, need, n_genes, barred(TEST))
     _warn_short("the density-matched test negatives", dataset, need, taken)
     negatives.append(drawn)
     return negatives
@@ -192,6 +222,7 @@ def genelink_split(dataset: GrnDataset, seed: int, negatives: str = "genelink") 
     rng = np.random.default_rng(seed)
     specific = dataset.network == "Specific"
     assign = _assign_positives(rng, dataset.positives, specific=specific)
+    assign = _unify_reciprocal(dataset.positives, assign, dataset.n_genes)
     if negatives == "degree-aware":
         protocol = "degree-aware"
         assign, negative_sets = degree_aware_negatives(rng, dataset, assign)
@@ -205,25 +236,79 @@ def genelink_split(dataset: GrnDataset, seed: int, negatives: str = "genelink") 
 
 
 def _edge_split(dataset: GrnDataset, assign: np.ndarray, negative_sets: list[np.ndarray], protocol: str) -> EdgeSplit:
-    """EdgeSplit of the positives by `assign` (DROPPED ones left out) and [train, val, test] negative pairs."""
+    """EdgeSplit of the positives by `assign` (DROPPED ones left out) and [train, val, test] negative pairs.
+
+    GENELink's negatives are drawn without regard to direction, so a negative whose reverse is labelled in another
+    set is moved to the set of its reverse (a positive's, or the later one's; `repair_reverse`); the positives never
+    move, and the degree-aware negatives never need it. The result is checked to hold no
+    pair whose reverse is in another set."""
     train, val, test = (
         _sorted_rows(_rows(dataset.positives[assign == code], 1), _rows(negative_sets[code], 0))
         for code in (TRAIN, VAL, TEST)
     )
     split = EdgeSplit(train=train, val=val, test=test, protocol=protocol)
-    split.check(dataset.n_genes)
+    if protocol.startswith("genelink"):
+        split, _ = repair_reverse(split, dataset.n_genes, keep_positives=True)
+        split = EdgeSplit(split.train, split.val, split.test, protocol)
+    split.check(dataset.n_genes, directed=True)
     return split
 
 
+def _gene_group_assign(dataset: GrnDataset, group: np.ndarray, *, same_group_only: bool) -> np.ndarray:
+    """Set code of every positive from its genes' groups (FREE = a gene in no group).
+
+    A positive (a, b) goes to group[a]'s set. With `same_group_only` (held-out genes) b must be in that group too;
+    otherwise (cold-start) b may be any gene except a TF held out in *another* group. Everything else is DROPPED: no
+    held-out gene has an edge outside its own set, in either direction."""
+    tf_group, target_group = group[dataset.positives[:, 0]], group[dataset.positives[:, 1]]
+    if same_group_only:
+        fits = target_group == tf_group
+    else:
+        fits = (target_group == tf_group) | (target_group == FREE) | (target_group == TRAIN)
+        fits &= tf_group != FREE
+    return np.where(fits, tf_group, DROPPED)
+
+
+def _outside_group_codes(dataset: GrnDataset, group: np.ndarray, *, same_group_only: bool) -> dict[int, np.ndarray]:
+    """Per set code, the (tf, target) codes its negatives may not use: pairs whose target is outside the set's genes
+    (held-out genes) or a TF held out in another group (cold-start)."""
+    genes = np.arange(dataset.n_genes)
+    out = {}
+    for code in (TRAIN, VAL, TEST):
+        tfs = np.unique(dataset.positives[group[dataset.positives[:, 0]] == code, 0])
+        if same_group_only:
+            barred = genes[group != code]
+        else:
+            barred = genes[(group != code) & (group != FREE) & (group != TRAIN)]
+        out[code] = (tfs[:, None] * dataset.n_genes + barred[None, :]).ravel()
+    return out
+
+
+def _check_sets_filled(dataset: GrnDataset, assign: np.ndarray, group: np.ndarray, tfs: np.ndarray, what: str) -> None:
+    for code, name in ((TRAIN, "training"), (VAL, "validation"), (TEST, "test")):
+        if not (assign == code).any():
+            msg = (
+                f"dataset {dataset.name!r}: no positive of the {int((group[tfs] == code).sum())} {what} {name} "
+                "TF(s) is left with a negative of the same TF and target degree inside its own genes, so that set "
+                "would be empty (too few TFs that share targets, or TFs that target nearly every gene); use a "
+                "network with more TFs and edges, or --split genelink"
+            )
+            raise GrnInputError(msg)
+
+
 def cold_start_split(dataset: GrnDataset, seed: int, negatives: str = "degree-aware") -> EdgeSplit:
-    """Held-out TFs: no edge of a validation or test TF is seen in training (protocol "cold-start").
+    """Held-out TFs: no edge that touches a validation or test TF, in either direction, is seen in training
+    (protocol "cold-start").
 
     The TFs with at least one known edge are shuffled (from `seed`) into a training, a validation and a test group
-    (20% of them each for validation and test, rounded, at least one TF each; training takes the rest), and every
-    positive goes to its TF's set. Negatives are degree-aware (`degree_negatives.py`): one per positive of the same
-    TF, with a target of the same training in-degree bin, never a known edge, a self pair or a pair of another set;
-    positives of hub TFs that lack non-targets of matching degree are dropped. A degree heuristic scores exactly 0.5
-    test AUROC (test TFs have training out-degree 0), and the target in-degree alone carries no signal either.
+    (20% of them each for validation and test, rounded, at least one TF each; training takes the rest). A positive
+    goes to its TF's set, unless its target is a TF held out in another group: such an edge touches two held-out
+    groups (or, from a training TF, a held-out one) and is dropped, so training holds no edge into a held-out TF
+    either (a test TF's incoming edges are as informative as its outgoing ones in an undirected graph). Negatives are
+    degree-aware (`degree_negatives.py`): one per positive of the same TF, with a target of the same training
+    in-degree bin and never a held-out TF of another group, a known edge, a self pair or the reverse of a pair of
+    another set; positives of hub TFs that lack non-targets of matching degree are dropped. A degree heuristic scores
+    exactly 0.5 test AUROC (test TFs have training out-degree 0), and the target in-degree alone carries no signal.
 
     Raises GrnInputError with fewer than 3 TFs that have an edge, or when dropping leaves a set without positives
     (a training TF's negatives must be other training TFs' targets, so a single training TF gets none).
@@ -236,23 +321,76 @@ def cold_start_split(dataset: GrnDataset, seed: int, negatives: str = "degree-aw
     if len(tfs) < 3:
         msg = (
             f"dataset {dataset.name!r} has {len(tfs)} TF(s) with a known edge; a cold-start split needs at least 3 "
-            "(one each for training, validation and test); use the genelink split instead"
+            "(one each for training, validation and test); use --split genelink instead"
         )
         raise GrnInputError(msg)
     rng = np.random.default_rng(seed)
     n_val = max(1, int(np.floor(len(tfs) * COLD_START_VAL_FRACTION + 0.5)))
     n_test = max(1, int(np.floor(len(tfs) * COLD_START_TEST_FRACTION + 0.5)))
-    group = np.full(dataset.n_genes, TRAIN, dtype=np.int64)  # (n_genes,) set code of each TF
+    group = np.full(dataset.n_genes, FREE, dtype=np.int64)  # (n_genes,) set code of each TF with an edge
     shuffled = rng.permutation(tfs)
+    group[shuffled] = TRAIN
     group[shuffled[:n_val]] = VAL
     group[shuffled[n_val : n_val + n_test]] = TEST
-    assign, negative_sets = degree_aware_negatives(rng, dataset, group[dataset.positives[:, 0]])
-    for code, name in ((TRAIN, "training"), (VAL, "validation"), (TEST, "test")):
-        if not (assign == code).any():
-            msg = (
-                f"dataset {dataset.name!r}: no positive of the {int((group[tfs] == code).sum())} cold-start {name} "
-                "TF(s) has a negative of the same TF and target degree, so that set would be empty (too few TFs that "
-                "share targets, or TFs that target nearly every gene); use more TFs or the genelink split"
-            )
-            raise GrnInputError(msg)
+    assign = _gene_group_assign(dataset, group, same_group_only=False)
+    forbidden = _outside_group_codes(dataset, group, same_group_only=False)
+    assign, negative_sets = degree_aware_negatives(rng, dataset, assign, forbidden)
+    _check_sets_filled(dataset, assign, group, tfs, "cold-start")
     return _edge_split(dataset, assign, negative_sets, "cold-start")
+
+
+class HeldOutGenesTooSmall(GrnInputError):
+    """A held-out-genes split that leaves too few test positives to score (the benchmark lists such sets)."""
+
+    def __init__(self, msg: str, test_positives: int) -> None:
+        super().__init__(msg)
+        self.test_positives = test_positives
+
+
+def held_out_genes_split(dataset: GrnDataset, seed: int, min_test_positives: int = MIN_HELD_OUT_POSITIVES) -> EdgeSplit:
+    """Held-out genes: the genes (TFs and targets) are partitioned, and a pair belongs to a set only when both of its
+    genes are in that set's part (protocol "held-out-genes").
+
+    The TFs with an edge and the other genes are each shuffled (from `seed`) into training, validation and test parts
+    (HELD_OUT_GENES_FRACTIONS, so every part has TFs); a positive whose genes fall into two parts is dropped. So a
+    validation or test gene has no edge at all in the training graph or the training supervision: a model cannot
+    recognise it (a random gene vector is no better than none), and the shortcuts (degree, topology, label-knn)
+    have nothing to read and score 0.5. Only what is known about a gene *without* the labels (its expression, a
+    pretrained representation) can rank its pairs. Negatives are degree-aware inside each part (one per positive of
+    the same TF, targets inside the part, rewired so each target is about as often a negative as a positive).
+
+    Only about (test fraction)^2 of the edges are test pairs: raises `HeldOutGenesTooSmall` (a GrnInputError) when
+    fewer than `min_test_positives` remain, naming the count, and GrnInputError when a set is empty or the network
+    has fewer than 3 TFs with an edge. The result is a deterministic function of `seed`.
+    """
+    tfs = np.unique(dataset.positives[:, 0])
+    if len(tfs) < 3:
+        msg = (
+            f"dataset {dataset.name!r} has {len(tfs)} TF(s) with a known edge; a held-out-genes split needs at least "
+            "3 (one each for training, validation and test); use --split genelink instead"
+        )
+        raise GrnInputError(msg)
+    rng = np.random.default_rng(seed)
+    group = np.full(dataset.n_genes, TRAIN, dtype=np.int64)
+    others = np.setdiff1d(np.arange(dataset.n_genes), tfs)
+    val_fraction, test_fraction = HELD_OUT_GENES_FRACTIONS
+    for members in (tfs, others):
+        shuffled = rng.permutation(members)
+        n_val = max(1, int(np.floor(len(members) * val_fraction + 0.5)))
+        n_test = max(1, int(np.floor(len(members) * test_fraction + 0.5)))
+        group[shuffled[:n_val]] = VAL
+        group[shuffled[n_val : n_val + n_test]] = TEST
+    assign = _gene_group_assign(dataset, group, same_group_only=True)
+    forbidden = _outside_group_codes(dataset, group, same_group_only=True)
+    assign, negative_sets = degree_aware_negatives(rng, dataset, assign, forbidden)
+    n_test = int((assign == TEST).sum())
+    if n_test < min_test_positives:
+        msg = (
+            f"dataset {dataset.name!r} ({dataset.n_edges} edges): --split held-out-genes leaves {n_test} test "
+            f"positive(s) for seed {seed}, fewer than the {min_test_positives} needed for a test AUROC worth "
+            "reporting (a test pair needs both genes held out, about "
+            f"{test_fraction**2:.0%} of the edges); use a larger network, or --split cold-start / genelink"
+        )
+        raise HeldOutGenesTooSmall(msg, n_test)
+    _check_sets_filled(dataset, assign, group, tfs, "held-out-genes")
+    return _edge_split(dataset, assign, negative_sets, "held-out-genes")

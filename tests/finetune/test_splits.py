@@ -76,8 +76,9 @@ def _per_tf(rows: np.ndarray, label: int) -> dict[int, int]:
 
 def _assert_leak_free(split: EdgeSplit, dataset: GrnDataset, *, every_edge: bool = True) -> None:
     """No pair in two sets, no self pair, labels = known edge; every known edge in one set (`every_edge`) or, where
-    positives may be dropped (degree-aware, cold-start), at most one."""
+    positives may be dropped (degree-aware, cold-start), at most one. A pair and its reverse are in one set."""
     split.check(dataset.n_genes)
+    _assert_directed(split, dataset)
     sets = split.sets()
     codes = [set(_codes(rows, dataset.n_genes).tolist()) for rows in sets.values()]
     assert not (codes[0] & codes[1]) and not (codes[0] & codes[2]) and not (codes[1] & codes[2])
@@ -91,6 +92,24 @@ def _assert_leak_free(split: EdgeSplit, dataset: GrnDataset, *, every_edge: bool
         assert len(every_positive) == dataset.n_edges  # every known edge is in exactly one set
     else:
         assert len(np.unique(_codes(every_positive, dataset.n_genes))) == len(every_positive) <= dataset.n_edges
+
+
+def _reciprocal_tfs(dataset: GrnDataset) -> set[int]:
+    """TFs with a positive whose reverse is also a positive: the directed splits put such a pair in one set, so
+    GENELink's exact per-TF counts hold only for the other TFs."""
+    codes = set(_codes(dataset.positives, dataset.n_genes).tolist())
+    return {int(a) for a, b in dataset.positives.tolist() if b * dataset.n_genes + a in codes} | {
+        int(b) for a, b in dataset.positives.tolist() if b * dataset.n_genes + a in codes
+    }
+
+
+def _assert_directed(split: EdgeSplit, dataset: GrnDataset) -> None:
+    """No labelled pair has its reverse in another set, and no validation / test pair is on the training graph."""
+    assert split.reverse_leaks(dataset.n_genes) == {"val": 0, "test": 0, "other": 0}
+    graph = set(map(tuple, split.train[split.train[:, 2] == 1, :2].tolist()))
+    graph |= {(b, a) for a, b in graph}
+    for rows in (split.val, split.test):
+        assert not graph & set(map(tuple, rows[:, :2].tolist()))
 
 
 def _assert_balanced(split: EdgeSplit) -> None:
@@ -122,6 +141,8 @@ def test_specific_splits_positives_and_negatives_per_tf():
     split = genelink_split(dataset, seed=0)
     assert split.protocol == "genelink-specific"
     _assert_leak_free(split, dataset)
+    reciprocal = _reciprocal_tfs(dataset)
+    assert reciprocal  # the toy network has reciprocal pairs, so the directed rule is exercised
     sets = split.sets()
     for tf in np.unique(dataset.positives[:, 0]).tolist():
         n_pos = int((dataset.positives[:, 0] == tf).sum())
@@ -133,8 +154,17 @@ def test_specific_splits_positives_and_negatives_per_tf():
         elif n_pos == 2:
             assert got_pos == [1, 0, 1]
         else:
-            assert got_pos == [int(n_pos * 0.67), int(n_pos * 0.77) - int(n_pos * 0.67), n_pos - int(n_pos * 0.77)]
-        assert got_neg == [int(n_neg * 0.67), int(n_neg * 0.77) - int(n_neg * 0.67), n_neg - int(n_neg * 0.77)]
+            if tf not in reciprocal:  # a reciprocal pair joins the set of its (lower, higher) member
+                assert got_pos == [
+                    int(n_pos * 0.67),
+                    int(n_pos * 0.77) - int(n_pos * 0.67),
+                    n_pos - int(n_pos * 0.77),
+                ]
+        # A negative (tf, g) whose reverse (g, tf) is labelled in another set moves there (g is a TF): the split
+        # per TF is GENELink's up to the TF-to-TF pairs.
+        expected_neg = [int(n_neg * 0.67), int(n_neg * 0.77) - int(n_neg * 0.67), n_neg - int(n_neg * 0.77)]
+        assert sum(got_neg) == n_neg
+        assert max(abs(a - b) for a, b in zip(got_neg, expected_neg, strict=True)) <= len(dataset.tf_index)
     # TFs without an edge get no negatives (GENELink loops over the TFs in Label.csv).
     assert set(np.concatenate([rows[:, 0] for rows in sets.values()]).tolist()) == set(dataset.positives[:, 0].tolist())
     edges = {name: s["edges"] for name, s in split.summary().items()}
@@ -157,10 +187,11 @@ def test_density_protocol(network):
     split = genelink_split(dataset, seed=3)
     assert split.protocol == "genelink-density"
     _assert_leak_free(split, dataset)
+    reciprocal = _reciprocal_tfs(dataset)
     for tf in np.unique(dataset.positives[:, 0]).tolist():
         n_pos = int((dataset.positives[:, 0] == tf).sum())
         got = [_per_tf(rows, 1).get(tf, 0) for rows in split.sets().values()]
-        if n_pos >= 3:
+        if n_pos >= 3 and tf not in reciprocal:
             n_train_val = n_pos * 2 // 3
             assert got == [n_train_val - n_train_val // 5, n_train_val // 5, n_pos - n_train_val]
     for rows in (split.train, split.val):
@@ -530,13 +561,14 @@ def test_specific_split_matches_published_sizes(real):
         split = genelink_split(dataset, seed)
         _assert_leak_free(split, dataset)
         for name, (edges, rate) in _sizes(split).items():
-            assert edges == pytest.approx(published[name][0], rel=0.01), name
+            # 2 %: a reciprocal pair goes to one set and a negative joins its labelled reverse (directed splits)
+            assert edges == pytest.approx(published[name][0], rel=0.02), name
             assert rate == pytest.approx(published[name][1], abs=0.004), name
     # GENELink's own demo split of Specific mESC 500 (its expression is in the snapshot, unlike hESC's).
     mesc = real("Specific/mESC/TFs+500")
     demo = _sizes(read_split(require_shared("beeline", "splits", "genelink_demo", "Specific", "mESC 500"), mesc))
     for name, (edges, rate) in _sizes(genelink_split(mesc, 0)).items():
-        assert edges == pytest.approx(demo[name][0], rel=0.001)
+        assert edges == pytest.approx(demo[name][0], rel=0.005)  # 0.1 % before the directed grouping
         assert rate == pytest.approx(demo[name][1], abs=0.002)
 
 
@@ -550,8 +582,9 @@ def test_density_split_matches_published_test_rate(real, network, cell):
     ours = _sizes(split)
     assert ours["test"][1] == pytest.approx(dataset.density, abs=5e-4)
     assert published["test"][1] == pytest.approx(dataset.density, abs=5e-4)
-    for name in ("train", "val", "test"):
-        assert ours[name][0] == pytest.approx(published[name][0], rel=0.03), name
+    for name, tolerance in (("train", 0.03), ("val", 0.08), ("test", 0.03)):
+        # validation is the smallest set: keeping the 41-89 % reciprocal STRING pairs together moves it most
+        assert ours[name][0] == pytest.approx(published[name][0], rel=tolerance), name
     assert ours["train"][1] == ours["val"][1] == 0.5
 
 
