@@ -219,6 +219,8 @@ def degree_aware_negatives(
     dataset: GrnDataset,
     assign: np.ndarray,
     set_forbidden: dict[int, np.ndarray] | None = None,
+    *,
+    directed: bool = True,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Degree-matched negatives for every set; returns (assign with the dropped positives set to DROPPED, negatives).
 
@@ -234,7 +236,8 @@ def degree_aware_negatives(
     Directed pairs: a set's negative is never the reverse of a pair labelled in another set (a positive assigned
     there or a negative drawn there), so a labelled pair and its reverse stay in one set. `set_forbidden` maps a set
     code to further (tf, target) codes its negatives may not use (cold-start and held-out-genes keep each set's
-    negatives inside its own genes).
+    negatives inside its own genes). `directed=False` drops the reverse rule (the protocol before directed splits,
+    kept to show what it leaked).
     """
     n_genes = dataset.n_genes
     positives = dataset.positives
@@ -254,7 +257,9 @@ def degree_aware_negatives(
         share = non_targets if code == TEST else non_targets * seen // np.maximum(out_degree, 1)
         elsewhere = positives[(assign != code) & (assign != DROPPED)]
         drawn = [negatives[c] for c in negatives]
-        forbidden = [used, _reverse_codes(elsewhere, n_genes), *(_reverse_codes(d, n_genes) for d in drawn)]
+        forbidden = [used]
+        if directed:
+            forbidden += [_reverse_codes(elsewhere, n_genes), *(_reverse_codes(d, n_genes) for d in drawn)]
         if set_forbidden and code in set_forbidden:
             forbidden.append(np.asarray(set_forbidden[code], dtype=np.int64))
         keep, matched = _matched_set(rng, set_positives, key, n_genes, np.concatenate(forbidden), share - spent)

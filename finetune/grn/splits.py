@@ -5,6 +5,11 @@ An edge split is three (n, 3) int64 arrays of [tf, target, label] rows (label 1 
 training, model selection (validation) and the final score (test). No (tf, target) pair appears in two sets, not even
 as a negative, and no pair is a self pair, so nothing seen in training or selection is scored again.
 
+Every protocol here is *directed*: a labelled pair and its labelled reverse are in the same set. BEELINE's STRING
+networks list 41-89 % of their edges both ways and the message-passing graph is undirected, so without this a test
+pair (t, g) often sat on the training graph as (g, t), and a topology shortcut that reads only the training graph
+scored 0.89 AUROC on STRING mESC (tests/finetune/test_directed_splits.py).
+
 Protocols
 - `genelink_split(..., negatives="genelink")` re-implements GENELink's `Train_Test_Split.py` (Chen & Liu 2022):
   hard negatives for the cell-type-specific ChIP-seq networks, density-matched random negatives for the others.
@@ -13,8 +18,11 @@ Protocols
   one negative per positive of the same TF and target-degree bin, so the degree heuristic scores 0.50 +- 0.02 test
   AUROC on every BEELINE network. Positives of hub TFs that lack non-targets of matching degree are dropped from the
   split (0-20% of the edges on the sparse networks, about half on the dense cell-type-specific ones).
-- `cold_start_split` holds out whole TFs: a test TF has no edge in training or validation, and its negatives are
-  degree-aware as above, so a model must generalize to TFs it never saw.
+- `cold_start_split` holds out whole TFs: no edge touching a validation or test TF, in either direction, is in
+  training, and the negatives are degree-aware as above, so a model must generalize to TFs it never saw.
+- `held_out_genes_split` partitions the genes: a validation or test pair's two genes have no edge at all in training,
+  so neither a gene's identity nor the training graph can rank it (the shortcuts score 0.5) and only what is known
+  about a gene without the labels (expression, a pretrained representation) can.
 - `read_split` reads a published split (GENELink layout, or one table with a `split` column), by index or symbol.
 - inference mode (`scgrn grn --prior`) splits the prior with `genelink_split(..., negatives="degree-aware")`, so the
   held-out prior edges it reports are scored against degree-matched negatives.
@@ -183,7 +191,7 @@ def _density_negatives(rng: np.random.Generator, dataset: GrnDataset, assign: np
     return negatives
 
 
-def genelink_split(dataset: GrnDataset, seed: int, negatives: str = "genelink") -> EdgeSplit:
+def genelink_split(dataset: GrnDataset, seed: int, negatives: str = "genelink", *, directed: bool = True) -> EdgeSplit:
     """Split `dataset.positives` per TF as GENELink's `Train_Test_Split.py` does (Chen & Liu 2022) and add negatives.
 
     Positives (per TF, random order from `seed`):
@@ -210,11 +218,20 @@ def genelink_split(dataset: GrnDataset, seed: int, negatives: str = "genelink") 
     to match all its positives: the excess positives of that TF in that set are dropped (they are in no set; nothing
     moves between sets), about half the edges of the dense Specific networks (hHEP, mESC, mHSC), 0-20% elsewhere.
 
+    Directed: a positive whose reverse is also a positive joins the set of the (low, high) one of the two, and no
+    negative is the reverse of a pair of another set, so no validation or test pair is on the (undirected) training
+    graph in either direction. `directed=False` (degree-aware negatives only) reproduces the protocol before this
+    rule, whose test pairs often sat on the training graph as their reverse (20-48 % of STRING's test positives);
+    it exists to show that leak and is not offered by `scgrn grn`.
+
     Every pair is in at most one set and no pair is a self pair; the result is a deterministic function of `seed`.
     With "genelink" negatives every positive is in exactly one set; with "degree-aware" at most one.
     """
     if negatives not in NEGATIVE_MODES:
         msg = f"negatives={negatives!r} is not one of {', '.join(NEGATIVE_MODES)}; pick one of them"
+        raise GrnInputError(msg)
+    if not directed and negatives != "degree-aware":
+        msg = "directed=False exists only for the degree-aware negatives (to show the leak they had before)"
         raise GrnInputError(msg)
     if dataset.n_edges == 0:
         msg = f"dataset {dataset.name!r} has no positive edges to split; it needs a ground truth or prior with edges"
@@ -222,10 +239,11 @@ def genelink_split(dataset: GrnDataset, seed: int, negatives: str = "genelink") 
     rng = np.random.default_rng(seed)
     specific = dataset.network == "Specific"
     assign = _assign_positives(rng, dataset.positives, specific=specific)
-    assign = _unify_reciprocal(dataset.positives, assign, dataset.n_genes)
+    if directed:
+        assign = _unify_reciprocal(dataset.positives, assign, dataset.n_genes)
     if negatives == "degree-aware":
-        protocol = "degree-aware"
-        assign, negative_sets = degree_aware_negatives(rng, dataset, assign)
+        protocol = "degree-aware" if directed else "degree-aware-undirected"
+        assign, negative_sets = degree_aware_negatives(rng, dataset, assign, directed=directed)
     elif specific:
         protocol = "genelink-specific"
         negative_sets = _specific_negatives(rng, dataset)
@@ -247,6 +265,9 @@ def _edge_split(dataset: GrnDataset, assign: np.ndarray, negative_sets: list[np.
         for code in (TRAIN, VAL, TEST)
     )
     split = EdgeSplit(train=train, val=val, test=test, protocol=protocol)
+    if protocol.endswith("-undirected"):  # the protocol before directed splits: only to show what it leaked
+        split.check(dataset.n_genes)
+        return split
     if protocol.startswith("genelink"):
         split, _ = repair_reverse(split, dataset.n_genes, keep_positives=True)
         split = EdgeSplit(split.train, split.val, split.test, protocol)
