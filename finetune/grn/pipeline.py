@@ -345,13 +345,17 @@ def _natural_density_set(dataset: GrnDataset, split: EdgeSplit, candidate_index:
     """The held-out positives against every candidate pair of the same TFs that is not a known edge and was not
     labelled in training or validation: the pairs edges.tsv ranks, at the density they have there.
 
-    Returns {"index": (n,) positions in the candidates, "labels": (n,) 0/1}. The balanced test set (50 % positives
+    Under held-out genes the targets are the test genes only (the pairs the protocol could have held out). Returns
+    {"index": (n,) positions in the candidates, "labels": (n,) 0/1}. The balanced test set (50 % positives
     under degree-aware negatives) says how well pairs are ordered; this one says what precision the top of
     edges.tsv has."""
     n = dataset.n_genes
     test_pos = split.test[split.test[:, 2] == 1, :2]
     tfs = np.intersect1d(np.unique(test_pos[:, 0]), dataset.tf_index)
-    codes = (tfs[:, None] * n + np.arange(n)[None, :]).ravel()
+    targets = np.arange(n)
+    if split.protocol == "held-out-genes":  # a test pair's genes are test genes: rank the TFs' pairs among them
+        targets = np.unique(split.test[:, :2])
+    codes = (tfs[:, None] * n + targets[None, :]).ravel()
     codes = codes[candidate_index[codes] >= 0]  # drops self pairs
     seen = np.concatenate([
         dataset.positives[:, 0] * n + dataset.positives[:, 1],

@@ -1,4 +1,5 @@
-"""bench grn / grn-sim reporting: paired statistics against scipy, the tables and goals, the held-out truth split."""
+"""bench grn / grn-sim reporting: paired differences with hierarchical intervals over expression matrices, the
+tables, verdicts and goals, the held-out truth split."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest, wilcoxon
 
-from bench.grn_bench import paired, render
+from bench.grn_bench import BEST_SHORTCUT, paired, per_seed, render
 from bench.grn_sim_bench import split_truth
 
 
@@ -20,25 +20,40 @@ def fake_run(name: str, joint: list[float], gat: list[float], degree: list[float
     return {"name": name, "methods": methods, "wall_s": 1.0, "edges_method": "joint-gcn"}
 
 
-def test_paired_differences_match_scipy_over_every_dataset_and_seed():
-    runs = [fake_run("a", [0.8, 0.7], [0.6, 0.75], [0.5, 0.5]), fake_run("b", [0.9, 0.65], [0.7, 0.6], [0.5, 0.5])]
+def test_paired_differences_carry_a_hierarchical_interval_and_a_verdict():
+    runs = [fake_run("S/a/TFs+500", [0.8, 0.7], [0.6, 0.75], [0.5, 0.5]),
+            fake_run("N/b/TFs+500", [0.9, 0.65], [0.7, 0.6], [0.5, 0.5])]  # fmt: skip
     stats = paired(runs, "joint", "genelink-gat")
-    diffs = np.array([0.2, -0.05, 0.2, 0.05])
-    assert stats["n"] == 4 and stats["wins"] == 3 and stats["losses"] == 1
-    assert np.isclose(stats["mean"], diffs.mean())
-    assert np.isclose(stats["sign_p"], binomtest(3, 4, 0.5).pvalue)
-    assert np.isclose(stats["wilcoxon_p"], wilcoxon(diffs).pvalue)
+    assert stats["n_units"] == 2 and stats["n_rows"] == 4  # two expression matrices, four (dataset, seed) rows
+    assert stats["wins"] == 3 and stats["losses"] == 1
+    # equal weight per matrix: mean of the matrix means (0.075 and 0.125)
+    assert np.isclose(stats["mean"], 0.1)
+    assert stats["low"] <= stats["mean"] <= stats["high"]
     assert paired(runs, "joint", "pearson") is None  # a method that did not run is left out, not zero
+    # two network types over the SAME expression matrix are one unit, not two
+    same = [fake_run("S/a/TFs+500", [0.8], [0.6], [0.5]), fake_run("N/a/TFs+500", [0.9], [0.7], [0.5])]
+    assert paired(same, "joint", "genelink-gat")["n_units"] == 1
 
 
-def test_render_reports_goals_met_or_not():
-    runs = [fake_run("a", [0.8, 0.7], [0.6, 0.75], [0.5, 0.5]), fake_run("b", [0.6, 0.6], [0.7, 0.7], [0.5, 0.5])]
+def test_best_shortcut_is_the_highest_shortcut_per_seed():
+    run = fake_run("S/a/TFs+500", [0.8, 0.7], [0.6, 0.75], [0.5, 0.55])
+    run["methods"]["topology"] = {"kind": "shortcut", "seeds": [{"auroc": 0.6}, {"auroc": 0.52}]}
+    assert per_seed(run, BEST_SHORTCUT) == [0.6, 0.55]
+
+
+def test_render_reports_intervals_verdicts_and_too_small_sets():
+    runs = [fake_run(f"S/{c}/TFs+500", [0.8, 0.81], [0.6, 0.6], [0.5, 0.5]) for c in "abcdef"]
+    runs += [fake_run(f"N/{c}/TFs+500", [0.6, 0.6], [0.6, 0.6], [0.5, 0.5]) for c in "gh"]
     args = SimpleNamespace(command="scgrn bench grn ...", release="R", seeds=2, budget=2, isd_cells=100)
-    text = render({"degree-aware": runs}, [], args, "test machine", 60.0)
-    assert "## degree-aware: AUROC" in text and "| joint − genelink-gat | 4 |" in text
-    assert "joint beats genelink-gat by mean AUROC on 1 of 2 dataset cells (NOT met" in text
-    assert "joint beats degree by mean AUROC on 2 of 2 dataset cells (met" in text
+    text = render({"degree-aware": runs, "genelink": runs[:2]}, [], args, "test machine", 60.0,
+                  {"degree-aware": [("STRING/x/TFs+500", 15)]})  # fmt: skip
+    assert "## degree-aware: AUROC" in text and "| joint − genelink-gat | 8 | 16 |" in text
+    assert "joint beats genelink-gat" in text and "joint beats best shortcut" in text
+    assert "LEAKY, for comparison with published numbers" in text
+    assert "STRING/x/TFs+500 (15)" in text
     assert "cold-start: not run." in text
+    tie = [fake_run(f"S/{c}/TFs+500", [0.6, 0.7], [0.7, 0.6], [0.5, 0.5]) for c in "abc"]
+    assert "joint ties with genelink-gat" in render({"degree-aware": tie}, [], args, "m", 1.0)
 
 
 def test_half_of_the_truth_is_the_prior_and_the_other_half_is_held_out():
