@@ -150,6 +150,8 @@ def _has_arboreto() -> bool:
 
 
 def _summary(out, payload, timings, total, run_dir, grn_out, release) -> None:
+    """The run's verdict lines (same words as results.md and bench/GRN_RESULTS.md: beats / ties with / LOSES to,
+    each with its interval over seeds), where everything went, and demo_summary.json."""
     methods = payload["methods"]
     joint = payload["joint"]
 
@@ -157,21 +159,14 @@ def _summary(out, payload, timings, total, run_dir, grn_out, release) -> None:
         return methods[name]["summary"][metric]["mean"]
 
     auroc = {name: mean(name, "auroc") for name in methods}
-    best = max(auroc, key=auroc.get)
     trees = next((n for n in ("grnboost2", "genie3-sklearn") if n in methods), None)
     margins = {}
     for name in ("pearson", trees):
         if name is not None:
-            margins[name] = {
-                "auroc": auroc[joint] - auroc[name],
-                "auprc_ratio_x": mean(joint, "auprc_ratio") / max(mean(name, "auprc_ratio"), 1e-12),
-            }
+            margins[name] = {"auroc": auroc[joint] - auroc[name]}
     print("== summary")
-    print(f"  best method on the held-out true edges: {best} (AUROC {auroc[best]:.3f}); "
-          f"edges.tsv ranked by {payload['edges_method']} (best on validation)")  # fmt: skip
-    for name, m in margins.items():
-        word = "ahead of" if m["auroc"] > 0 else "BEHIND"
-        print(f"  joint model {word} {name}: AUROC {m['auroc']:+.3f}, AUPRC ratio × {m['auprc_ratio_x']:.2f}")
+    for line in payload["verdict"]:
+        print(f"  {line}")
     print(f"  joint model AUROC {auroc[joint]:.3f} (chance 0.5); its verdict lines are in {grn_out / 'results.md'}")
     print("  time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {total:.0f} s")
     print(f"  outputs under {out}/:")
@@ -180,6 +175,6 @@ def _summary(out, payload, timings, total, run_dir, grn_out, release) -> None:
     print(f"    curves           {grn_out / 'roc.png'}, {grn_out / 'pr.png'}")
     print(f"    metrics          {grn_out / 'metrics.json'}, {grn_out / 'results.md'}")
     print(f"    training curves  tensorboard --logdir {run_dir / 'tensorboard'}")
-    summary = {"auroc": auroc, "joint": joint, "best_on_held_out": best, "edges_method": payload["edges_method"],
+    summary = {"auroc": auroc, "joint": joint, "edges_method": payload["edges_method"], "verdict": payload["verdict"],
                "joint_margins": margins, "seconds": {**timings, "total": total}}  # fmt: skip
     atomic_write_text(out / "demo_summary.json", json.dumps(summary, indent=1))

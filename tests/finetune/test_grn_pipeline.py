@@ -130,7 +130,7 @@ def test_inference_mode_prints_the_table_and_ranks_new_pairs_with_the_validation
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     winner = metrics["edges_method"]
-    assert f"best on validation: **{winner}**" in proc.stdout and "| validation AUROC |" in proc.stdout
+    assert f"edges.tsv ranked by **{winner}**" in proc.stdout and "| validation AUROC |" in proc.stdout
     assert f"edges.tsv ranked by {winner}" in proc.stdout
     ranked = pd.read_csv(out / "edges.tsv", sep="\t")
     prior = {tuple(e) for e in edges.iloc[: len(edges) // 2][["tf", "target"]].itertuples(index=False)}

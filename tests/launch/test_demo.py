@@ -26,6 +26,7 @@ def test_demo_recovers_the_simulated_network_well_above_chance(tmp_path):
     # degree carries no signal in the simulator's network: the methods that only see nodes cannot rank its edges,
     # the joint model (pair evidence) can
     assert auroc[result["joint"]] > max(auroc["degree"], auroc["genelink-gat"]) + 0.2, result
-    assert result["best_on_held_out"] in auroc and set(result["joint_margins"]) >= {"pearson"}
+    assert result["edges_method"] in auroc and set(result["joint_margins"]) >= {"pearson"}
     assert "| joint-gcn |" in proc.stdout and "tensorboard --logdir" in proc.stdout
-    assert "best method on the held-out true edges:" in proc.stdout and "joint model" in proc.stdout
+    assert f"edges.tsv ranked by **{result['edges_method']}**" in proc.stdout
+    assert "split variance only" in proc.stdout and "best on held-out" not in proc.stdout
