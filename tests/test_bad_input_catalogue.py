@@ -24,8 +24,9 @@ from data_prep.readers import InputSpec, open_reader
 from data_prep.wds_shard import WdsShard
 from finetune.errors import GrnInputError
 from finetune.evaluation.config import EvalConfig
-from finetune.grn.beeline import discover, load_benchmark
+from finetune.grn.beeline import GrnDataset, discover, load_benchmark
 from finetune.grn.config import GrnConfig
+from finetune.grn.splits import HeldOutGenesTooSmall, cold_start_split, held_out_genes_split
 from finetune.grn.user_data import read_prior
 from pretrain.config import ConfigError, PretrainConfig, apply_override
 from pretrain.release import load_release
@@ -414,6 +415,35 @@ def grn_unknown_baseline(tmp):
 @case("finetune")
 def grn_seeds_zero(tmp):
     return lambda: _grn(tmp, seeds=0), GrnInputError, ["--seeds 0", "must be an int >= 1"]
+
+
+@case("finetune")
+def grn_split_repair_without_a_split_file(tmp):
+    call = lambda: _grn(tmp, split="cold-start", split_repair=True)  # noqa: E731
+    return call, GrnInputError, ["--split-repair applies to a split file", "drop --split-repair"]
+
+
+def _network(n_tfs: int, targets_per_tf: int) -> GrnDataset:
+    n_genes = n_tfs + n_tfs * targets_per_tf
+    edges = [(tf, n_tfs + tf * targets_per_tf + k) for tf in range(n_tfs) for k in range(targets_per_tf)]
+    genes = [f"G{i}" for i in range(n_genes)]
+    return GrnDataset("small", "prior", genes, [[0.0, 1.0]] * n_genes, ["a", "b"], range(n_tfs), edges)
+
+
+@case("finetune")
+def grn_held_out_genes_on_a_small_network(tmp):
+    call = lambda: held_out_genes_split(_network(6, 5), 0)  # noqa: E731
+    return (
+        call,
+        HeldOutGenesTooSmall,
+        ["--split held-out-genes leaves", "fewer than the 20 needed", "--split cold-start"],
+    )
+
+
+@case("finetune")
+def grn_prior_whose_tfs_cannot_fill_three_folds(tmp):
+    call = lambda: cold_start_split(_network(2, 10), 0)  # noqa: E731
+    return call, GrnInputError, ["has 2 TF(s) with a known edge", "needs at least 3", "--split genelink"]
 
 
 @case("finetune")
