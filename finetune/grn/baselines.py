@@ -300,6 +300,16 @@ def degree_matrix(train_edges: np.ndarray, n_genes: int) -> np.ndarray:
 
     Shapes: train_edges (n_edges, 3) integer [tf, target, label] -> (n_genes, n_genes) float32.
     """
+    edges = check_train_edges(train_edges, n_genes)
+    positives = edges[edges[:, 2] == 1]
+    out_degree = np.bincount(positives[:, 0], minlength=n_genes).astype(np.float32)  # (n_genes,)
+    in_degree = np.bincount(positives[:, 1], minlength=n_genes).astype(np.float32)  # (n_genes,)
+    return np.outer(out_degree, in_degree)
+
+
+def check_train_edges(train_edges: np.ndarray, n_genes: int) -> np.ndarray:
+    """(n_edges, 3) int64 [tf, target, label] rows, or GrnInputError naming the shape, dtype, label or row at fault
+    (shared by the baselines and shortcuts that read a split's training pairs)."""
     edges = np.asarray(train_edges)
     if edges.ndim != 2 or edges.shape[1] != 3:
         msg = f"train_edges must be (n_edges, 3) rows of [tf, target, label]; received shape {edges.shape}"
@@ -310,10 +320,7 @@ def degree_matrix(train_edges: np.ndarray, n_genes: int) -> np.ndarray:
         msg = f"train_edges labels must be 0 or 1; received {np.unique(edges[bad_label, 2])[:5].tolist()}"
         raise GrnInputError(msg)
     _check_gene_rows(edges[:, :2], n_genes, "train_edges")
-    positives = edges[edges[:, 2] == 1]
-    out_degree = np.bincount(positives[:, 0], minlength=n_genes).astype(np.float32)  # (n_genes,)
-    in_degree = np.bincount(positives[:, 1], minlength=n_genes).astype(np.float32)  # (n_genes,)
-    return np.outer(out_degree, in_degree)
+    return edges
 
 
 def _as_integers(values: np.ndarray, what: str) -> np.ndarray:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from finetune.grn.beeline import GrnDataset
-from finetune.grn.edge_sets import TEST, TRAIN, VAL, _codes, _draw_per_tf, _random_ranks, logger
+from finetune.grn.edge_sets import TEST, TRAIN, VAL, _codes, _draw_per_tf, _random_ranks, _reverse_codes, logger
 
 # Set code of a positive that no set can match with a negative (degree-aware splits drop it).
 DROPPED = -1
@@ -206,12 +206,6 @@ def _matched_set(
             raise RuntimeError(msg)
         filled.append(drawn)
     return keep, np.concatenate(filled)
-
-
-def _reverse_codes(pairs: np.ndarray, n_genes: int) -> np.ndarray:
-    """Codes of the reversed pairs (target, tf) of (n, >=2) rows."""
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, pairs.shape[1] if np.ndim(pairs) == 2 else 2)
-    return pairs[:, 1] * n_genes + pairs[:, 0]
 
 
 def degree_aware_negatives(

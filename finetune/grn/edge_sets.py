@@ -76,11 +76,7 @@ class EdgeSplit:
         (validation <-> test, or a training pair whose reverse is held out is counted once, on the held-out side).
         """
         codes = {name: _codes(rows[:, :2], n_genes) for name, rows in self.sets().items()}
-
-        def reversed_codes(rows: np.ndarray) -> np.ndarray:
-            return rows[:, 1] * n_genes + rows[:, 0]
-
-        reverse = {name: reversed_codes(rows) for name, rows in self.sets().items()}
+        reverse = {name: _reverse_codes(rows, n_genes) for name, rows in self.sets().items()}
         return {
             "val": int(np.isin(reverse["val"], codes["train"]).sum()),
             "test": int(np.isin(reverse["test"], codes["train"]).sum()),
@@ -156,7 +152,7 @@ def repair_reverse(split: EdgeSplit, n_genes: int, *, keep_positives: bool = Fal
     where = np.concatenate([np.full(len(sets[name]), code) for code, name in enumerate(SPLIT_NAMES)])
     codes = _codes(rows[:, :2], n_genes)
     order = np.argsort(codes)
-    reverse = rows[:, 1] * n_genes + rows[:, 0]
+    reverse = _reverse_codes(rows, n_genes)
     position = np.minimum(np.searchsorted(codes[order], reverse), len(codes) - 1) if len(codes) else reverse
     has_reverse = codes[order][position] == reverse if len(codes) else np.zeros(0, dtype=bool)
     reverse_set = np.where(has_reverse, where[order][position], -1)
@@ -204,6 +200,14 @@ def _random_ranks(rng: np.random.Generator, groups: np.ndarray) -> tuple[np.ndar
 def _codes(pairs: np.ndarray, n_genes: int) -> np.ndarray:
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     return pairs[:, 0] * n_genes + pairs[:, 1]
+
+
+def _reverse_codes(pairs: np.ndarray, n_genes: int) -> np.ndarray:
+    """Codes of the reversed pairs (target, tf) of (n, >= 2) rows [tf, target, ...]."""
+    pairs = np.asarray(pairs, dtype=np.int64)
+    if pairs.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    return pairs[:, 1] * n_genes + pairs[:, 0]
 
 
 def _draw_per_tf(

@@ -43,6 +43,7 @@ from finetune.grn.methods import GrnInputs, fit_and_choose, learned_methods, zsc
 from finetune.grn.metrics import edge_metrics, summarize
 from finetune.grn.plots import plot_curves
 from finetune.grn.report import write_edges, write_metrics, write_results
+from finetune.grn.shortcuts import SHORTCUT_DESCRIPTIONS, shortcut_matrix
 from finetune.grn.splits import EdgeSplit, genelink_split, read_split, repair_reverse
 
 SUMMARY_METRICS = ("auroc", "auprc", "auprc_ratio", "epr", "val_auroc", "density_auprc_ratio", "density_epr")
@@ -300,7 +301,7 @@ def evaluate(cfg: GrnConfig, dataset: GrnDataset, inputs: GrnInputs, unsupervise
             _record(ev, method.name, seed, split, choice.scorer, extra)
         matrices = {name: m for name, (m, _) in unsupervised.items()}
         for name in shortcuts:
-            matrices[name] = shortcut_matrix(name, split.train, dataset)
+            matrices[name] = shortcut_matrix(name, split.train, dataset.expression)
         for name, matrix in matrices.items():
             scorers[name] = _matrix_scorer(matrix)
             _record(ev, name, seed, split, scorers[name], {})
@@ -313,25 +314,6 @@ def evaluate(cfg: GrnConfig, dataset: GrnDataset, inputs: GrnInputs, unsupervise
         rows = [{k: r[k] for k in SUMMARY_METRICS if r.get(k) is not None} for r in m["seeds"]]
         m["summary"] = summarize(rows)
     return ev
-
-
-SHORTCUT_DESCRIPTIONS = {
-    "degree": "train out-degree × in-degree (shortcut: no expression)",
-    "topology": "reverse training edge, then Adamic–Adar in the training graph (shortcut: no expression)",
-    "label-knn": "similarity of the target to the TF's training targets and of the TF to the target's training "
-    "regulators (shortcut: reads the training labels)",
-}
-
-
-def shortcut_matrix(name: str, train: np.ndarray, dataset: GrnDataset) -> np.ndarray:
-    """(G, G) scores of one shortcut on this split's training pairs (shortcuts.py)."""
-    from finetune.grn import shortcuts
-
-    if name == "degree":
-        return bl.degree_matrix(train, dataset.n_genes)
-    if name == "topology":
-        return shortcuts.topology_matrix(train, dataset.n_genes)
-    return shortcuts.label_knn_matrix(dataset.expression, train, dataset.n_genes)
 
 
 def _candidate_index(candidates: np.ndarray, n_genes: int) -> np.ndarray:

@@ -33,7 +33,7 @@ import numbers
 import numpy as np
 
 from finetune.errors import GrnInputError
-from finetune.grn.baselines import _as_integers, _check_expression, _check_gene_rows
+from finetune.grn.baselines import _check_expression, check_train_edges, degree_matrix
 
 
 def _check_n_genes(n_genes: int) -> int:
@@ -51,16 +51,7 @@ def _training_positives(train_edges: np.ndarray, n_genes: int) -> np.ndarray:
 
     Shapes: train_edges (n_edges, 3) -> (n_genes, n_genes) float64.
     """
-    edges = np.asarray(train_edges)
-    if edges.ndim != 2 or edges.shape[1] != 3:
-        msg = f"train_edges must be (n_edges, 3) rows of [tf, target, label]; received shape {edges.shape}"
-        raise GrnInputError(msg)
-    edges = _as_integers(edges, "train_edges")
-    bad_label = ~np.isin(edges[:, 2], (0, 1))
-    if bad_label.any():
-        msg = f"train_edges labels must be 0 or 1; received {np.unique(edges[bad_label, 2])[:5].tolist()}"
-        raise GrnInputError(msg)
-    _check_gene_rows(edges[:, :2], n_genes, "train_edges")
+    edges = check_train_edges(train_edges, n_genes)
     positives = edges[(edges[:, 2] == 1) & (edges[:, 0] != edges[:, 1])]
     directed = np.zeros((n_genes, n_genes), dtype=np.float64)
     directed[positives[:, 0], positives[:, 1]] = 1.0  # fancy assignment: duplicates count once
@@ -147,3 +138,25 @@ def label_knn_matrix(expression: np.ndarray, train_edges: np.ndarray, n_genes: i
     like_targets /= np.maximum(out_degree, 1.0)[:, None]  # rows of t without targets are already 0
     like_regulators /= np.maximum(in_degree, 1.0)[None, :]  # columns of g without regulators are already 0
     return (like_targets + like_regulators).astype(np.float32)
+
+
+SHORTCUT_DESCRIPTIONS = {
+    "degree": "train out-degree × in-degree (shortcut: no expression)",
+    "topology": "reverse training edge, then Adamic–Adar in the training graph (shortcut: no expression)",
+    "label-knn": "similarity of the target to the TF's training targets and of the TF to the target's training "
+    "regulators (shortcut: reads the training labels)",
+}
+
+
+def shortcut_matrix(name: str, train_edges: np.ndarray, expression: np.ndarray) -> np.ndarray:
+    """(n_genes, n_genes) scores of the shortcut `name` (a key of SHORTCUT_DESCRIPTIONS) on a split's training pairs;
+    `expression` (n_genes, n_cells) gives n_genes and is read by label-knn only."""
+    n_genes = int(np.shape(expression)[0])
+    if name == "degree":
+        return degree_matrix(train_edges, n_genes)
+    if name == "topology":
+        return topology_matrix(train_edges, n_genes)
+    if name == "label-knn":
+        return label_knn_matrix(expression, train_edges, n_genes)
+    msg = f"shortcut {name!r} is unknown; allowed {sorted(SHORTCUT_DESCRIPTIONS)}"
+    raise GrnInputError(msg)

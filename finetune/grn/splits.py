@@ -37,7 +37,7 @@ import numpy as np
 
 from finetune.errors import GrnInputError
 from finetune.grn.beeline import GrnDataset
-from finetune.grn.degree_negatives import DROPPED, _reverse_codes, degree_aware_negatives
+from finetune.grn.degree_negatives import DROPPED, degree_aware_negatives
 from finetune.grn.edge_sets import (
     _BLOCK_CELLS,
     SPLIT_NAMES,
@@ -49,6 +49,7 @@ from finetune.grn.edge_sets import (
     _draw_per_tf,
     _per_tf_counts,
     _random_ranks,
+    _reverse_codes,
     _rows,
     _sorted_rows,
     _warn_short,
@@ -125,7 +126,7 @@ def _unify_reciprocal(positives: np.ndarray, assign: np.ndarray, n_genes: int) -
     one fact seen from two ends, and the undirected training graph would hand a held-out one to the model (and to
     the topology shortcut) through the other. `positives` are sorted unique rows, so their codes are sorted."""
     codes = _codes(positives, n_genes)
-    reverse = positives[:, 1] * n_genes + positives[:, 0]
+    reverse = _reverse_codes(positives, n_genes)
     position = np.minimum(np.searchsorted(codes, reverse), max(len(codes) - 1, 0))
     reciprocal = (codes[position] == reverse) & (positives[:, 0] > positives[:, 1])
     assign = assign.copy()
@@ -275,6 +276,28 @@ def _edge_split(dataset: GrnDataset, assign: np.ndarray, negative_sets: list[np.
     return split
 
 
+def _tfs_for_three_sets(dataset: GrnDataset, what: str) -> np.ndarray:
+    """The TFs with a known edge; GrnInputError when fewer than 3 (one each for training, validation and test)."""
+    tfs = np.unique(dataset.positives[:, 0])
+    if len(tfs) < 3:
+        msg = (
+            f"dataset {dataset.name!r} has {len(tfs)} TF(s) with a known edge; {what} needs at least 3 (one each "
+            "for training, validation and test); use --split genelink instead"
+        )
+        raise GrnInputError(msg)
+    return tfs
+
+
+def _hold_out(rng: np.random.Generator, group: np.ndarray, members: np.ndarray, val: float, test: float) -> None:
+    """Shuffle `members` and set the group of the first round(val * n) (at least 1) to VAL and of the next
+    round(test * n) (at least 1) to TEST, in place; the others keep theirs."""
+    shuffled = rng.permutation(members)
+    n_val = max(1, int(np.floor(len(members) * val + 0.5)))
+    n_test = max(1, int(np.floor(len(members) * test + 0.5)))
+    group[shuffled[:n_val]] = VAL
+    group[shuffled[n_val : n_val + n_test]] = TEST
+
+
 def _gene_group_assign(dataset: GrnDataset, group: np.ndarray, *, same_group_only: bool) -> np.ndarray:
     """Set code of every positive from its genes' groups (FREE = a gene in no group).
 
@@ -338,21 +361,11 @@ def cold_start_split(dataset: GrnDataset, seed: int, negatives: str = "degree-aw
     if negatives not in COLD_START_NEGATIVES:
         msg = f"cold-start negatives={negatives!r} is not one of {', '.join(COLD_START_NEGATIVES)}; pick one of them"
         raise GrnInputError(msg)
-    tfs = np.unique(dataset.positives[:, 0])
-    if len(tfs) < 3:
-        msg = (
-            f"dataset {dataset.name!r} has {len(tfs)} TF(s) with a known edge; a cold-start split needs at least 3 "
-            "(one each for training, validation and test); use --split genelink instead"
-        )
-        raise GrnInputError(msg)
+    tfs = _tfs_for_three_sets(dataset, "a cold-start split")
     rng = np.random.default_rng(seed)
-    n_val = max(1, int(np.floor(len(tfs) * COLD_START_VAL_FRACTION + 0.5)))
-    n_test = max(1, int(np.floor(len(tfs) * COLD_START_TEST_FRACTION + 0.5)))
     group = np.full(dataset.n_genes, FREE, dtype=np.int64)  # (n_genes,) set code of each TF with an edge
-    shuffled = rng.permutation(tfs)
-    group[shuffled] = TRAIN
-    group[shuffled[:n_val]] = VAL
-    group[shuffled[n_val : n_val + n_test]] = TEST
+    group[tfs] = TRAIN
+    _hold_out(rng, group, tfs, COLD_START_VAL_FRACTION, COLD_START_TEST_FRACTION)
     assign = _gene_group_assign(dataset, group, same_group_only=False)
     forbidden = _outside_group_codes(dataset, group, same_group_only=False)
     assign, negative_sets = degree_aware_negatives(rng, dataset, assign, forbidden)
@@ -384,23 +397,12 @@ def held_out_genes_split(dataset: GrnDataset, seed: int, min_test_positives: int
     fewer than `min_test_positives` remain, naming the count, and GrnInputError when a set is empty or the network
     has fewer than 3 TFs with an edge. The result is a deterministic function of `seed`.
     """
-    tfs = np.unique(dataset.positives[:, 0])
-    if len(tfs) < 3:
-        msg = (
-            f"dataset {dataset.name!r} has {len(tfs)} TF(s) with a known edge; a held-out-genes split needs at least "
-            "3 (one each for training, validation and test); use --split genelink instead"
-        )
-        raise GrnInputError(msg)
+    tfs = _tfs_for_three_sets(dataset, "a held-out-genes split")
     rng = np.random.default_rng(seed)
     group = np.full(dataset.n_genes, TRAIN, dtype=np.int64)
-    others = np.setdiff1d(np.arange(dataset.n_genes), tfs)
     val_fraction, test_fraction = HELD_OUT_GENES_FRACTIONS
-    for members in (tfs, others):
-        shuffled = rng.permutation(members)
-        n_val = max(1, int(np.floor(len(members) * val_fraction + 0.5)))
-        n_test = max(1, int(np.floor(len(members) * test_fraction + 0.5)))
-        group[shuffled[:n_val]] = VAL
-        group[shuffled[n_val : n_val + n_test]] = TEST
+    for members in (tfs, np.setdiff1d(np.arange(dataset.n_genes), tfs)):
+        _hold_out(rng, group, members, val_fraction, test_fraction)
     assign = _gene_group_assign(dataset, group, same_group_only=True)
     forbidden = _outside_group_codes(dataset, group, same_group_only=True)
     assign, negative_sets = degree_aware_negatives(rng, dataset, assign, forbidden)
