@@ -175,7 +175,13 @@ def fit_link_model(
 
 
 def _graph_of(positive_pairs: torch.Tensor) -> torch.Tensor:
-    """(2, 2M) edge_index of (M, 2) positive pairs in both directions, self pairs dropped."""
+    """(2, 2M) edge_index of (M, 2) positive pairs in both directions, self pairs dropped, unique and sorted by
+    (source, destination). Deduplicated through 1-D codes: `torch.unique(dim=0)` took ~10 % of a whole
+    `scgrn grn` fit, called once per epoch."""
     both = torch.cat([positive_pairs, positive_pairs.flip(1)], dim=0)  # (2M, 2)
-    both = torch.unique(both[both[:, 0] != both[:, 1]], dim=0)
-    return both.T.contiguous()
+    both = both[both[:, 0] != both[:, 1]]
+    if len(both) == 0:
+        return both.T.contiguous()
+    n = int(both.max()) + 1
+    codes = torch.unique(both[:, 0] * n + both[:, 1])  # sorted, so rows come out in lexicographic order
+    return torch.stack([codes // n, codes % n])

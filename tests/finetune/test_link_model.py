@@ -186,3 +186,15 @@ def test_held_out_supervision_keeps_the_supervised_pairs_out_of_the_message_pass
         supervised_positives = [tuple(p) for p in pairs.tolist() if labels[tuple(p)] == 1]
         assert supervised_positives and not set(supervised_positives) & in_graph
         assert len(pairs) < 0.5 * len(train)  # about 30 % of the rows are supervised per epoch
+
+
+def test_message_passing_graph_of_pairs_equals_the_row_unique_reference():
+    from finetune.grn.fit import _graph_of
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        pairs = torch.randint(0, 30, (120, 2), generator=generator)
+        both = torch.cat([pairs, pairs.flip(1)])
+        reference = torch.unique(both[both[:, 0] != both[:, 1]], dim=0).T.contiguous()
+        assert torch.equal(_graph_of(pairs), reference)
+    assert _graph_of(torch.tensor([[3, 3]])).shape == (2, 0)
