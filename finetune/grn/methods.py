@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -169,21 +170,61 @@ def _embedding(method: LearnedMethod, inputs: GrnInputs, params: dict, seed: int
     return None
 
 
-def _fit_link(method, cfg, inputs, train, val, seed, params):
+def build_link_model(
+    method: LearnedMethod, cfg: GrnConfig, inputs: GrnInputs, params: dict, seed: int
+) -> LinkPredictor:
+    """The method's `LinkPredictor` for one configuration, freshly initialised from `seed` (deterministic, so a
+    fitted model's parameters can be loaded into a copy built the same way in another process)."""
     torch.manual_seed(seed)
     hidden = params.get("hidden", cfg.hidden)
     hidden_dims = [max(8, hidden // (2**i)) for i in range(cfg.layers)]
-    genelink = method.recipe == "genelink"
     model_cfg = LinkModelConfig(
         encoder=method.encoder, hidden_dims=hidden_dims, decoder=params.get("decoder", cfg.decoder)
     )
-    model = LinkPredictor(
+    return LinkPredictor(
         inputs.features.shape[1],
         model_cfg,
         _embedding(method, inputs, params, seed),
         torch.from_numpy(inputs.embeddings.mapped) if method.embedding else None,
         _evidence(method, inputs),
     )
+
+
+@dataclass
+class Fitted:
+    """One configuration of one method fitted on a seed's train set: what `choose` compares and what `scorer`
+    needs to rebuild the model anywhere (trained parameters only; buffers such as the embedding and the evidence
+    are rebuilt from the inputs)."""
+
+    params: dict
+    val_auroc: float
+    best_epoch: int | None
+    epochs_run: int | None
+    seconds: float
+    state: dict[str, torch.Tensor]
+
+
+def fit_config(
+    method: LearnedMethod,
+    cfg: GrnConfig,
+    inputs: GrnInputs,
+    train: np.ndarray,
+    val: np.ndarray,
+    seed: int,
+    params: dict,
+) -> Fitted:
+    """Fit one configuration of `method` on `train`, early-stopped on `val` (this seed's)."""
+    import time
+
+    start = time.perf_counter()
+    if method.recipe == "logreg":
+        model = _logreg(inputs.evidence.numpy(), train, params["C"])
+        state = {"coef": torch.from_numpy(model.coef_[0].copy()), "intercept": torch.tensor(model.intercept_[0])}
+        val_scores = _logreg_scores(inputs, state, val)
+        val_auroc = auroc_torch(torch.from_numpy(val[:, 2].astype(np.float32)), torch.from_numpy(val_scores))
+        return Fitted(params, val_auroc, None, None, time.perf_counter() - start, state)
+    genelink = method.recipe == "genelink"
+    model = build_link_model(method, cfg, inputs, params, seed)
     if model.evidence_weight is not None:
         # start from the best evidence-only ranking of the training pairs (the evidence-logreg baseline's model), so
         # training with early stopping on validation keeps only what the gene views add on top of it
@@ -200,12 +241,35 @@ def _fit_link(method, cfg, inputs, train, val, seed, params):
         supervision_fraction=0.0 if genelink else cfg.supervision_fraction,
     )
     result = fit_link_model(model, inputs.features, train, val, inputs.n_genes, train_cfg, seed)
+    state = {name: p.detach().clone() for name, p in result.model.named_parameters()}
+    return Fitted(params, result.val_auroc, result.best_epoch, result.epochs_run, time.perf_counter() - start, state)
+
+
+def scorer(
+    method: LearnedMethod, cfg: GrnConfig, inputs: GrnInputs, train: np.ndarray, seed: int, fitted: Fitted
+) -> Callable[[np.ndarray], np.ndarray]:
+    """(P, ≥2) pairs → logits of the fitted configuration; message passing over the training positives."""
+    if method.recipe == "logreg":
+        return lambda pairs: _logreg_scores(inputs, fitted.state, pairs)
+    model = build_link_model(method, cfg, inputs, fitted.params, seed)
+    expected = {name for name, _ in model.named_parameters()}
+    if set(fitted.state) != expected:
+        msg = f"{method.name}: fitted parameters {sorted(fitted.state)} do not match the model's {sorted(expected)}"
+        raise RuntimeError(msg)
+    model.load_state_dict(fitted.state, strict=False)  # buffers were rebuilt from the inputs
     graph = training_graph(train, inputs.n_genes)
+    return lambda pairs: predict(model, inputs.features, graph, pairs, logits=True)
 
-    def scorer(pairs: np.ndarray) -> np.ndarray:
-        return predict(result.model, inputs.features, graph, pairs, logits=True)
 
-    return result.val_auroc, result.best_epoch, result.epochs_run, scorer
+def choose(fits: list[Fitted], scorer_of: Callable[[Fitted], Callable]) -> Choice:
+    """The configuration with the best validation AUROC (the first on a tie, i.e. the most standard one)."""
+    best = fits[0]
+    for fit in fits[1:]:
+        if fit.val_auroc > best.val_auroc:
+            best = fit
+    tried = [{**f.params, "val_auroc": f.val_auroc} for f in fits]
+    seconds = sum(f.seconds for f in fits)
+    return Choice(best.params, best.val_auroc, tried, best.best_epoch, best.epochs_run, seconds, scorer_of(best))
 
 
 def _logreg(evidence: np.ndarray, train: np.ndarray, c: float):
@@ -215,32 +279,16 @@ def _logreg(evidence: np.ndarray, train: np.ndarray, c: float):
     return LogisticRegression(C=c, max_iter=1000).fit(evidence[:, train[:, 0], train[:, 1]].T, train[:, 2])
 
 
-def _fit_logreg(inputs, train, val, params):
-    evidence = inputs.evidence.numpy()
-    model = _logreg(evidence, train, params["C"])
-
-    def scorer(pairs: np.ndarray) -> np.ndarray:
-        return model.decision_function(evidence[:, pairs[:, 0], pairs[:, 1]].T)
-
-    val_auroc = auroc_torch(torch.from_numpy(val[:, 2].astype(np.float32)), torch.from_numpy(scorer(val)))
-    return val_auroc, None, None, scorer
+def _logreg_scores(inputs: GrnInputs, state: dict, pairs: np.ndarray) -> np.ndarray:
+    """The logistic regression's decision function on pairs: evidence (P, F) · coef + intercept."""
+    evidence = inputs.evidence.numpy()[:, pairs[:, 0], pairs[:, 1]].T.astype(np.float64)  # (P, F)
+    return evidence @ state["coef"].numpy().astype(np.float64) + float(state["intercept"])
 
 
 def fit_and_choose(
     method: LearnedMethod, cfg: GrnConfig, inputs: GrnInputs, train: np.ndarray, val: np.ndarray, seed: int
 ) -> Choice:
-    """Fit every candidate configuration on `train`, keep the one with the best AUROC on `val` (this seed's)."""
-    import time
-
-    start = time.perf_counter()
-    best, tried = None, []
-    for params in candidate_configs(method, cfg):
-        if method.recipe == "logreg":
-            outcome = _fit_logreg(inputs, train, val, params)
-        else:
-            outcome = _fit_link(method, cfg, inputs, train, val, seed, params)
-        tried.append({**params, "val_auroc": outcome[0]})
-        if best is None or outcome[0] > best[1][0]:
-            best = (params, outcome)
-    params, (val_auroc, best_epoch, epochs_run, scorer) = best
-    return Choice(params, val_auroc, tried, best_epoch, epochs_run, time.perf_counter() - start, scorer)
+    """Fit every candidate configuration on `train` in this process, keep the one with the best AUROC on `val`
+    (this seed's). `fit_pool.FitPool` does the same with the fits spread over worker processes."""
+    fits = [fit_config(method, cfg, inputs, train, val, seed, params) for params in candidate_configs(method, cfg)]
+    return choose(fits, partial(scorer, method, cfg, inputs, train, seed))

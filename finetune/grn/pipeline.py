@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,8 @@ from finetune.grn.evidence import (
     release_deletion_evidence,
     tf_regression_matrix,
 )
-from finetune.grn.methods import GrnInputs, fit_and_choose, learned_methods, zscore_genes
+from finetune.grn.fit_pool import FitPool, submission_order
+from finetune.grn.methods import GrnInputs, candidate_configs, choose, learned_methods, scorer, zscore_genes
 from finetune.grn.metrics import edge_metrics, summarize
 from finetune.grn.plots import plot_curves
 from finetune.grn.report import write_edges, write_metrics, write_results
@@ -281,34 +283,48 @@ def evaluate(cfg: GrnConfig, dataset: GrnDataset, inputs: GrnInputs, unsupervise
     candidate_index = _candidate_index(ev.candidates, dataset.n_genes)
     t = time.perf_counter()
     seeds = range(cfg.first_seed, cfg.first_seed + cfg.seeds)
-    for seed in tqdm(seeds, desc=f"grn {dataset.name}", disable=not cfg.progress):
+    seed_splits = {}
+    for seed in seeds:
         split = make_split(cfg, dataset, seed)
         _check_split(cfg, split, seed)
-        ev.splits.append({**split.summary(), "reverse_in_training": split.reverse_leaks(dataset.n_genes)})
-        ev.protocol = split.protocol
-        natural = _natural_density_set(dataset, split, candidate_index)
-        scorers = {}
-        for method in learned:
-            choice = fit_and_choose(method, cfg, inputs, split.train, split.val, seed)
-            scorers[method.name] = choice.scorer
-            extra = {
-                "chosen": choice.params,
-                "tried": choice.tried,
-                "best_epoch": choice.best_epoch,
-                "epochs": choice.epochs_run,
-                "seconds": choice.seconds,
-            }
-            _record(ev, method.name, seed, split, choice.scorer, extra)
-        matrices = {name: m for name, (m, _) in unsupervised.items()}
-        for name in shortcuts:
-            matrices[name] = shortcut_matrix(name, split.train, dataset.expression)
-        for name, matrix in matrices.items():
-            scorers[name] = _matrix_scorer(matrix)
-            _record(ev, name, seed, split, scorers[name], {})
-        for name, scorer in scorers.items():
-            scores = np.asarray(scorer(ev.candidates), dtype=np.float64)
-            ev.methods[name]["seeds"][-1].update(_natural_density_metrics(natural, scores))
-            ev.candidate_scores[name] = ev.candidate_scores.get(name, 0.0) + scores
+        seed_splits[seed] = split
+    with FitPool(cfg, inputs) as pool:
+        # every fit of every seed is queued at once, longest first, so the workers stay busy to the end
+        futures = {
+            (seed, method.name, i): pool.submit(method, seed_splits[seed].train, seed_splits[seed].val, seed, params)
+            for method in submission_order(learned)
+            for seed in seeds
+            for i, params in enumerate(candidate_configs(method, cfg))
+        }
+        for seed in tqdm(seeds, desc=f"grn {dataset.name}", disable=not cfg.progress):
+            split = seed_splits[seed]
+            ev.splits.append({**split.summary(), "reverse_in_training": split.reverse_leaks(dataset.n_genes)})
+            ev.protocol = split.protocol
+            natural = _natural_density_set(dataset, split, candidate_index)
+            scorers = {}
+            for method in learned:
+                n_configs = len(candidate_configs(method, cfg))
+                fits = [futures.pop((seed, method.name, i)).result() for i in range(n_configs)]
+                choice = choose(fits, partial(scorer, method, cfg, inputs, split.train, seed))
+                scorers[method.name] = choice.scorer
+                extra = {
+                    "chosen": choice.params,
+                    "tried": choice.tried,
+                    "best_epoch": choice.best_epoch,
+                    "epochs": choice.epochs_run,
+                    "seconds": choice.seconds,
+                }
+                _record(ev, method.name, seed, split, choice.scorer, extra)
+            matrices = {name: m for name, (m, _) in unsupervised.items()}
+            for name in shortcuts:
+                matrices[name] = shortcut_matrix(name, split.train, dataset.expression)
+            for name, matrix in matrices.items():
+                scorers[name] = _matrix_scorer(matrix)
+                _record(ev, name, seed, split, scorers[name], {})
+            for name, scorer_fn in scorers.items():
+                scores = np.asarray(scorer_fn(ev.candidates), dtype=np.float64)
+                ev.methods[name]["seeds"][-1].update(_natural_density_metrics(natural, scores))
+                ev.candidate_scores[name] = ev.candidate_scores.get(name, 0.0) + scores
     timings["fit_and_score"] = time.perf_counter() - t
     for m in ev.methods.values():
         rows = [{k: r[k] for k in SUMMARY_METRICS if r.get(k) is not None} for r in m["seeds"]]

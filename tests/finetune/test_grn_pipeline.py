@@ -190,3 +190,18 @@ def test_a_later_seed_run_on_its_own_repeats_that_seed_of_a_longer_run(planted, 
         (row,) = method["seeds"]
         assert row["seed"] == 1
         assert row["auroc"] == pytest.approx(both["methods"][name]["seeds"][1]["auroc"], abs=1e-9), name
+
+
+def test_fits_spread_over_worker_processes_give_the_numbers_of_one_process(planted, tmp_path):
+    """--workers 2 runs the fits in two single-thread processes (fit_pool.py); --workers 1 runs them here on one
+    thread. Same fits, same order of operations: every chosen configuration, epoch and score is identical."""
+    one = pipeline.run_grn(config(planted, tmp_path / "one", workers=1))
+    two = pipeline.run_grn(config(planted, tmp_path / "two", workers=2))
+    assert one["methods"].keys() == two["methods"].keys()
+    for name, method in one["methods"].items():
+        for a, b in zip(method["seeds"], two["methods"][name]["seeds"], strict=True):
+            for key in ("chosen", "tried", "best_epoch", "epochs", "val_auroc", "auroc", "density_epr"):
+                assert a.get(key) == b.get(key), (name, key, a.get(key), b.get(key))
+    assert one["edges_method"] == two["edges_method"]
+    ranked_one = (tmp_path / "one" / "edges.tsv").read_text()
+    assert ranked_one == (tmp_path / "two" / "edges.tsv").read_text()
