@@ -38,7 +38,7 @@ def test_grn_on_a_real_beeline_folder(tmp_path, debug_release):
     out = tmp_path / "out"
     proc = run_cli(
         "grn", "--release", debug_release, "--benchmark", folder, "--out", out,
-        "--seeds", "2", "--tree-method", "none", "--tuning-budget", "2", "--isd-cells", "200",
+        "--seeds", "2", "--tree-method", "none", "--tuning-budget", "2", "--isd-cells", "50",
         "--negatives", "degree-aware", "--quiet",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
