@@ -69,7 +69,13 @@ def add_grn_parser(sub) -> None:
     p.add_argument("--patience", type=int, default=40)
     p.add_argument("--min-vocab-coverage", type=float, default=0.5)
     p.add_argument("--cache-dir", type=Path, help="gene-embedding / tree-baseline cache (default OUT/cache)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes fitting the learned methods (one thread each; numbers do not depend on it) and threads "
+        "for the tree baseline and the release's forward passes",
+    )
     p.add_argument("--quiet", action="store_true")
 
 

@@ -105,7 +105,8 @@ class GrnConfig:
     cache_dir: Path | None = None
     """Where gene embeddings and tree-baseline scores are cached (default OUT/cache)."""
     workers: int = 2
-    """CPU threads for torch and the tree baseline."""
+    """Processes that fit the learned methods (one thread each, fit_pool.py; the numbers do not depend on it), and
+    CPU threads for the tree baseline and the release's forward passes."""
     progress: bool = True
 
     def __post_init__(self) -> None:
