@@ -43,6 +43,10 @@ def _cases():
         cases.append((f"cross{i}", _random_lengths(gen, 7, high=9), _random_lengths(gen, 7)))
     cases.append(("single", [1], [1]))
     cases.append(("latents", [8] * 5, [1, 30, 2, 17, 5]))  # Exceiver-like: fixed queries per cell
+    # runs of equal-shape sequences go through one batched SDPA call (in-silico deletion variants, cells at max_genes);
+    # a run breaks where the key length changes even if the query length does not
+    cases.append(("runs", [5, 5, 5, 3, 3, 7, 5, 5], [5, 5, 5, 3, 3, 7, 5, 5]))
+    cases.append(("runs-cross", [4, 4, 4, 4, 2], [6, 6, 9, 9, 9]))
     return cases
 
 
@@ -132,9 +136,10 @@ def test_pad_unpad_roundtrip():
     assert torch.equal(unpad(padded, mask), x)
 
 
-def test_sdpa_gradients_match_reference():
+@pytest.mark.parametrize(("lengths_q", "lengths_k"), [([1, 6, 9], [4, 1, 12]), ([6, 6, 6, 2], [6, 6, 6, 2])])
+def test_sdpa_gradients_match_reference(lengths_q, lengths_k):
     gen = torch.Generator().manual_seed(5)
-    q, k, v, cu_q, cu_k, max_q, max_k = _qkv([1, 6, 9], [4, 1, 12], gen)
+    q, k, v, cu_q, cu_k, max_q, max_k = _qkv(lengths_q, lengths_k, gen)
     grad_out = torch.randn(q.shape, generator=gen)
     grads = {}
     for backend in ("sdpa", "reference"):
