@@ -73,10 +73,18 @@ def config(root, out, **overrides) -> GrnConfig:
         "baselines": [b for b in GrnConfig.__dataclass_fields__["baselines"].default_factory() if b != "trees"],
         "isd_cells": 200,
         "epochs": 150,
+        "cache_dir": root / "cache",  # embeddings and deletion evidence computed once for the module
         "progress": False,
     }
     fields.update(overrides)
     return GrnConfig(**fields)
+
+
+@pytest.fixture(scope="module")
+def clean_run(planted, tmp_path_factory):
+    """One default 2-seed run (--workers 2) that several tests compare against: (metrics.json payload, its --out)."""
+    out = tmp_path_factory.mktemp("clean") / "out"
+    return pipeline.run_grn(config(planted, out)), out
 
 
 def test_joint_model_beats_abs_pearson_and_the_degree_only_methods_on_a_planted_network(planted, tmp_path):
@@ -100,8 +108,10 @@ def test_joint_model_beats_abs_pearson_and_the_degree_only_methods_on_a_planted_
     assert payload["edges_method"] in payload["methods"]
 
 
-def test_choices_are_made_per_seed_on_validation_and_poisoned_test_labels_change_none(planted, tmp_path, monkeypatch):
-    clean = pipeline.run_grn(config(planted, tmp_path / "clean"))
+def test_choices_are_made_per_seed_on_validation_and_poisoned_test_labels_change_none(
+    planted, clean_run, tmp_path, monkeypatch
+):
+    clean, _ = clean_run
     make_split = pipeline.make_split
 
     def poisoned(cfg, dataset, seed):
@@ -181,10 +191,10 @@ def test_bad_inputs_get_one_clear_error_and_nothing_finished_under_out(planted, 
     assert not finished
 
 
-def test_a_later_seed_run_on_its_own_repeats_that_seed_of_a_longer_run(planted, tmp_path):
+def test_a_later_seed_run_on_its_own_repeats_that_seed_of_a_longer_run(planted, clean_run, tmp_path):
     """--first-seed: seeds 1.. run alone give seed 1's rows of a run over seeds 0..1 (so a long benchmark can be
     run in pieces and merged)."""
-    both = pipeline.run_grn(config(planted, tmp_path / "both"))
+    both, _ = clean_run
     later = pipeline.run_grn(config(planted, tmp_path / "later", seeds=1, first_seed=1))
     for name, method in later["methods"].items():
         (row,) = method["seeds"]
@@ -192,11 +202,12 @@ def test_a_later_seed_run_on_its_own_repeats_that_seed_of_a_longer_run(planted, 
         assert row["auroc"] == pytest.approx(both["methods"][name]["seeds"][1]["auroc"], abs=1e-9), name
 
 
-def test_fits_spread_over_worker_processes_give_the_numbers_of_one_process(planted, tmp_path):
+def test_fits_spread_over_worker_processes_give_the_numbers_of_one_process(planted, clean_run, tmp_path):
     """--workers 2 runs the fits in two single-thread processes (fit_pool.py); --workers 1 runs them here on one
     thread. Same fits, same order of operations: every chosen configuration, epoch and score is identical."""
     one = pipeline.run_grn(config(planted, tmp_path / "one", workers=1))
-    two = pipeline.run_grn(config(planted, tmp_path / "two", workers=2))
+    two, two_out = clean_run
+    assert two["config"]["workers"] == 2
     assert one["methods"].keys() == two["methods"].keys()
     for name, method in one["methods"].items():
         for a, b in zip(method["seeds"], two["methods"][name]["seeds"], strict=True):
@@ -204,4 +215,4 @@ def test_fits_spread_over_worker_processes_give_the_numbers_of_one_process(plant
                 assert a.get(key) == b.get(key), (name, key, a.get(key), b.get(key))
     assert one["edges_method"] == two["edges_method"]
     ranked_one = (tmp_path / "one" / "edges.tsv").read_text()
-    assert ranked_one == (tmp_path / "two" / "edges.tsv").read_text()
+    assert ranked_one == (two_out / "edges.tsv").read_text()
