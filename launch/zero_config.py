@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pretrain.parallel.step_settings import fill_step_settings
+
 REPO = Path(__file__).resolve().parents[1]
 DS_CONFIG_DIR = REPO / "launch" / "configs" / "deepspeed"
 DEEPSPEED_PERSISTENCE_DEFAULT = 100_000  # DeepSpeed's stage3_param_persistence_threshold when the JSON omits it
@@ -105,6 +107,7 @@ def read_zero_settings(cfg, world_size: int) -> tuple[ZeroSettings | None, list[
             problems.append(
                 f"{path.name}: has an '{key}' section; scgrn builds the optimizer and schedule from 'train'"
             )
+    fill_step_settings(ds, t.precision)
     settings = ZeroSettings(
         path=path,
         stage=p.zero_stage,

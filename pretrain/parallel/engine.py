@@ -7,6 +7,7 @@ Everything here works on CPU (gloo, DeepSpeed's CPU accelerator) and on GPU (ncc
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
@@ -17,7 +18,9 @@ import torch
 from deepspeed.accelerator import get_accelerator
 
 from pretrain.config import ConfigError, PretrainConfig
+from pretrain.parallel.step_settings import fill_step_settings
 
+log = logging.getLogger("scgrn.pretrain")
 REPO = Path(__file__).resolve().parents[2]
 DS_CONFIG_DIR = REPO / "launch" / "configs" / "deepspeed"
 
@@ -112,6 +115,7 @@ def build_ds_config(cfg: PretrainConfig, world_size: int) -> dict:
             )
     if problems:
         raise ConfigError("DeepSpeed configuration conflicts:\n  - " + "\n  - ".join(problems))
+    fill_step_settings(ds, t.precision)
     return ds
 
 
@@ -150,6 +154,14 @@ def create_engine(model: torch.nn.Module, cfg: PretrainConfig, ds_config: dict):
     else:
         optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=cfg.train.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    if cfg.parallel.zero_stage == 0 and cfg.train.precision == "bf16" and get_accelerator().device_name() != "cpu":
+        n = sum(1 for p in model.parameters() if p.requires_grad)
+        log.warning(
+            "parallel.zero_stage=0 with train.precision=bf16: DeepSpeed wraps the optimizer in its unfused bf16 "
+            "optimizer, which checks each of the %d gradient tensors for inf/NaN with a host read every step; "
+            "parallel.zero_stage=1 keeps the same memory on one GPU and reads at most once per parameter group",
+            n,
+        )
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     return engine
 

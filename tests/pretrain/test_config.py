@@ -26,10 +26,38 @@ def test_shipped_deepspeed_configs_resolve_for_each_stage():
     from pretrain.parallel.engine import build_ds_config
 
     for stage in (0, 1, 2, 3):
-        cfg = PretrainConfig.load(CONFIGS[0], [f"parallel.zero_stage={stage}"])
-        ds = build_ds_config(cfg, world_size=2)
-        assert ds["zero_optimization"]["stage"] == stage
-        assert ds["train_batch_size"] == 2 * cfg.data.micro_batch_cells * cfg.train.grad_accum
+        for precision in ("fp32", "bf16"):
+            cfg = PretrainConfig.load(CONFIGS[0], [f"parallel.zero_stage={stage}", f"train.precision={precision}"])
+            ds = build_ds_config(cfg, world_size=2)
+            assert ds["zero_optimization"]["stage"] == stage
+            assert ds["train_batch_size"] == 2 * cfg.data.micro_batch_cells * cfg.train.grad_accum
+            assert ds["bf16"]["enabled"] is (precision == "bf16")
+            # no per-step host reads of DeepSpeed's own (tests/pretrain/test_engine_syncs.py counts them)
+            assert ds["timers"]["throughput"]["enabled"] is False
+            assert ds["bf16"]["check_grad_overflow"] is False
+            assert ds["wall_clock_breakdown"] is False
+
+
+def test_a_deepspeed_json_without_the_step_settings_gets_them_and_one_that_sets_them_keeps_its_values(tmp_path):
+    pytest.importorskip("deepspeed")
+    from pretrain.parallel.engine import build_ds_config
+
+    bare, chosen = tmp_path / "bare.json", tmp_path / "chosen.json"
+    bare.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    chosen.write_text(
+        json.dumps(
+            {
+                "zero_optimization": {"stage": 2},
+                "bf16": {"check_grad_overflow": True},
+                "timers": {"throughput": {"enabled": True}},
+            }
+        )
+    )
+    on = ["train.precision=bf16", "parallel.zero_stage=2"]
+    ds = build_ds_config(PretrainConfig.load(CONFIGS[0], [*on, f"parallel.deepspeed_config={bare}"]), 1)
+    assert ds["timers"] == {"throughput": {"enabled": False}} and ds["bf16"]["check_grad_overflow"] is False
+    ds = build_ds_config(PretrainConfig.load(CONFIGS[0], [*on, f"parallel.deepspeed_config={chosen}"]), 1)
+    assert ds["timers"] == {"throughput": {"enabled": True}} and ds["bf16"]["check_grad_overflow"] is True
 
 
 def test_all_bad_fields_are_reported_at_once():
