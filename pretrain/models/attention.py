@@ -7,9 +7,12 @@ must stay inside a cell: token t of sequence i in q attends to every token of se
 
 Four interchangeable backends, checked against each other by `tests/pretrain/test_attention.py`:
 
-- ``varlen``: torch's own `torch.nn.attention.varlen.varlen_attn` (FlashAttention-2 kernels built into torch >= 2.9;
-  CUDA sm80+, fp16/bf16, forward and backward; `torch.nn.attention.activate_flash_attention_impl("FA3")` routes it
-  to Hopper kernels). No extra package, so it is what ``auto`` picks on a GPU. It has no attention dropout.
+- ``varlen``: torch's own `torch.nn.attention.varlen.varlen_attn` (FlashAttention-2 kernels built into torch >= 2.10;
+  torch 2.9 has no `torch.nn.attention.varlen`; CUDA sm80+, fp16/bf16, forward and backward;
+  `torch.nn.attention.activate_flash_attention_impl("FA3")` routes it to Hopper kernels). No extra package, so it
+  is what ``auto`` picks on a GPU. It has no attention dropout, and its ``scale`` keyword is newer than the function
+  (absent in torch 2.10, present in 2.13): the scale is passed only where the signature takes it, and a model whose
+  scale is not the default 1/sqrt(head_dim) is refused on a torch without it.
 - ``flash``: the flash-attn package's varlen function, FlashAttention-2 (``flash_attn.flash_attn_varlen_func``) or
   FlashAttention-4 (``flash_attn.cute.flash_attn_varlen_func``, Hopper/Blackwell). Detected by the function, not
   the package name: flash-attn-4 installs only ``flash_attn.cute``, so ``import flash_attn`` alone proves nothing.
@@ -41,7 +44,7 @@ _VARLEN_HINT = 'set model.attention to "sdpa" (or "flash" with flash-attn instal
 
 @functools.cache
 def torch_varlen_function() -> Callable | None:
-    """torch's fused varlen attention (`torch.nn.attention.varlen.varlen_attn`), or None on torch < 2.9."""
+    """torch's fused varlen attention (`torch.nn.attention.varlen.varlen_attn`), or None on torch < 2.10."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
@@ -195,12 +198,31 @@ def varlen_attention(
 # varlen (torch) and flash (flash-attn 2 / 4)
 
 
+@functools.cache
+def _takes_scale(fn: Callable) -> bool:
+    """Whether this torch's varlen_attn has the `scale` keyword (torch 2.13 does, 2.10 does not)."""
+    return _accepts(fn, "scale")
+
+
 def _torch_varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, scale) -> Tensor:
     del dropout_p  # 0 (checked by resolve_backend)
     fn = torch_varlen_function()
+    if fn is None:
+        msg = f"attention backend 'varlen': torch {torch.__version__} has no torch.nn.attention.varlen; {_VARLEN_HINT}"
+        raise ValueError(msg)
     cu_q = cu_q.to(device=q.device, dtype=torch.int32)
     cu_k = cu_k.to(device=q.device, dtype=torch.int32)
-    return fn(q, k, v, cu_q, cu_k, int(max_q), int(max_k), scale=scale)  # (Tq, H, D)
+    if _takes_scale(fn):
+        return fn(q, k, v, cu_q, cu_k, int(max_q), int(max_k), scale=scale)  # (Tq, H, D)
+    default = 1.0 / math.sqrt(q.shape[-1])
+    if not math.isclose(scale, default, rel_tol=1e-6):
+        msg = (
+            f"attention backend 'varlen': torch {torch.__version__}'s varlen_attn has no `scale` keyword and always "
+            f"scales by 1/sqrt(head_dim) = {default:.6g}, but this call asks for {scale:.6g}; use a torch whose "
+            f"varlen_attn takes `scale` (2.13 does) or {_VARLEN_HINT}"
+        )
+        raise ValueError(msg)
+    return fn(q, k, v, cu_q, cu_k, int(max_q), int(max_k))  # its default scale is this call's
 
 
 def _flash(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, scale) -> Tensor:
@@ -246,7 +268,7 @@ def _sdpa(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, scale) -> Tensor:
         msg = (
             f"attention backend 'sdpa' (nested jagged tensors, torch {torch.__version__}) failed on {q.device} "
             f'with {q.dtype}: {type(err).__name__}: {str(err)[:300]}. Set model.attention to "varlen" '
-            '(torch >= 2.9, bf16) or "flash" instead.'
+            '(torch >= 2.10, bf16) or "flash" instead.'
         )
         raise RuntimeError(msg) from err
 

@@ -197,6 +197,51 @@ def test_varlen_on_cpu_or_fp32_or_with_dropout_is_a_helpful_error():
         varlen_attention(*args, backend="varlen")
 
 
+def _varlen_2_10(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+    """torch 2.10's varlen_attn signature (no `scale`: always 1/sqrt(head_dim)), computed with the reference."""
+    assert not is_causal and return_aux is None
+    return attention._reference(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, 0.0, query.shape[-1] ** -0.5)
+
+
+def _varlen_2_13(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, **rest):
+    """The installed torch's own varlen_attn signature (2.13: keyword `scale`), computed with the reference."""
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    return attention._reference(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, 0.0, scale)
+
+
+@pytest.mark.parametrize("signature", ["2.10", "2.13"])
+def test_the_varlen_call_fits_each_torch_signature(monkeypatch, signature):
+    """torch's varlen_attn needs CUDA, so its kernel cannot run here; what is tested is our call against each
+    torch's signature: `scale` is passed where the function takes it, left out (its default is ours) where it does
+    not, and a scale the function cannot take is refused with the fix."""
+    if signature == "2.13":
+        varlen = pytest.importorskip("torch.nn.attention.varlen")
+        if "scale" not in __import__("inspect").signature(varlen.varlen_attn).parameters:
+            pytest.skip(f"torch {torch.__version__}'s varlen_attn has no scale keyword")
+        fake = _varlen_2_13
+        fake.__signature__ = __import__("inspect").signature(varlen.varlen_attn)
+    else:
+        fake = _varlen_2_10
+    monkeypatch.setattr(attention, "torch_varlen_function", lambda: fake)
+    q, k, v, cu_q, cu_k, max_q, max_k = _qkv([3, 5, 1], [3, 5, 1], torch.Generator().manual_seed(3))
+    for scale in (D**-0.5, 0.5):  # what varlen_attention hands the backend (its default: 1/sqrt(D))
+        ref = attention._reference(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, scale)
+        if signature == "2.10" and scale == 0.5:
+            with pytest.raises(ValueError, match=r"has no `scale` keyword .* asks for 0\.5; use a torch"):
+                attention._torch_varlen(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, scale)
+            continue
+        torch.testing.assert_close(attention._torch_varlen(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, scale), ref)
+
+
+def test_varlen_on_a_torch_without_it_names_the_version_and_the_fix(monkeypatch):
+    monkeypatch.setattr(attention, "torch_varlen_function", lambda: None)  # torch 2.9: no torch.nn.attention.varlen
+    with pytest.raises(ValueError, match=r"has no torch.nn.attention.varlen.*sdpa"):
+        resolve_backend("varlen", "cuda", torch.bfloat16)
+    q, k, v, cu_q, cu_k, max_q, max_k = _qkv([2, 2], [2, 2], torch.Generator().manual_seed(4))
+    with pytest.raises(ValueError, match=r"has no torch.nn.attention.varlen.*sdpa"):
+        attention._torch_varlen(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, D**-0.5)
+
+
 FA4_ONLY = '''
 import torch
 from pretrain.models import attention
