@@ -6,7 +6,7 @@ Layout of a run directory:
         rng_rank{r}.pt        each rank's torch CPU (and CUDA) RNG (tensors; weights_only=True); the masking draws
                               need none: they are seeded per batch by the loader's cursor
         COMPLETE              written by rank 0 after every rank finished: only such checkpoints are resumed from
-                              (JSON: step, reason, time, world_size, zero_stage, vocab_sha256)
+                              (JSON: step, reason, time, world_size, zero_stage, vocab_sha256, param_layout)
         universal/STEP/       DeepSpeed's universal checkpoint of this one, made when resuming on another
                               number of ranks (ZeRO 1-3)
     RUN/checkpoints/latest    DeepSpeed's pointer to the newest tag, written only after that tag's COMPLETE
@@ -14,6 +14,7 @@ Layout of a run directory:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -94,6 +95,35 @@ def read_marker(directory: Path) -> dict:
     except (OSError, json.JSONDecodeError) as err:
         msg = f"{directory / COMPLETE}: unreadable ({err}); resume from another checkpoint or train.resume=none."
         raise ConfigError(msg) from None
+
+
+def parameter_layout(model: torch.nn.Module) -> str:
+    """sha256 of the model's parameter names and shapes, in order: the layout of DeepSpeed's flat optimizer state.
+
+    Taken before ZeRO-3 partitions the parameters (a partitioned parameter's shape is empty)."""
+    layout = [[name, list(p.shape)] for name, p in model.named_parameters()]
+    return hashlib.sha256(json.dumps(layout).encode()).hexdigest()
+
+
+def check_parameter_layout(directory: Path, marker: dict, layout: str, family: str) -> None:
+    """Refuse to resume a checkpoint whose optimizer state is laid out for other parameters: ZeRO 1/2 keep it as
+    one flat buffer, so loading it into another layout would pair moments with the wrong weights, silently."""
+    saved = marker.get("param_layout")
+    if saved is None and family == "scbert":
+        msg = (
+            f"cannot resume from {directory}: it was written before scBERT's self-attention fused its q/k/v "
+            "projections (its optimizer state is laid out for separate q_proj / kv_proj). Finish that run with the "
+            "scgrn that started it, or export its weights as a release (`scgrn export RUN_DIR --out RELEASE`; "
+            "releases of that layout load in this version) and start a new run."
+        )
+        raise ConfigError(msg)
+    if saved is not None and saved != layout:
+        msg = (
+            f"cannot resume from {directory}: its parameters (layout {saved[:12]}…) are not this model's "
+            f"({layout[:12]}…): the model config or the scgrn version differs. Resume with the config and version "
+            "that wrote it, or start a new run (train.resume=none)."
+        )
+        raise ConfigError(msg)
 
 
 def load_loader_states(directory: Path, world_size: int) -> list[dict]:

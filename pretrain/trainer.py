@@ -107,11 +107,14 @@ class Trainer:
         model.to(self.device)
         # Counted before ZeRO-3 partitions the parameters (a partitioned parameter's numel() is 0): the MFU figure.
         self.n_matmul_params = model.num_parameters(exclude_embeddings=True)
+        self.param_layout = ckpt.parameter_layout(model)
         self.ds_config = dist.build_ds_config(cfg, self.world_size)
         # Which checkpoint to resume from, decided before the engine exists: one saved by another number of ranks
         # is loaded through DeepSpeed's universal checkpoint, which the engine must be configured for.
         self.resume_from = ckpt.resolve_resume(cfg.train.resume, self.run_dir)
         self.resume_marker = None if self.resume_from is None else ckpt.read_marker(self.resume_from)
+        if self.resume_marker is not None:
+            ckpt.check_parameter_layout(self.resume_from, self.resume_marker, self.param_layout, cfg.family)
         self.elastic = self.resume_marker is not None and self.resume_marker["world_size"] != self.world_size
         # The stage that saved it (markers written before it was recorded: the configured stage).
         self.saved_stage = (
@@ -350,6 +353,7 @@ class Trainer:
                     "world_size": self.world_size,
                     "zero_stage": self.cfg.parallel.zero_stage,
                     "vocab_sha256": self.corpus.vocab_sha256,
+                    "param_layout": self.param_layout,
                 },
             )
             ckpt.prune(self.run_dir, self.cfg.train.keep_last)

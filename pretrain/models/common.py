@@ -134,6 +134,12 @@ class MultiheadAttention(nn.Module):
     ``attn(x, cu, max_len, context=c, cu_seqlens_context=cu_c, max_seqlen_context=max_c)``; query sequence i attends
     to context sequence i only.
 
+    ``self_attention=True`` fuses the three projections into one ``qkv_proj`` (d_model -> 3 d_model): one matmul
+    instead of two, and q, k, v are strided views of its output (the kernels take strided inputs; nothing is
+    copied). Its rows are [q; k; v], so weights saved with separate ``q_proj`` (d_model rows) and ``kv_proj``
+    ([k; v] rows) load into it by concatenation (`_fuse_separate_projections`): releases made before the fusion
+    still load and compute the same function.
+
     Shapes:
         x: (Tq, d_model); context: (Tk, kv_dim) with kv_dim defaulting to d_model; output: (Tq, d_model).
     """
@@ -147,17 +153,26 @@ class MultiheadAttention(nn.Module):
         dropout: float = 0.0,
         backend: str = "auto",
         bias: bool = True,
+        self_attention: bool = False,
     ) -> None:
         super().__init__()
         if d_model % n_heads != 0:
             msg = f"d_model={d_model} is not divisible by n_heads={n_heads}"
             raise ValueError(msg)
+        if self_attention and kv_dim not in (None, d_model):
+            msg = f"self_attention=True attends x to itself: kv_dim={kv_dim} must be None or d_model={d_model}"
+            raise ValueError(msg)
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
         self.backend = backend
         self.dropout = dropout
-        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.kv_proj = nn.Linear(d_model if kv_dim is None else kv_dim, 2 * d_model, bias=bias)
+        self.self_attention = self_attention
+        if self_attention:
+            self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=bias)
+            self.register_load_state_dict_pre_hook(_fuse_separate_projections)
+        else:
+            self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+            self.kv_proj = nn.Linear(d_model if kv_dim is None else kv_dim, 2 * d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
         self.out_dropout = nn.Dropout(dropout)
 
@@ -170,14 +185,21 @@ class MultiheadAttention(nn.Module):
         cu_seqlens_context: Tensor | None = None,
         max_seqlen_context: int | None = None,
     ) -> Tensor:
-        if context is None:
-            context, cu_seqlens_context, max_seqlen_context = x, cu_seqlens, max_seqlen
-        elif cu_seqlens_context is None or max_seqlen_context is None:
-            msg = "cross-attention needs cu_seqlens_context and max_seqlen_context along with context"
-            raise ValueError(msg)
-        t_q, t_k = x.shape[0], context.shape[0]
-        q = self.q_proj(x).view(t_q, self.n_heads, self.head_dim)  # (Tq, H, D)
-        k, v = self.kv_proj(context).view(t_k, 2, self.n_heads, self.head_dim).unbind(1)  # 2 x (Tk, H, D)
+        t_q = x.shape[0]
+        if self.self_attention:
+            if context is not None:
+                msg = "this attention was built with self_attention=True (fused q/k/v): it takes no context"
+                raise ValueError(msg)
+            q, k, v = self.qkv_proj(x).view(t_q, 3, self.n_heads, self.head_dim).unbind(1)  # 3 x (T, H, D) views
+            cu_seqlens_context, max_seqlen_context = cu_seqlens, max_seqlen
+        else:
+            if context is None:
+                context, cu_seqlens_context, max_seqlen_context = x, cu_seqlens, max_seqlen
+            elif cu_seqlens_context is None or max_seqlen_context is None:
+                msg = "cross-attention needs cu_seqlens_context and max_seqlen_context along with context"
+                raise ValueError(msg)
+            q = self.q_proj(x).view(t_q, self.n_heads, self.head_dim)  # (Tq, H, D)
+            k, v = self.kv_proj(context).view(context.shape[0], 2, self.n_heads, self.head_dim).unbind(1)
         dropout = self.dropout if self.training else 0.0
         y = varlen_attention(
             q,
@@ -192,6 +214,15 @@ class MultiheadAttention(nn.Module):
         )  # (Tq, H, D)
         y = y.reshape(t_q, self.n_heads * self.head_dim)  # (Tq, d_model)
         return self.out_dropout(self.out_proj(y))
+
+
+def _fuse_separate_projections(module, state_dict, prefix, *args) -> None:
+    """load_state_dict pre-hook: weights saved with separate q_proj / kv_proj (before the fusion) -> qkv_proj."""
+    del module, args
+    for kind in ("weight", "bias"):
+        q, kv = f"{prefix}q_proj.{kind}", f"{prefix}kv_proj.{kind}"
+        if q in state_dict and kv in state_dict and f"{prefix}qkv_proj.{kind}" not in state_dict:
+            state_dict[f"{prefix}qkv_proj.{kind}"] = torch.cat([state_dict.pop(q), state_dict.pop(kv)], dim=0)
 
 
 class MLP(nn.Module):
@@ -220,7 +251,7 @@ class PreLNBlock(nn.Module):
     def __init__(self, d_model: int, n_heads: int, d_ff: int, *, dropout: float = 0.0, backend: str = "auto") -> None:
         super().__init__()
         self.ln_attn = nn.LayerNorm(d_model)
-        self.attn = MultiheadAttention(d_model, n_heads, dropout=dropout, backend=backend)
+        self.attn = MultiheadAttention(d_model, n_heads, dropout=dropout, backend=backend, self_attention=True)
         self.ln_mlp = nn.LayerNorm(d_model)
         self.mlp = MLP(d_model, d_ff, dropout=dropout)
 
