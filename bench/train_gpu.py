@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                 except ValueError as err:
                     print(f"{config_name:14s} {backend:12s} skipped: {err}")
                     continue
+            from pretrain.models.common import resolve_attention
+
+            resolve_attention(model, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
             result = {
                 "config": config_name,
                 **run_one(model, family, backend, batches, args.warmup, args.steps, device),

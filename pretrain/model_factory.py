@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import nn
 
 from pretrain.config import ConfigError
@@ -56,3 +57,20 @@ def check_corpus(model: nn.Module, value_kind: str, vocab_sha256: str, expected_
         )
     if problems:
         raise ConfigError("corpus does not fit the model:\n  - " + "\n  - ".join(problems))
+
+
+def check_compile(model_cfg, backends: dict[str, str], device: torch.device | str) -> None:
+    """Refuse `model.compile` where the attention it would compile cannot be traced: on CPU the `sdpa` backend
+    loops over the cells on the host (`pretrain.models.attention._sdpa_per_sequence`), a graph break per cell.
+    `backends` is `common.resolve_attention`'s answer for this device and precision."""
+    if not getattr(model_cfg, "compile", False) or torch.device(device).type != "cpu":
+        return
+    looped = sorted(name for name, chosen in backends.items() if "sdpa" in chosen)
+    if looped:
+        msg = (
+            f"model.compile = true with model.attention = {model_cfg.attention!r}, which runs 'sdpa' on CPU in "
+            f"{looped[0]}{' and others' if len(looped) > 1 else ''}: that path loops over the cells on the host and "
+            "would break the compiled graph at every cell. Set model.attention=reference (it compiles on CPU) or "
+            "model.compile=false."
+        )
+        raise ConfigError(msg)

@@ -27,7 +27,8 @@ from data_prep.test_hooks import TestHookError, read_step_hook
 from pretrain import checkpointing as ckpt
 from pretrain.config import WHOLE_SHARDS, ConfigError, PretrainConfig
 from pretrain.metrics import MetricsLogger, memory_gb
-from pretrain.model_factory import build_model, check_corpus, model_config
+from pretrain.model_factory import build_model, check_compile, check_corpus, model_config
+from pretrain.models.common import resolve_attention
 from pretrain.parallel import engine as dist
 
 log = logging.getLogger("scgrn.pretrain")
@@ -105,6 +106,9 @@ class Trainer:
         prepare = model.batch_preparer()
         check_corpus(model, self.corpus.value_kind.value, self.corpus.vocab_sha256, cfg.model.get("vocab_sha256"))
         model.to(self.device)
+        # Backends fixed now, so a compiled forward never resolves one (DeepSpeed's bf16 casts the weights to bf16).
+        dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+        check_compile(self.model_config, resolve_attention(model, self.device, dtype), self.device)
         # Counted before ZeRO-3 partitions the parameters (a partitioned parameter's numel() is 0): the MFU figure.
         self.n_matmul_params = model.num_parameters(exclude_embeddings=True)
         self.param_layout = ckpt.parameter_layout(model)

@@ -346,6 +346,19 @@ def override_through_a_non_section(tmp):
 
 
 @case("pretrain")
+def compile_with_an_attention_that_loops_on_the_host(tmp):
+    import torch
+
+    from pretrain.model_factory import build_model, check_compile, model_config
+    from pretrain.models.common import resolve_attention
+
+    cfg = model_config("scbert", {"d_model": 16, "n_heads": 2, "d_ff": 32, "compile": True}, vocab_size=50)
+    backends = resolve_attention(build_model("scbert", cfg), "cpu", torch.float32)  # "auto" -> sdpa on CPU
+    needles = ["model.compile = true", "model.attention = 'auto'", "'sdpa' on CPU", "model.attention=reference"]
+    return lambda: check_compile(cfg, backends, "cpu"), ConfigError, needles
+
+
+@case("pretrain")
 def release_without_config(tmp):
     return lambda: load_release(tmp), ConfigError, [str(tmp), "no config.json", "scgrn export"]
 

@@ -184,7 +184,8 @@ def varlen_attention(
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else softmax_scale
     args = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, scale)
     if backend in ("varlen", "flash"):
-        resolve_backend(backend, q.device, q.dtype, dropout_p)  # the clear error, not the kernel's
+        if not torch.compiler.is_compiling():  # a compiled model resolved its backends before tracing
+            resolve_backend(backend, q.device, q.dtype, dropout_p)  # the clear error, not the kernel's
         return _torch_varlen(*args) if backend == "varlen" else _flash(*args)
     if backend == "sdpa":
         return _sdpa(*args)
@@ -198,21 +199,31 @@ def varlen_attention(
 # varlen (torch) and flash (flash-attn 2 / 4)
 
 
-@functools.cache
-def _takes_scale(fn: Callable) -> bool:
-    """Whether this torch's varlen_attn has the `scale` keyword (torch 2.13 does, 2.10 does not)."""
-    return _accepts(fn, "scale")
+_VARLEN_KERNEL: dict[str, tuple[Callable, bool]] = {}  # "varlen" -> (torch's varlen_attn, whether it takes scale)
+
+
+def varlen_kernel() -> tuple[Callable, bool]:
+    """(torch's varlen_attn, whether its signature has `scale`: torch 2.13 does, 2.10 does not), looked up once.
+
+    Kept in a plain dict rather than a functools cache: a compiled graph reads it as a constant (after
+    `common.resolve_attention` filled it) instead of tracing the signature inspection."""
+    kernel = _VARLEN_KERNEL.get("varlen")
+    if kernel is None:
+        fn = torch_varlen_function()
+        if fn is None:
+            msg = f"attention backend 'varlen': torch {torch.__version__} has no torch.nn.attention.varlen; "
+            msg += _VARLEN_HINT
+            raise ValueError(msg)
+        kernel = _VARLEN_KERNEL["varlen"] = (fn, _accepts(fn, "scale"))
+    return kernel
 
 
 def _torch_varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, scale) -> Tensor:
     del dropout_p  # 0 (checked by resolve_backend)
-    fn = torch_varlen_function()
-    if fn is None:
-        msg = f"attention backend 'varlen': torch {torch.__version__} has no torch.nn.attention.varlen; {_VARLEN_HINT}"
-        raise ValueError(msg)
+    fn, takes_scale = varlen_kernel()
     cu_q = cu_q.to(device=q.device, dtype=torch.int32)
     cu_k = cu_k.to(device=q.device, dtype=torch.int32)
-    if _takes_scale(fn):
+    if takes_scale:
         return fn(q, k, v, cu_q, cu_k, int(max_q), int(max_k), scale=scale)  # (Tq, H, D)
     default = 1.0 / math.sqrt(q.shape[-1])
     if not math.isclose(scale, default, rel_tol=1e-6):

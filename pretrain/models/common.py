@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretrain.models.attention import resolve_backend, segment_ids, varlen_attention
+from pretrain.models.attention import resolve_backend, segment_ids, varlen_attention, varlen_kernel
 
 GENE_SAMPLING_MODES = ("random", "topk")
 
@@ -167,6 +167,9 @@ class MultiheadAttention(nn.Module):
         self.backend = backend
         self.dropout = dropout
         self.self_attention = self_attention
+        # (training, evaluation) backends, fixed by `resolve_attention` before a compiled forward: resolving reads
+        # the device's properties, which would break the graph on every call
+        self.resolved_backends: tuple[str, str] | None = None
         if self_attention:
             self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=bias)
             self.register_load_state_dict_pre_hook(_fuse_separate_projections)
@@ -209,11 +212,30 @@ class MultiheadAttention(nn.Module):
             cu_seqlens_context,
             max_seqlen,
             max_seqlen_context,
-            backend=_pick_backend(self.backend, q, dropout),
+            backend=_pick_backend(self.backend, q, dropout)
+            if self.resolved_backends is None
+            else self.resolved_backends[0 if self.training else 1],
             dropout_p=dropout,
         )  # (Tq, H, D)
         y = y.reshape(t_q, self.n_heads * self.head_dim)  # (Tq, d_model)
         return self.out_dropout(self.out_proj(y))
+
+
+def resolve_attention(model: nn.Module, device: torch.device | str, dtype: torch.dtype) -> dict[str, str]:
+    """Fix every attention layer's backend for inputs of `dtype` on `device` (training with its dropout, and
+    evaluation without), so a compiled forward never resolves one: call it after moving the model, before the first
+    step. Returns {layer name: "training backend / evaluation backend"}; errors as `resolve_backend`."""
+    chosen = {}
+    for name, module in model.named_modules():
+        if isinstance(module, MultiheadAttention):
+            module.resolved_backends = (
+                resolve_backend(module.backend, device, dtype, module.dropout),
+                resolve_backend(module.backend, device, dtype, 0.0),
+            )
+            chosen[name] = " / ".join(module.resolved_backends)
+            if "varlen" in module.resolved_backends:
+                varlen_kernel()  # looked up now, read as a constant by a compiled graph
+    return chosen
 
 
 def _fuse_separate_projections(module, state_dict, prefix, *args) -> None:

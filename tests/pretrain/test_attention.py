@@ -223,6 +223,7 @@ def test_the_varlen_call_fits_each_torch_signature(monkeypatch, signature):
     else:
         fake = _varlen_2_10
     monkeypatch.setattr(attention, "torch_varlen_function", lambda: fake)
+    monkeypatch.setattr(attention, "_VARLEN_KERNEL", {})
     q, k, v, cu_q, cu_k, max_q, max_k = _qkv([3, 5, 1], [3, 5, 1], torch.Generator().manual_seed(3))
     for scale in (D**-0.5, 0.5):  # what varlen_attention hands the backend (its default: 1/sqrt(D))
         ref = attention._reference(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, scale)
@@ -235,6 +236,7 @@ def test_the_varlen_call_fits_each_torch_signature(monkeypatch, signature):
 
 def test_varlen_on_a_torch_without_it_names_the_version_and_the_fix(monkeypatch):
     monkeypatch.setattr(attention, "torch_varlen_function", lambda: None)  # torch 2.9: no torch.nn.attention.varlen
+    monkeypatch.setattr(attention, "_VARLEN_KERNEL", {})
     with pytest.raises(ValueError, match=r"has no torch.nn.attention.varlen.*sdpa"):
         resolve_backend("varlen", "cuda", torch.bfloat16)
     q, k, v, cu_q, cu_k, max_q, max_k = _qkv([2, 2], [2, 2], torch.Generator().manual_seed(4))
