@@ -355,9 +355,9 @@ def packing_main(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`scgrn bench train {packing,zero} [options]`."""
+    """`scgrn bench train {packing,zero,gpu,model} [options]`."""
     argv = list(argv or [])
-    benches = {"packing": packing_main, "zero": None, "gpu": None}
+    benches = {"packing": packing_main, "zero": None, "gpu": None, "model": None}
     if not argv or argv[0] not in benches:
         print(f"usage: scgrn bench train {{{','.join(benches)}}} [options]   (-h after the name for options)")
         return 2
@@ -365,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.zero_memory import main as zero_main
 
         return zero_main(argv[1:])
+    if argv[0] == "model":
+        from bench.cost_model import main as model_main
+
+        return model_main(argv[1:])
     if argv[0] == "gpu":
         from bench.train_gpu import main as gpu_main
 
