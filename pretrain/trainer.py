@@ -469,12 +469,14 @@ class Trainer:
                     metrics.scalars(self.step, scalars)
                     self.last_losses["train"] = scalars["train/loss"]
                     window = {"losses": [], "tokens": 0, "cells": 0, "flops": 0.0, "t0": time.perf_counter()}
+                paused = time.perf_counter()  # evaluation and saves are not training: kept out of the window
                 if self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps:
                     val = self.evaluate()
                     self.last_losses["val"] = val
                     metrics.scalars(self.step, {"val/loss": val})
                 if self.step % cfg.train.save_every == 0 or self.step in (cfg.train.steps, last):
                     self._save()
+                window["t0"] += time.perf_counter() - paused
             if window["losses"]:  # steps after the last log line (a stop_after between two log steps)
                 history += torch.stack(window["losses"]).tolist()
         finally:
