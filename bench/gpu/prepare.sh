@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Run HERE (the CPU machine, with the registries reachable) before the device check: fills the two git-ignored
 # folders the device call carries.
-#   .whl/         wheels for Python 3.12 / manylinux x86-64 of what the GPU image lacks (it has torch, numpy,
-#                 scipy, pandas, h5py, torch-geometric, safetensors, tensorboard, accelerate, pytest, ...);
+#   .whl/         wheels for Python 3.12 / manylinux x86-64 of what the GPU image lacks, or has at a version the
+#                 project cannot use (typing_extensions >= 4.16 for pydantic 2.14; pandas < 3 for anndata); it has
+#                 torch, numpy, scipy, h5py, torch-geometric, safetensors, tensorboard, accelerate, pytest, ...;
 #                 deepspeed as the pure-Python wheel `pip wheel --no-deps` builds here.
 #   .gpu/counts/  the real count matrices of ../shared/data/counts (the device gets only the repository).
-# Then, with the device tool:  run(command="bash bench/gpu/check.sh", carry=[".whl", ".gpu"], timeout_s=540)
+# Then, with the device tool:  run(command="bash bench/gpu/check.sh", carry=[".whl", ".gpu"], timeout_s=360)
+# (.whl ~33 MB + .gpu ~23 MB + the repository: under the 64 MiB a call may carry)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -14,7 +16,8 @@ grep -qxF '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/e
 rm -rf .whl && mkdir -p .whl .gpu
 # Versions as installed here (the CPU CI image), so both machines run the same library code.
 PKGS="hjson pydantic pydantic-core annotated-types typing-inspection anndata array-api-compat natsort
-legacy-api-wrap scverse-misc session-info2 zarr zarrs numcodecs donfig google-crc32c webdataset braceexpand"
+legacy-api-wrap scverse-misc session-info2 zarr zarrs numcodecs donfig google-crc32c webdataset braceexpand
+typing_extensions pandas"
 SPECS=$($PY -m pip freeze | $PY -c "
 import sys
 want = {p.lower().replace('_', '-') for p in '''$PKGS'''.split()}
