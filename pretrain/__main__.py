@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=20 model.n_layers=2")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from pretrain.console import quiet_console
+
+    quiet_console()  # DeepSpeed's INFO lines and Python warnings go to RUN/logs/rank{r}.log, not the console
     from pretrain.config import ConfigError
     from pretrain.trainer import NonFiniteLossError, run
 

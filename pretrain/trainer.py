@@ -26,6 +26,7 @@ from data_prep.loader import StatefulCellLoader, StreamingCellDataset
 from data_prep.test_hooks import TestHookError, read_step_hook
 from pretrain import checkpointing as ckpt
 from pretrain.config import WHOLE_SHARDS, ConfigError, PretrainConfig
+from pretrain.console import attach_run_log
 from pretrain.metrics import MetricsLogger, memory_gb
 from pretrain.model_factory import build_model, check_compile, check_corpus, model_config
 from pretrain.models.common import resolve_attention
@@ -94,6 +95,7 @@ class Trainer:
         if (why := out_dir_problem(self.run_dir)) is not None:
             msg = f"train.out_dir = {str(self.run_dir)!r}: {why}."
             raise ConfigError(msg)
+        attach_run_log(self.run_dir, self.rank)
         if not cfg.data.corpus:
             msg = "data.corpus is empty: point it at a directory written by `scgrn shard`."
             raise ConfigError(msg)

@@ -44,6 +44,10 @@ def test_nonfinite_loss_stops_with_message_and_checkpoint(tmp_path, cli):
     assert "Traceback" not in proc.stderr
     saved = [p for p in (run / "checkpoints").iterdir() if p.name.startswith("step")]
     assert saved and all((p / "COMPLETE").exists() for p in saved)
+    # a quiet console: DeepSpeed's lines are in the run's log, not on the console (pretrain/console.py)
+    console = proc.stdout + proc.stderr
+    assert "DeepSpeed" not in console and "Setting accelerator" not in console, console[-2000:]
+    assert "DeepSpeed info: version=" in (run / "logs" / "rank0.log").read_text()
 
 
 @pytest.mark.distributed
