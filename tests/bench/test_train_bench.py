@@ -7,7 +7,9 @@ different cells would make the packed/padded ratio meaningless; so would a ZeRO 
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import shutil
 
 import pytest
@@ -138,3 +140,23 @@ def test_zero3_holds_less_than_zero0_on_two_ranks():
         assert e3["bytes"]["grads"] < e0["bytes"]["grads"]
     text = zm.report({0: zero0, 3: zero3}, {"config": "debug", "vocab_size": 5000, "load_before": "", "load_after": ""})
     assert "ZeRO-3 / ZeRO-0:" in text
+
+
+def test_the_gpu_bench_runs_the_deepspeed_engine_path_on_cpu(tmp_path, cli):
+    """`scgrn bench train gpu --path deepspeed` (its default) times the engine `scgrn pretrain` runs; on CPU it runs
+    fp32 and reports no MFU (no peak), but the same code path as on a GPU up to the precision."""
+    from conftest import make_adata
+
+    (tmp_path / "counts").mkdir()
+    make_adata(120, 60, seed=3).write_h5ad(tmp_path / "counts" / "a.h5ad")
+    model = ("--model", "d_model=32", "--model", "n_heads=2", "--model", "d_ff=64", "--model", "n_layers=1")
+    out = tmp_path / "gpu.json"
+    args = ["bench", "train", "gpu", "--device", "cpu", "--counts", tmp_path / "counts", "--workdir", tmp_path / "w",
+            "--configs", "scbert-base", "--backends", "sdpa,padded-sdpa", "--batch-cells", "8", "--steps", "2",
+            "--warmup", "1", *model, "--json", out]  # fmt: skip
+    proc = cli(*args, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert [(r["backend"], r["path"]) for r in results] == [("sdpa", "deepspeed"), ("padded-sdpa", "deepspeed")]
+    assert all(math.isfinite(r["final_loss"]) and r["tokens_per_s"] > 0 and r["mfu"] is None for r in results)
+    assert "padded-sdpa tokens/s" in proc.stdout
