@@ -10,7 +10,7 @@ import re
 import subprocess
 
 import pytest
-from conftest import REPO, require_shared
+from conftest import REPO, make_adata
 
 CHECK = REPO / "bench" / "gpu" / "check.sh"
 
@@ -31,8 +31,10 @@ def test_the_step_budgets_fit_one_device_command():
 
 
 def test_a_dry_run_walks_every_step_and_writes_the_summary(tmp_path):
-    require_shared("counts")
-    done = _run(tmp_path, "--dry-run")
+    counts = tmp_path / "counts"  # the check reads real count matrices (.gpu/counts); any .h5ad counts will do
+    counts.mkdir()
+    make_adata(240, 80, seed=5, density=0.3).write_h5ad(counts / "cells.h5ad")
+    done = _run(tmp_path, "--dry-run", env_extra={"COUNTS": str(counts)})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     for n in range(1, 8):
         assert f"=== {n} " in done.stdout
