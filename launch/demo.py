@@ -22,6 +22,7 @@ from data_prep.config import ShardConfig
 from data_prep.io_utils import atomic_write_text
 from data_prep.sharder import shard
 from data_prep.simulate import SimulationConfig, write_simulation
+from pretrain.console import quiet_env
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "launch" / "configs" / "pretrain" / "demo.yaml"
@@ -61,11 +62,14 @@ def run_demo(out: Path, data: list[Path] | None = None, prior: Path | None = Non
     from finetune.errors import GrnInputError
     from finetune.grn.config import GrnConfig
     from finetune.grn.pipeline import run_grn
+    from pretrain.console import attach_run_log, quiet_console
     from pretrain.release import export_release
 
     start = time.perf_counter()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    quiet_console()  # DeepSpeed's lines and warnings (dask's "large graph" one) go to OUT/logs/demo.log
+    attach_run_log(out, "demo")
     timings: dict[str, float] = {}
     if data:
         inputs = [Path(p).resolve() for p in data]
@@ -101,11 +105,15 @@ def run_demo(out: Path, data: list[Path] | None = None, prior: Path | None = Non
     shutil.rmtree(run_dir, ignore_errors=True)
     command = _pretrain_command(corpus, run_dir, steps)
     print("  $ " + " ".join(command), flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    code = subprocess.run(command, cwd=REPO, env=env, check=False).returncode
+    env = quiet_env({**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    # the launcher's own INFO lines (stdout) go to its log; the ranks' progress bar and errors (stderr) stay here
+    launcher_log = out / "logs" / "launcher.log"
+    with launcher_log.open("w") as stdout:
+        code = subprocess.run(command, cwd=REPO, env=env, stdout=stdout, check=False).returncode
     if code != 0:
-        print(f"scgrn demo: error: pretraining exited {code}; its output is above (run dir {run_dir}).",
-              file=sys.stderr)  # fmt: skip
+        tail = "".join(launcher_log.read_text().splitlines(keepends=True)[-20:])
+        print(f"{tail}scgrn demo: error: pretraining exited {code}; the launcher's output is in {launcher_log} "
+              f"(its end above), the ranks' in {run_dir / 'logs'}.", file=sys.stderr)  # fmt: skip
         return code
     summary = json.loads((run_dir / "run_summary.json").read_text())
     losses = summary.get("final_losses") or {}
@@ -175,6 +183,7 @@ def _summary(out, payload, timings, total, run_dir, grn_out, release) -> None:
     print(f"    curves           {grn_out / 'roc.png'}, {grn_out / 'pr.png'}")
     print(f"    metrics          {grn_out / 'metrics.json'}, {grn_out / 'results.md'}")
     print(f"    training curves  tensorboard --logdir {run_dir / 'tensorboard'}")
+    print(f"    logs             {out / 'logs'} (launcher, demo), {run_dir / 'logs'} (each rank)")
     summary = {"auroc": auroc, "joint": joint, "edges_method": payload["edges_method"], "verdict": payload["verdict"],
                "joint_margins": margins, "seconds": {**timings, "total": total}}  # fmt: skip
     atomic_write_text(out / "demo_summary.json", json.dumps(summary, indent=1))

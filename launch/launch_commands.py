@@ -294,7 +294,9 @@ def run_plan(plan: LaunchPlan) -> int:
         path = Path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    from pretrain.console import quiet_env
+
+    env = quiet_env({**os.environ, "PYTHONUNBUFFERED": "1"})  # no "found no GPU" warning from each process on CPU
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     code = 0
     for command in plan.commands:

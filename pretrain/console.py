@@ -28,11 +28,7 @@ _ROUTED = ("DeepSpeed", "py.warnings")
 
 def quiet_console() -> None:
     """Hold DeepSpeed's records and Python warnings for the run's log (see the module docstring)."""
-    if "DS_ACCELERATOR" not in os.environ:
-        import torch
-
-        if not torch.cuda.is_available():
-            os.environ["DS_ACCELERATOR"] = "cpu"
+    os.environ.update(quiet_env(dict(os.environ)))
     logging.captureWarnings(capture=True)
     from deepspeed.utils import logger as ds_logger  # creates DeepSpeed's logger with its stdout handler
 
@@ -47,9 +43,20 @@ def quiet_console() -> None:
     ds_logger.setLevel(logging.INFO)
 
 
-def attach_run_log(run_dir: Path, rank: int) -> Path:
-    """Write what was held, and every later record of DeepSpeed, warnings and scgrn, to RUN/logs/rank{rank}.log."""
-    path = Path(run_dir) / "logs" / f"rank{rank}.log"
+def quiet_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a launcher subprocess (deepspeed, torchrun): DS_ACCELERATOR=cpu where torch sees no GPU, so its
+    processes do not warn that they found none."""
+    if "DS_ACCELERATOR" in env:
+        return env
+    import torch
+
+    return env if torch.cuda.is_available() else {**env, "DS_ACCELERATOR": "cpu"}
+
+
+def attach_run_log(run_dir: Path, rank: int | str) -> Path:
+    """Write what was held, and every later record of DeepSpeed, warnings and scgrn, to RUN/logs/rank{rank}.log
+    (RUN/logs/{name}.log for a name, e.g. the demo's own process)."""
+    path = Path(run_dir) / "logs" / (f"rank{rank}.log" if isinstance(rank, int) else f"{rank}.log")
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")  # open(): the mode follows the umask
     handler.setFormatter(_FORMAT)

@@ -236,9 +236,19 @@ def load_checkpoint(engine, directory: Path, tag: str) -> dict:
 
 def consolidated_fp32_state_dict(checkpoint_root: Path, tag: str) -> dict[str, torch.Tensor]:
     """Gather ZeRO-partitioned parameters of a saved checkpoint into one fp32 state dict (zero_to_fp32)."""
+    import contextlib
+    import io
+
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_root), tag=tag)
+    printed = io.StringIO()  # it print()s its progress: kept for the log, off the console
+    with contextlib.redirect_stdout(printed):
+        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_root), tag=tag)
+    if printed.getvalue().strip():
+        # DeepSpeed's own logger: the run's log file under `console.quiet_console`, never scgrn's console lines
+        text = printed.getvalue().rstrip()
+        logging.getLogger("DeepSpeed").info("zero_to_fp32 (%s/%s):\n%s", checkpoint_root, tag, text)
+    return state
 
 
 def barrier() -> None:

@@ -30,3 +30,10 @@ def test_demo_recovers_the_simulated_network_well_above_chance(tmp_path):
     assert "| joint-gcn |" in proc.stdout and "tensorboard --logdir" in proc.stdout
     assert f"edges.tsv ranked by **{result['edges_method']}**" in proc.stdout
     assert "split variance only" in proc.stdout and "best on held-out" not in proc.stdout
+    # a quiet console: the launcher's and DeepSpeed's lines and library warnings are in the logs, complete
+    console = proc.stdout + proc.stderr
+    noises = ("Setting accelerator", "[INFO]", "[WARNING]", "WORLD INFO", "Processing zero checkpoint", "UserWarning")
+    for noise in noises:
+        assert noise not in console, noise
+    assert "WORLD INFO DICT" in (out / "logs" / "launcher.log").read_text()
+    assert "zero_to_fp32" in (out / "logs" / "demo.log").read_text()
