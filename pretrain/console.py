@@ -4,9 +4,10 @@ DeepSpeed logs INFO lines through its own stdout handler, warns "Setting acceler
 and torch, DeepSpeed and dask raise deprecation and performance warnings (dask's "large graph" one among them). Each
 rank's process (every launcher runs `python -m pretrain`) routes them, complete, to RUN/logs/rank{r}.log:
 
-    quiet_console()            first thing in `python -m pretrain`, before DeepSpeed is imported: DeepSpeed's records
-                               (INFO and up) and Python warnings are held in memory; DeepSpeed's errors still reach
-                               the console
+    quiet_console()            first thing in `python -m pretrain`: Python warnings and DeepSpeed's records are held
+                               in memory (`pretrain.parallel.engine`, the one module that imports DeepSpeed, calls
+                               `tame_deepspeed_logger` after the import: INFO and up kept, its console handler shows
+                               only errors)
     attach_run_log(run, rank)  once the run directory is known: the held records are written to the rank's log file
                                and every later one goes there too, with our own INFO lines
 
@@ -30,17 +31,23 @@ def quiet_console() -> None:
     """Hold DeepSpeed's records and Python warnings for the run's log (see the module docstring)."""
     os.environ.update(quiet_env(dict(os.environ)))
     logging.captureWarnings(capture=True)
-    from deepspeed.utils import logger as ds_logger  # creates DeepSpeed's logger with its stdout handler
-
     for name in _ROUTED:
         logger = logging.getLogger(name)
         logger.propagate = False
-        for handler in list(logger.handlers):
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                handler.setLevel(logging.ERROR)  # errors still reach the console
         if _HELD not in logger.handlers:
             logger.addHandler(_HELD)
-    ds_logger.setLevel(logging.INFO)
+    tame_deepspeed_logger()
+
+
+def tame_deepspeed_logger() -> None:
+    """DeepSpeed's logger, once DeepSpeed has created it (`pretrain.parallel.engine` calls this after importing it):
+    INFO and up are kept (for the run's log), its own stdout handler shows only errors."""
+    logger = logging.getLogger("DeepSpeed")
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.ERROR)  # errors still reach the console
+    if _HELD in logger.handlers or any(isinstance(h, logging.FileHandler) for h in logger.handlers):
+        logger.setLevel(logging.INFO)
 
 
 def quiet_env(env: dict[str, str]) -> dict[str, str]:

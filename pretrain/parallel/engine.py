@@ -18,9 +18,11 @@ import torch
 from deepspeed.accelerator import get_accelerator
 
 from pretrain.config import ConfigError, PretrainConfig
+from pretrain.console import tame_deepspeed_logger
 from pretrain.parallel.step_settings import fill_step_settings
 
 log = logging.getLogger("scgrn.pretrain")
+tame_deepspeed_logger()  # its INFO lines to the run's log when `console.quiet_console` set one up, else unchanged
 REPO = Path(__file__).resolve().parents[2]
 DS_CONFIG_DIR = REPO / "launch" / "configs" / "deepspeed"
 
