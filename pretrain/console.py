@@ -43,11 +43,12 @@ def tame_deepspeed_logger() -> None:
     """DeepSpeed's logger, once DeepSpeed has created it (`pretrain.parallel.engine` calls this after importing it):
     INFO and up are kept (for the run's log), its own stdout handler shows only errors."""
     logger = logging.getLogger("DeepSpeed")
+    if _HELD not in logger.handlers and not any(isinstance(h, logging.FileHandler) for h in logger.handlers):
+        return  # no log to route to (a process that did not call quiet_console): DeepSpeed's own console stays
     for handler in list(logger.handlers):
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.ERROR)  # errors still reach the console
-    if _HELD in logger.handlers or any(isinstance(h, logging.FileHandler) for h in logger.handlers):
-        logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO)
 
 
 def quiet_env(env: dict[str, str]) -> dict[str, str]:
