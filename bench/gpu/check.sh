@@ -68,13 +68,14 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_dev
     | tee -a "$OUT/device.txt" || { echo "check stopped: torch cannot use the GPU"; exit 3; }
 fi
 
-step "3 backend parity (gpu marker)"
+step "3 backend parity and no host syncs (gpu marker)"
+GPU_TESTS=(tests/pretrain/test_attention.py tests/pretrain/test_host_sync.py)
 if [ "$DRY" = 1 ]; then
-  timeout "$T_TESTS" "$PY" -m pytest -q --collect-only -m gpu -p no:cacheprovider tests/pretrain/test_attention.py \
+  timeout "$T_TESTS" "$PY" -m pytest -q --collect-only -m gpu -p no:cacheprovider "${GPU_TESTS[@]}" \
     > "$OUT/gpu_tests_collected.log" 2>&1 || status=1
   tail -1 "$OUT/gpu_tests_collected.log"
 else
-  timeout "$T_TESTS" "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/pretrain/test_attention.py \
+  timeout "$T_TESTS" "$PY" -m pytest -q -m gpu -p no:cacheprovider "${GPU_TESTS[@]}" \
     > "$OUT/gpu_tests.log" 2>&1 || status=1
   tail -15 "$OUT/gpu_tests.log"
 fi
