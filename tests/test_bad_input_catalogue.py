@@ -359,6 +359,14 @@ def compile_with_an_attention_that_loops_on_the_host(tmp):
 
 
 @case("pretrain")
+def head_dim_the_fused_kernel_cannot_run(tmp):
+    from pretrain.models.attention import check_head_dim
+
+    needles = ["model.d_model / model.n_heads = 36", "'varlen'", "a multiple of 8, at most 256", "model.n_heads"]
+    return lambda: check_head_dim("varlen", 36), ValueError, needles
+
+
+@case("pretrain")
 def release_without_config(tmp):
     return lambda: load_release(tmp), ConfigError, [str(tmp), "no config.json", "scgrn export"]
 

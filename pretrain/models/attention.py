@@ -134,6 +134,20 @@ def resolve_backend(
     return name
 
 
+FUSED_HEAD_DIMS = "a multiple of 8, at most 256"  # FlashAttention-2's kernels (torch's varlen and flash-attn)
+
+
+def check_head_dim(backend: str, head_dim: int) -> None:
+    """Refuse a head dim the fused kernels (`varlen`, `flash`) cannot run, naming the model keys to change."""
+    if backend in ("varlen", "flash") and (head_dim % 8 or head_dim > 256):
+        msg = (
+            f"model.d_model / model.n_heads = {head_dim}: attention backend {backend!r} (FlashAttention-2 kernels) "
+            f"needs a head dim that is {FUSED_HEAD_DIMS} (e.g. 64 or 128); change model.n_heads or model.d_model, "
+            'or set model.attention to "sdpa"'
+        )
+        raise ValueError(msg)
+
+
 def _accepts(fn: Callable, parameter: str) -> bool:
     try:
         return parameter in inspect.signature(fn).parameters

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretrain.models.attention import resolve_backend, segment_ids, varlen_attention, varlen_kernel
+from pretrain.models.attention import check_head_dim, resolve_backend, segment_ids, varlen_attention, varlen_kernel
 
 GENE_SAMPLING_MODES = ("random", "topk")
 
@@ -232,6 +232,8 @@ def resolve_attention(model: nn.Module, device: torch.device | str, dtype: torch
                 resolve_backend(module.backend, device, dtype, module.dropout),
                 resolve_backend(module.backend, device, dtype, 0.0),
             )
+            for backend in module.resolved_backends:
+                check_head_dim(backend, module.head_dim)
             chosen[name] = " / ".join(module.resolved_backends)
             if "varlen" in module.resolved_backends:
                 varlen_kernel()  # looked up now, read as a constant by a compiled graph

@@ -415,3 +415,11 @@ def test_cuda_sdpa_matches_reference(dtype, name, lengths_q, lengths_k):
     torch.testing.assert_close(outs["sdpa"].float(), outs["reference"].float(), **tol)
     for got, expected in zip(grads["sdpa"], grads["reference"], strict=True):
         torch.testing.assert_close(got, expected, **tol)
+
+
+def test_head_dims_the_fused_kernels_run_pass_and_others_are_refused():
+    for backend, head_dim in (("varlen", 64), ("varlen", 128), ("flash", 256), ("sdpa", 36), ("reference", 12)):
+        attention.check_head_dim(backend, head_dim)
+    for backend, head_dim in (("varlen", 36), ("flash", 512)):
+        with pytest.raises(ValueError, match="a multiple of 8, at most 256"):
+            attention.check_head_dim(backend, head_dim)
