@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         text = render(results, skipped_named, args, machine, time.perf_counter() - start, too_small)
         atomic_write_text(args.results, text)
         summary = {**results, TOO_SMALL_KEY: too_small}
-        atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=1, default=str))
+        # compact: the pieces of the BEELINE table are kept in git (bench/grn_runs/)
+        atomic_write_text(args.out / "summary.json", json.dumps(summary, separators=(",", ":"), default=str))
     print(text)
     return 0
