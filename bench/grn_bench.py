@@ -47,6 +47,12 @@ COLUMNS = ("joint", "genelink-gat", "expression-gcn", "random-embedding", "rando
            "pearson", "regression", "partial", "trees", "pretrained-isd", "random-init-isd",
            "degree", "topology", "label-knn")  # fmt: skip
 SHORTCUTS = ("degree", "topology", "label-knn")
+# the methods of the leak-free BEELINE table (issue 20), fixed so that pieces run in different sessions compare; the
+# perturbation probe (issue 21) came later and is measured by its own experiment
+TABLE_EVIDENCE = ("pearson", "regression", "partial", "trees", "isd")
+TABLE_BASELINES = ("genelink-gat", "expression-gcn", "random-embedding", "random-init", "no-gnn", "evidence-logreg",
+                   "pretrained-isd", "random-init-isd", "pearson", "spearman", "partial", "regression", "trees",
+                   "degree", "topology", "label-knn")  # fmt: skip
 TOO_SMALL_KEY = "_too_small"  # summary.json: {protocol: [[dataset, test positives], ...]} of sets too small to run
 BEST_SHORTCUT = "best shortcut"
 PAIRS = (("joint", "genelink-gat"), ("joint", "pearson"), ("joint", "regression"), ("joint", "trees"),
@@ -238,6 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST.. (add seeds to earlier summaries)")
     p.add_argument("--budget", type=int, default=3, help="hyper-parameter configurations per learned method")
     p.add_argument("--isd-cells", type=int, default=200, help="cells for the in-silico deletion evidence")
+    p.add_argument(
+        "--evidence",
+        default=",".join(TABLE_EVIDENCE),
+        help="pair evidence of the learned models (default: the leak-free table's, fixed so its pieces compare)",
+    )
+    p.add_argument(
+        "--baselines",
+        default=",".join(TABLE_BASELINES),
+        help="methods beside the joint model (default: the leak-free table's, fixed so its pieces compare)",
+    )
     p.add_argument("--gnn", default="gcn")
     p.add_argument("--tree-method", default="grnboost2")
     p.add_argument("--only", default="", help="comma-separated substrings of dataset names, e.g. 'TFs+500'")
@@ -291,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                             negatives=negatives, seeds=args.seeds, first_seed=args.first_seed,
                             tuning_budget=args.budget, gnn=args.gnn,
                             tree_method=args.tree_method, isd_cells=args.isd_cells, cache_dir=args.out / "cache",
+                            evidence=[e for e in args.evidence.split(",") if e and e != "none"],
+                            baselines=[b for b in args.baselines.split(",") if b],
                             workers=args.workers, progress=False)  # fmt: skip
             try:
                 payload = run_grn(cfg)

@@ -37,6 +37,8 @@ def add_grn_parser(sub) -> None:
     p.add_argument("--tuning-budget", type=int, default=3, help="configurations per learned method and seed")
     p.add_argument("--supervision-fraction", type=float, default=0.3, help="training rows held out of the graph")
     p.add_argument("--isd-cells", type=int, default=600, help="cells for the in-silico deletion evidence")
+    p.add_argument("--probe-cells", type=int, default=100, help="metacells for the perturbation probe")
+    p.add_argument("--attention-cells", type=int, default=600, help="cells for the attention readout")
     p.add_argument("--method", help="write edges.tsv from this method (default: the best on validation)")
     p.add_argument("--pooling", default="auto", choices=POOLING_CHOICES)
     p.add_argument("--seeds", type=int, default=5)
@@ -99,6 +101,8 @@ def config_from_args(args: argparse.Namespace):
         tuning_budget=args.tuning_budget,
         supervision_fraction=args.supervision_fraction,
         isd_cells=args.isd_cells,
+        probe_cells=args.probe_cells,
+        attention_cells=args.attention_cells,
         method=args.method,
         pooling=args.pooling,
         seeds=args.seeds,

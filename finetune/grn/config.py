@@ -16,6 +16,10 @@ LEARNED_BASELINES = ("genelink-gat", "expression-gcn", "random-embedding", "rand
 UNSUPERVISED_BASELINES = (
     "pretrained-isd",
     "random-init-isd",
+    "pretrained-probe",
+    "random-init-probe",
+    "pretrained-attention",
+    "random-init-attention",
     "pearson",
     "spearman",
     "partial",
@@ -26,7 +30,7 @@ UNSUPERVISED_BASELINES = (
 # what a benchmark can be passed with, never the method that writes edges.tsv.
 SHORTCUT_BASELINES = ("degree", "topology", "label-knn")
 BASELINES = LEARNED_BASELINES + UNSUPERVISED_BASELINES + SHORTCUT_BASELINES
-EVIDENCE = ("pearson", "regression", "partial", "trees", "isd")
+EVIDENCE = ("pearson", "regression", "partial", "trees", "isd", "probe", "attention")
 SPLITS = ("genelink", "cold-start", "held-out-genes")
 
 
@@ -62,14 +66,20 @@ class GrnConfig:
     evidence: list[str] | None = None
     """Pair evidence the learned models' decoders see (evidence.py): pearson (|r|), regression (|t| of the TF's
     coefficient when the target is regressed on all TFs), partial (|partial correlation| given all genes), trees (the
-    tree baseline's importance), isd (the release's in-silico deletion effect). Empty: none. Default: all of them,
-    without trees when --tree-method is none."""
+    tree baseline's importance), isd (the release's in-silico deletion effect), probe (the release's response to a
+    TF's input moved from low to high, probe.py), attention (the target's attention to the TF, mean over layers and
+    heads, attention_readout.py; left out for releases without attention over genes). Empty: none. Default: all of
+    them, without trees when --tree-method is none."""
     tuning_budget: int = 3
     """Hyper-parameter configurations every learned method tries per seed (chosen on that seed's validation set)."""
     supervision_fraction: float = 0.3
     """Training rows held out of message passing each epoch as the loss's targets (fit.py)."""
     isd_cells: int = 600
     """Cells streamed through the release for the in-silico deletion evidence."""
+    probe_cells: int = 100
+    """Metacells (each a cell and its 19 nearest neighbours) in which the perturbation probe moves TFs."""
+    attention_cells: int = 600
+    """Cells whose queries and keys are averaged for the attention readout."""
     method: str | None = None
     """Which method writes edges.tsv; default: the one with the best validation AUROC (named in the output)."""
     pooling: str = "auto"
@@ -157,7 +167,7 @@ class GrnConfig:
                 "reverse in one set (drop --split-repair)"
             )
         positive = ("seeds", "layers", "hidden", "epochs", "patience", "workers", "max_genes")
-        positive += ("tuning_budget", "isd_cells")
+        positive += ("tuning_budget", "isd_cells", "probe_cells", "attention_cells")
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} {getattr(self, name)!r}: must be an int >= 1")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,17 +27,13 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from data_prep.config import ShardConfig
-from data_prep.gene_mapping import MappingOptions, map_genes
-from data_prep.io_utils import atomic_write_text, publish
-from data_prep.loader import StreamingCellDataset
-from data_prep.sharder import shard
-from data_prep.vocab import GeneVocab
+from data_prep.io_utils import publish
 from finetune.errors import GrnInputError
-from pretrain.release import load_release, release_sha256
+from finetune.grn.release_inputs import ReleaseInputs, open_release_inputs
 
 POOLINGS = ("mean", "attention", "static")
 DEFAULT_MIN_COVERAGE = 0.5
+EMBEDDINGS_VERSION = 1
 
 
 @dataclass
@@ -117,27 +112,36 @@ class GeneEmbeddings:
         )
 
 
-def vocab_ids(genes: list[str], vocab: GeneVocab, source: str) -> np.ndarray:
-    """(n_genes,) vocab id of each gene, -1 when unknown; the rule data_prep's sharding uses (case-insensitive)."""
-    options = MappingOptions(case_insensitive=True, duplicate_genes="sum", min_mapped_fraction=0.0)
-    return map_genes(list(genes), vocab, options, source).column_to_id
-
-
-def check_coverage(genes: list[str], ids: np.ndarray, release: Path, min_coverage: float, source: str) -> None:
-    mapped = int((ids >= 0).sum())
-    fraction = mapped / max(1, len(genes))
-    if fraction < min_coverage:
-        missing = [g for g, i in zip(genes, ids, strict=True) if i < 0][:8]
-        msg = (
-            f"release {release}: its vocabulary covers only {mapped} of the {len(genes)} genes of {source} "
-            f"({fraction:.1%}); at least {min_coverage:.0%} are required (--min-vocab-coverage). Unmapped examples: "
-            f"{missing}. Use a release pretrained on the same species / gene naming (symbols vs Ensembl ids), or "
-            "lower --min-vocab-coverage to accept learned vectors for the missing genes."
-        )
-        raise GrnInputError(msg)
-
-
 @torch.no_grad()
+def gene_embeddings(
+    rel: ReleaseInputs, kind: str = "pretrained", *, batch_cells: int = 32, seed: int = 0, progress: bool = False
+) -> GeneEmbeddings:
+    """Run the release (or its random-init twin, `kind`) over the dataset's cells and pool per gene (see the module
+    docstring). Rows follow `rel.genes`."""
+    model = rel.model(kind)
+    if not hasattr(model, "gene_states"):
+        msg = f"release {rel.path}: family {rel.family} has no gene_states(); scgrn cannot embed genes with it."
+        raise GrnInputError(msg)
+    ids = rel.ids
+    mean, attention, cells = _pool(model, rel, batch_cells, seed, progress)
+    static = model.gene_embedding.weight.detach().float().numpy()  # (V, D)
+    static_rows = np.zeros((rel.n_genes, static.shape[1]), dtype=np.float32)
+    static_rows[ids >= 0] = static[ids[ids >= 0]]
+    no_cells = (ids >= 0) & (cells == 0)
+    mean[no_cells] = static_rows[no_cells]
+    attention[no_cells] = static_rows[no_cells]
+    return GeneEmbeddings(
+        genes=list(rel.genes),
+        mean=mean,
+        attention=attention,
+        static=static_rows,
+        mapped=ids >= 0,
+        cells_expressing=cells,
+        release=rel.sha256 if kind == "pretrained" else f"random-init:{rel.sha256}",
+        meta={"release_path": str(rel.path), "family": type(model).__name__, "value_kind": rel.value_kind},
+    )
+
+
 def extract_gene_embeddings(
     release: Path,
     genes: list[str],
@@ -145,13 +149,11 @@ def extract_gene_embeddings(
     *,
     value_kind: str,
     work_dir: Path | None = None,
-    batch_cells: int = 32,
     min_coverage: float = DEFAULT_MIN_COVERAGE,
-    seed: int = 0,
-    progress: bool = False,
-    model: torch.nn.Module | None = None,
+    kind: str = "pretrained",
+    **options,
 ) -> GeneEmbeddings:
-    """Run `release` over the cells of `expression_file` and pool per gene (see the module docstring).
+    """`gene_embeddings` of one release on one file, for a caller that needs nothing else from the release.
 
     Args:
         genes: the dataset's genes in its own order; the output rows follow it.
@@ -159,91 +161,28 @@ def extract_gene_embeddings(
         value_kind: "counts" or "log1p" (BEELINE). log1p values are turned back into relative expression
             (expm1) before the model's own per-cell normalisation; both families normalise per cell, so the
             unknown scale of a log-normalised matrix does not matter, only its log base does (natural assumed).
-        model: run this model instead of the release's weights, with the release's vocabulary (the random-init
-            ablation: `evidence.random_init_like(release)`).
+        kind: "pretrained" or "random-init" (the release's architecture with fresh weights: the ablation).
     """
-    release = Path(release)
-    if model is None:
-        model, vocab = load_release(release)
-        origin = release_sha256(release)
-    else:
-        vocab, origin = GeneVocab.load(release / "vocab.json"), f"random-init:{release_sha256(release)}"
-    ids = vocab_ids(genes, vocab, str(expression_file))
-    check_coverage(genes, ids, release, min_coverage, str(expression_file))
-    if not hasattr(model, "gene_states"):
-        msg = (
-            f"release {release}: family {type(model).__name__} has no gene_states(); scgrn cannot embed genes with it."
-        )
-        raise GrnInputError(msg)
-    row_of_id = np.full(vocab.size, -1, dtype=np.int64)
-    for row, i in enumerate(ids):
-        if i >= 0 and row_of_id[i] < 0:
-            row_of_id[i] = row
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        corpus = release_corpus(release, expression_file, value_kind, Path(tmp))
-        pooled = _pool(model, corpus, row_of_id, len(genes), value_kind, batch_cells, seed, progress)
-    static = model.gene_embedding.weight.detach().float().numpy()  # (V, D)
-    static_rows = np.zeros((len(genes), static.shape[1]), dtype=np.float32)
-    static_rows[ids >= 0] = static[ids[ids >= 0]]
-    mean, attention, cells = pooled
-    no_cells = (ids >= 0) & (cells == 0)
-    mean[no_cells] = static_rows[no_cells]
-    attention[no_cells] = static_rows[no_cells]
-    return GeneEmbeddings(
-        genes=list(genes),
-        mean=mean,
-        attention=attention,
-        static=static_rows,
-        mapped=ids >= 0,
-        cells_expressing=cells,
-        release=origin,
-        meta={"release_path": str(release), "family": type(model).__name__, "value_kind": value_kind},
-    )
+    with open_release_inputs(
+        release, genes, expression_file, value_kind=value_kind, min_coverage=min_coverage, work_dir=work_dir
+    ) as rel:
+        return gene_embeddings(rel, kind, **options)
 
 
-def release_corpus(release: Path, expression_file: Path, value_kind: str, work_dir: Path) -> Path:
-    """Shard `expression_file` with the release's own vocabulary (case-insensitive, unmapped genes dropped) into
-    `work_dir/corpus`, so its cells stream through the model exactly as pretraining's did."""
-    corpus = Path(work_dir) / "corpus"
-    cfg = ShardConfig(
-        inputs=[Path(expression_file)],
-        out=corpus,
-        format="zarr",
-        vocab=Path(release) / "vocab.json",
-        values=value_kind,
-        unmapped="drop",
-        val_fraction=0.0,
-        mapping=MappingOptions(case_insensitive=True, duplicate_genes="sum", min_mapped_fraction=0.0),
-    )
-    shard(cfg, progress=False)
-    return corpus
-
-
-def release_batches(corpus: Path, batch_cells: int, value_kind: str = "counts"):
-    """Packed batches of the corpus's cells in file order; log1p values are turned back into relative expression
-    (expm1) for the model's own per-cell normalisation."""
-    data = StreamingCellDataset(corpus, split="all", shuffle=False, batch_size=batch_cells, obs_columns=[])
-    for batch in data:
-        out = batch.to_torch()
-        if value_kind == "log1p":
-            out["values"] = torch.expm1(out["values"])
-        yield out
-
-
-def _states(model, batch: dict, value_kind: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    del value_kind  # release_batches has already turned log1p back into relative expression
+def _states(model, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     states = model.gene_states(batch["gene_ids"], batch["values"], batch["cu_seqlens"], generator=generator)  # (T, D)
     return batch["gene_ids"], states.float()
 
 
-def _pool(model, corpus, row_of_id, n_genes, value_kind, batch_cells, seed, progress):
+def _pool(model, rel: ReleaseInputs, batch_cells, seed, progress):
     """Two streaming passes over the cells: per-gene means, then attention weights against those means."""
     from tqdm.auto import tqdm
 
+    n_genes = rel.n_genes
     d = model.gene_embedding.weight.shape[1]
     sums = torch.zeros(n_genes, d)
     cells = torch.zeros(n_genes, dtype=torch.int64)
-    row_of_id = torch.from_numpy(row_of_id)
+    row_of_id = torch.from_numpy(rel.row_of_id)
     for pass_ in ("mean", "attention"):
         generator = torch.Generator().manual_seed(seed)  # the same gene sampling in both passes
         if pass_ == "attention":
@@ -251,9 +190,8 @@ def _pool(model, corpus, row_of_id, n_genes, value_kind, batch_cells, seed, prog
             best = torch.full((n_genes,), -math.inf)
             weighted = torch.zeros(n_genes, d)
             norm = torch.zeros(n_genes)
-        batches = release_batches(corpus, batch_cells, value_kind)
-        for batch in tqdm(batches, desc=f"gene states ({pass_})", disable=not progress):
-            gene_ids, states = _states(model, batch, value_kind, generator)
+        for batch in tqdm(rel.batches(batch_cells), desc=f"gene states ({pass_})", disable=not progress):
+            gene_ids, states = _states(model, batch, generator)
             rows = row_of_id[gene_ids]  # (T,)
             keep = rows >= 0
             rows, states = rows[keep], states[keep]
@@ -276,17 +214,16 @@ def _pool(model, corpus, row_of_id, n_genes, value_kind, batch_cells, seed, prog
     return mean, attention, cells.numpy()
 
 
-def cached_gene_embeddings(cache_dir: Path | None, key_parts: list[str], **kwargs) -> GeneEmbeddings:
-    """`extract_gene_embeddings` with a cache under `cache_dir` keyed by release + input + options."""
-    import hashlib
-
+def cached_gene_embeddings(
+    rel: ReleaseInputs, kind: str, cache_dir: Path | None, *, progress: bool = False
+) -> GeneEmbeddings:
+    """`gene_embeddings` with a cache under `cache_dir` keyed by model, data, genes and kind (safetensors)."""
     if cache_dir is None:
-        return extract_gene_embeddings(**kwargs)
-    key = hashlib.sha256("\x00".join(key_parts).encode()).hexdigest()[:24]
+        return gene_embeddings(rel, kind, progress=progress)
+    key = rel.cache_key(f"gene-embeddings-v{EMBEDDINGS_VERSION}", kind)
     path = Path(cache_dir) / f"gene_embeddings-{key}.safetensors"
     if path.exists():
         return GeneEmbeddings.load(path)
-    emb = extract_gene_embeddings(**kwargs)
+    emb = gene_embeddings(rel, kind, progress=progress)
     emb.save(path)
-    atomic_write_text(path.with_suffix(".json"), json.dumps({"key": key_parts}, indent=1))
     return emb

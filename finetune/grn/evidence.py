@@ -28,9 +28,7 @@ The in-silico deletion matrix also scores pairs on its own: the **unsupervised p
 
 from __future__ import annotations
 
-import hashlib
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +36,10 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from data_prep.io_utils import publish, sha256_file
+from data_prep.io_utils import publish
 from finetune.errors import GrnInputError
-from finetune.grn.embeddings import check_coverage, release_batches, release_corpus, vocab_ids
-from pretrain.model_factory import build_model, families
+from finetune.grn.release_inputs import ReleaseInputs
 from pretrain.models.scbert import bin_values
-from pretrain.release import load_release
 
 ISD_VERSION = 1
 
@@ -67,16 +63,25 @@ class DeletionConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("max_cells", "repeats", "tfs_per_cell", "max_genes", "tokens_per_forward"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                problems.append(f"{name}={value!r}: an int >= 1")
-        if not 0.0 < self.mask_fraction < 1.0:
-            problems.append(f"mask_fraction={self.mask_fraction!r}: within (0, 1)")
-        if problems:
-            msg = "invalid DeletionConfig:\n  - " + "\n  - ".join(problems)
-            raise GrnInputError(msg)
+        raise_problems(self, readout_problems(self, ("max_cells", "repeats", "tfs_per_cell", "max_genes")))
+
+
+def readout_problems(config, counts: tuple[str, ...]) -> list[str]:
+    """Problems of a readout config: `counts` and tokens_per_forward must be ints >= 1, mask_fraction in (0, 1)."""
+    problems = []
+    for name in (*counts, "tokens_per_forward"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < 1:
+            problems.append(f"{name}={value!r}: an int >= 1")
+    if not 0.0 < config.mask_fraction < 1.0:
+        problems.append(f"mask_fraction={config.mask_fraction!r}: within (0, 1)")
+    return problems
+
+
+def raise_problems(config, problems: list[str]) -> None:
+    if problems:
+        msg = f"invalid {type(config).__name__}:\n  - " + "\n  - ".join(problems)
+        raise GrnInputError(msg)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -111,18 +116,8 @@ def partial_correlation_matrix(expression: np.ndarray) -> np.ndarray:
 # in-silico deletion by the release
 
 
-def random_init_like(release: Path, seed: int = 0) -> torch.nn.Module:
-    """The release's architecture with fresh random weights (its own initialiser, seeded): the ablation that shows
-    what pretraining adds to the deletion evidence."""
-    config = json.loads((Path(release) / "config.json").read_text())
-    config_cls, _ = families()[config["family"]]
-    with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's global RNG
-        torch.manual_seed(seed)
-        return build_model(config["family"], config_cls(**config["model"])).eval()
-
-
 @torch.no_grad()
-def _predict_masked(model, gene_ids, bins_or_values, cu_seqlens, mask, library) -> torch.Tensor:
+def predict_masked(model, gene_ids, bins_or_values, cu_seqlens, mask, library) -> torch.Tensor:
     """The model's prediction for every masked token of a packed batch: (N,), in packed order."""
     if hasattr(model, "head"):  # scBERT: expected bin under the masked-bin softmax
         mask_token = model.config.mask_token
@@ -147,7 +142,7 @@ def _cell_variants(rng, rows, is_tf, n_mask, tfs_per_cell):
     return mask, np.sort(candidates)
 
 
-class _Accumulator:
+class PairAccumulator:
     """Running sums of Δ(t → g) over cells: n, Σ Δ, Σ Δ² per pair, as (G, G) float64."""
 
     def __init__(self, n_genes: int) -> None:
@@ -202,7 +197,7 @@ def in_silico_deletion(
     is_tf_row = np.zeros(n_genes, dtype=bool)
     is_tf_row[tf_rows] = True
     scbert = hasattr(model, "head")
-    acc = _Accumulator(n_genes)
+    acc = PairAccumulator(n_genes)
     # variants waiting for a forward: per variant (gene ids, inputs, mask, library, delete-row, reference index)
     pending: list[tuple] = []
     pending_tokens = 0
@@ -220,7 +215,7 @@ def in_silico_deletion(
         cu = torch.zeros(len(pending) + 1, dtype=torch.int32)
         cu[1:] = torch.cumsum(lengths, 0)
         library = torch.tensor([p[3] for p in pending], dtype=torch.float32)
-        pred = _predict_masked(model, ids, inputs, cu, mask, library)  # (N,)
+        pred = predict_masked(model, ids, inputs, cu, mask, library)  # (N,)
         per_variant = pred.split([int(p[2].sum()) for p in pending])
         for p, values in zip(pending, per_variant, strict=True):
             deleted_row, ref_key, target_rows = p[4], p[5], p[6]
@@ -292,65 +287,50 @@ def in_silico_deletion(
 
 
 def release_deletion_evidence(
-    release: Path,
-    genes: list[str],
+    rel: ReleaseInputs,
     tf_rows: np.ndarray,
-    expression_file: Path,
-    *,
-    value_kind: str,
+    kind: str,
     config: DeletionConfig,
-    random_init: bool = False,
-    min_coverage: float = 0.5,
+    *,
     cache_dir: Path | None = None,
     progress: bool = False,
 ) -> dict[str, np.ndarray]:
-    """In-silico deletion statistics of the release (or of its random-init twin) on the dataset's cells, cached under
-    `cache_dir` by model, input file, genes, TFs and `config` (safetensors, written atomically)."""
-    release = Path(release)
-    key = hashlib.sha256(
-        "\x00".join(
-            [
-                f"isd-v{ISD_VERSION}",
-                sha256_file(release / "model.safetensors"),
-                "random-init" if random_init else "pretrained",
-                sha256_file(Path(expression_file)),
-                "\n".join(genes),
-                ",".join(map(str, np.asarray(tf_rows).tolist())),
-                value_kind,
-                json.dumps(config.__dict__, sort_keys=True),
-            ]
-        ).encode()
-    ).hexdigest()[:24]
-    path = None if cache_dir is None else Path(cache_dir) / f"isd-{key}.safetensors"
-    if path is not None and path.exists():
-        return load_file(str(path))
-    model, vocab = load_release(release)
-    if random_init:
-        model = random_init_like(release, seed=config.seed)
-    ids = vocab_ids(genes, vocab, str(expression_file))
-    check_coverage(genes, ids, release, min_coverage, str(expression_file))
-    row_of_id = np.full(vocab.size, -1, dtype=np.int64)
-    for row, i in enumerate(ids):
-        if i >= 0 and row_of_id[i] < 0:
-            row_of_id[i] = row
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = release_corpus(release, expression_file, value_kind, Path(tmp))
-        stats = in_silico_deletion(
-            model,
-            release_batches(corpus, 64, value_kind),
-            row_of_id,
+    """In-silico deletion statistics of the release (or of its random-init twin, `kind`) on the dataset's cells,
+    cached under `cache_dir` by model, data, genes, TFs and `config` (safetensors, written atomically)."""
+    key = rel.cache_key(
+        f"isd-v{ISD_VERSION}",
+        kind,
+        ",".join(map(str, np.asarray(tf_rows).tolist())),
+        json.dumps(config.__dict__, sort_keys=True),
+    )
+    return cached_arrays(
+        cache_dir,
+        f"isd-{key}",
+        lambda: in_silico_deletion(
+            rel.model(kind),
+            rel.batches(64),
+            rel.row_of_id,
             np.asarray(tf_rows),
-            len(genes),
+            rel.n_genes,
             config,
             progress=progress,
             total_cells=config.max_cells,
-        )
+        ),
+    )
+
+
+def cached_arrays(cache_dir: Path | None, name: str, compute) -> dict[str, np.ndarray]:
+    """`compute()` (a dict of arrays), cached as `cache_dir/name.safetensors` (written atomically)."""
+    path = None if cache_dir is None else Path(cache_dir) / f"{name}.safetensors"
+    if path is not None and path.exists():
+        return load_file(str(path))
+    arrays = compute()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp_path = path.with_name(f".{path.name}.tmp")
-        save_file(stats, str(tmp_path))
+        save_file(arrays, str(tmp_path))
         publish(tmp_path, path)
-    return stats
+    return arrays
 
 
 def normal_scores(matrix: np.ndarray, tf_rows: np.ndarray) -> np.ndarray:

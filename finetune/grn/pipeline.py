@@ -16,7 +16,7 @@ written at the end, so a run that fails leaves nothing under `--out` that looks 
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,18 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_prep.io_utils import sha256_file
 from finetune.errors import GrnInputError
 from finetune.grn import baselines as bl
 from finetune.grn import splits
+from finetune.grn.attention_readout import has_gene_attention, release_attention_evidence
 from finetune.grn.beeline import GrnDataset, load_benchmark
 from finetune.grn.config import SHORTCUT_BASELINES, SPLITS, GrnConfig
-from finetune.grn.embeddings import GeneEmbeddings, cached_gene_embeddings, extract_gene_embeddings
+from finetune.grn.embeddings import cached_gene_embeddings
 from finetune.grn.evidence import (
     DeletionConfig,
     evidence_tensor,
     partial_correlation_matrix,
-    random_init_like,
     release_deletion_evidence,
     tf_regression_matrix,
 )
@@ -44,10 +43,13 @@ from finetune.grn.fit_pool import FitPool, submission_order
 from finetune.grn.methods import GrnInputs, candidate_configs, choose, learned_methods, scorer, zscore_genes
 from finetune.grn.metrics import edge_metrics, summarize
 from finetune.grn.plots import plot_curves
+from finetune.grn.probe import ProbeConfig, release_probe_evidence
+from finetune.grn.release_inputs import MODEL_KINDS, ReleaseInputs, open_release_inputs
 from finetune.grn.report import write_edges, write_metrics, write_results
 from finetune.grn.shortcuts import SHORTCUT_DESCRIPTIONS, shortcut_matrix
 from finetune.grn.splits import EdgeSplit, genelink_split, read_split, repair_reverse
 
+log = logging.getLogger(__name__)
 SUMMARY_METRICS = ("auroc", "auprc", "auprc_ratio", "epr", "val_auroc", "density_auprc_ratio", "density_epr")
 
 
@@ -99,18 +101,15 @@ def _expression_file(folder: Path) -> Path:
 # 2. evidence: per-gene vectors and per-pair scores, computed once per dataset (and cached)
 
 
+# evidence names (--evidence) that are readouts of the release, computed for each model kind
+RELEASE_READOUTS = ("isd", "probe", "attention")
+
+
 def gather_evidence(
     cfg: GrnConfig, dataset: GrnDataset, expression_file: Path, value_kind: str, timings: dict
 ) -> tuple[GrnInputs, dict[str, tuple[np.ndarray, str]]]:
     """The learned methods' inputs and the unsupervised score matrices {name: ((G, G), description)}."""
     wanted = set(cfg.baselines)
-    t = time.perf_counter()
-    embeddings = _embeddings(cfg, dataset, expression_file, value_kind)
-    random_init_embeddings = None
-    if "random-init" in wanted:
-        random_init_embeddings = _embeddings(cfg, dataset, expression_file, value_kind, random_init=True)
-    timings["gene_embeddings"] = time.perf_counter() - t
-
     matrices: dict[str, tuple[np.ndarray, str]] = {}
     t = time.perf_counter()
     for method in ("pearson", "spearman"):
@@ -132,44 +131,47 @@ def gather_evidence(
         matrix, label = _trees(cfg, dataset)
         matrices["trees"] = (matrix, label)
         timings["trees"] = time.perf_counter() - t
-    for name, random_init in (("pretrained-isd", False), ("random-init-isd", True)):
-        needed = name in wanted or ("isd" in cfg.evidence and (not random_init or "random-init" in wanted))
-        if not needed:
-            continue
-        t = time.perf_counter()
-        stats = release_deletion_evidence(
-            cfg.release,
-            dataset.genes,
-            dataset.tf_index,
-            expression_file,
-            value_kind=value_kind,
-            config=DeletionConfig(max_cells=cfg.isd_cells),
-            random_init=random_init,
-            min_coverage=cfg.min_vocab_coverage,
-            cache_dir=cfg.cache_dir,
-            progress=cfg.progress,
-        )
-        what = "random-init copy of the release" if random_init else "pretrained release"
-        matrices[name] = (np.abs(stats["isd_mean"]), f"|mean in-silico deletion effect|, {what} (unsupervised)")
-        timings[name] = time.perf_counter() - t
 
-    def stacked(isd_name: str) -> torch.Tensor | None:
-        if not cfg.evidence:
-            return None
+    # the release: loaded, hashed and (when a readout is not cached) sharded once for every readout below
+    kinds = [k for k in MODEL_KINDS if k == "pretrained" or "random-init" in wanted]
+    with open_release_inputs(
+        cfg.release, dataset.genes, expression_file, value_kind=value_kind, min_coverage=cfg.min_vocab_coverage
+    ) as rel:
+        t = time.perf_counter()
+        embeddings = {kind: cached_gene_embeddings(rel, kind, cfg.cache_dir, progress=cfg.progress) for kind in kinds}
+        timings["gene_embeddings"] = time.perf_counter() - t
+        readouts = list(RELEASE_READOUTS)
+        if not has_gene_attention(rel.model("pretrained")):
+            readouts.remove("attention")
+            log.warning(
+                "release %s (family %s) has no self-attention over genes: the attention readout is left out",
+                rel.path,
+                rel.family,
+            )
+        for kind in MODEL_KINDS:
+            for readout in readouts:
+                name = f"{kind}-{readout}"
+                if name not in wanted and not (readout in cfg.evidence and kind in kinds):
+                    continue
+                t = time.perf_counter()
+                matrices[name] = _release_readout(cfg, rel, dataset, kind, readout)
+                timings[name] = time.perf_counter() - t
+
+    def stacked(kind: str) -> torch.Tensor | None:
         parts = {}
         for name in cfg.evidence:
-            key = isd_name if name == "isd" else name
+            key = f"{kind}-{name}" if name in RELEASE_READOUTS else name
             if key in matrices:
                 parts[name] = matrices[key][0]
         return evidence_tensor(parts, dataset.tf_index) if parts else None
 
     inputs = GrnInputs(
         features=torch.from_numpy(zscore_genes(dataset.expression)),
-        embeddings=embeddings,
-        evidence=stacked("pretrained-isd"),
-        random_init_embeddings=random_init_embeddings,
-        random_init_evidence=stacked("random-init-isd") if "random-init" in wanted else None,
-        evidence_names=[n for n in cfg.evidence if (n if n != "isd" else "pretrained-isd") in matrices],
+        embeddings=embeddings["pretrained"],
+        evidence=stacked("pretrained"),
+        random_init_embeddings=embeddings.get("random-init"),
+        random_init_evidence=stacked("random-init") if "random-init" in wanted else None,
+        evidence_names=[n for n in cfg.evidence if (f"pretrained-{n}" if n in RELEASE_READOUTS else n) in matrices],
     )
     # the tree baseline is reported under the algorithm that ran (grnboost2, or genie3-sklearn when arboreto is absent)
     unsupervised = {
@@ -178,23 +180,25 @@ def gather_evidence(
     return inputs, unsupervised
 
 
-def _embeddings(cfg, dataset, expression_file, value_kind, *, random_init: bool = False) -> GeneEmbeddings:
-    genes_key = hashlib.sha256("\n".join(dataset.genes).encode()).hexdigest()
-    key = [sha256_file(Path(cfg.release) / "model.safetensors"), sha256_file(expression_file), genes_key, value_kind]
-    kwargs = {
-        "release": cfg.release,
-        "genes": dataset.genes,
-        "expression_file": expression_file,
-        "value_kind": value_kind,
-        "min_coverage": cfg.min_vocab_coverage,
-        "progress": cfg.progress,
-    }
-    if random_init:
-        key.append("random-init-v1")
-        kwargs["model"] = random_init_like(cfg.release)
-    if random_init and cfg.cache_dir is None:
-        return extract_gene_embeddings(**kwargs)
-    return cached_gene_embeddings(cfg.cache_dir, key, **kwargs)
+def _release_readout(
+    cfg: GrnConfig, rel: ReleaseInputs, dataset: GrnDataset, kind: str, readout: str
+) -> tuple[np.ndarray, str]:
+    """One pair readout of the release (or its random-init twin) as an unsupervised (G, G) score matrix."""
+    what = "random-init copy of the release" if kind == "random-init" else "pretrained release"
+    if readout == "isd":
+        config = DeletionConfig(max_cells=cfg.isd_cells)
+        stats = release_deletion_evidence(
+            rel, dataset.tf_index, kind, config, cache_dir=cfg.cache_dir, progress=cfg.progress
+        )
+        return np.abs(stats["isd_mean"]), f"|mean in-silico deletion effect|, {what} (unsupervised)"
+    if readout == "attention":
+        stats = release_attention_evidence(
+            rel, dataset.tf_index, kind, cfg.attention_cells, cache_dir=cfg.cache_dir, progress=cfg.progress
+        )
+        return stats["attention_mean"], f"attention of the target to the TF, mean over heads, {what} (unsupervised)"
+    config = ProbeConfig(max_cells=cfg.probe_cells)
+    stats = release_probe_evidence(rel, dataset.tf_index, kind, config, cache_dir=cfg.cache_dir, progress=cfg.progress)
+    return np.abs(stats["probe_mean"]), f"|mean change, TF input low → high| (probe), {what} (unsupervised)"
 
 
 def _trees(cfg: GrnConfig, dataset: GrnDataset) -> tuple[np.ndarray, str]:

@@ -1,0 +1,143 @@
+"""Attention readout: which genes the release's attention heads make a gene look at, averaged over cells.
+
+For every self-attention layer l and head h, each gene's query and key vectors are averaged over the cells that
+express it (one streaming pass; the cells as they are, nothing masked): Q̄_lh[g], K̄_lh[g]. A gene's attention to the
+other genes is then softmax over keys of Q̄_lh[g] · K̄_lh[j] / √d (scPRINT's reading of a transformer's attention as a
+GRN, on averaged queries and keys; Kalfon et al. 2025). A target reads its regulators, so the score of TF t → gene g is
+g's attention to t: S_lh[t, g] = softmax_j(Q̄_lh[g] · K̄_lh[j] / √d)[t], over the genes seen in any cell.
+
+The unsupervised readout (`pretrained-attention`, twin `random-init-attention`) is the mean of S over layers and
+heads; the per-head matrices are kept beside it (`attention_heads`, (L·H, G, G)) for the learned methods.
+
+Families: scBERT (self-attention over a cell's genes). The Exceiver attends through latents, which has no
+gene → gene attention of its own; it is refused with that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from finetune.errors import GrnInputError
+from finetune.grn.evidence import cached_arrays
+from finetune.grn.release_inputs import ReleaseInputs
+from pretrain.models.common import MultiheadAttention
+
+ATTENTION_VERSION = 1
+
+
+def _self_attentions(model: torch.nn.Module) -> list[MultiheadAttention]:
+    return [m for m in model.modules() if isinstance(m, MultiheadAttention) and m.self_attention]
+
+
+def has_gene_attention(model: torch.nn.Module) -> bool:
+    """Whether the model attends from genes to genes (scBERT yes; the Exceiver, through latents, no)."""
+    return bool(_self_attentions(model))
+
+
+@torch.no_grad()
+def mean_queries_keys(
+    model: torch.nn.Module,
+    batches,
+    row_of_id: np.ndarray,
+    n_genes: int,
+    max_cells: int,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-gene means of every self-attention layer's queries and keys over the first `max_cells` cells.
+
+    Returns q̄ and k̄ (L, G, H, d) float32 and the count of cells per gene (G,)."""
+    from tqdm.auto import tqdm
+
+    layers = _self_attentions(model)
+    if not layers:
+        msg = (
+            f"{type(model).__name__}: no self-attention over a cell's genes (the Exceiver attends through latents), "
+            "so there is no gene → gene attention to read; leave the attention readout out (--baselines / "
+            "--evidence) for this release."
+        )
+        raise GrnInputError(msg)
+    n_heads, head_dim = layers[0].n_heads, layers[0].head_dim
+    q_sum = torch.zeros(len(layers), n_genes, n_heads, head_dim, dtype=torch.float64)
+    k_sum = torch.zeros_like(q_sum)
+    count = torch.zeros(n_genes, dtype=torch.float64)
+    captured: list[torch.Tensor] = []
+    hooks = [m.qkv_proj.register_forward_hook(lambda _m, _i, out: captured.append(out)) for m in layers]
+    row_of_id = torch.from_numpy(row_of_id)
+    seen = 0
+    try:
+        bar = tqdm(total=max_cells, desc="attention readout", unit="cell", disable=not progress)
+        for batch in batches:
+            cu = batch["cu_seqlens"]
+            n_cells = min(cu.numel() - 1, max_cells - seen)
+            if n_cells <= 0:
+                break
+            end = int(cu[n_cells])
+            ids, values = batch["gene_ids"][:end], batch["values"][:end]
+            captured.clear()
+            model.gene_states(ids, values, cu[: n_cells + 1])
+            rows = row_of_id[ids]
+            keep = rows >= 0
+            rows = rows[keep]
+            for layer, out in enumerate(captured):
+                qkv = out.float().view(end, 3, n_heads, head_dim)[keep].double()
+                q_sum[layer].index_add_(0, rows, qkv[:, 0])
+                k_sum[layer].index_add_(0, rows, qkv[:, 1])
+            count.index_add_(0, rows, torch.ones(rows.numel(), dtype=torch.float64))
+            seen += n_cells
+            bar.update(n_cells)
+        bar.close()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    denominator = count.clamp(min=1).view(1, -1, 1, 1)
+    return (q_sum / denominator).float(), (k_sum / denominator).float(), count.float()
+
+
+def attention_scores(q_mean: torch.Tensor, k_mean: torch.Tensor, count: torch.Tensor, tf_rows: np.ndarray) -> dict:
+    """S_lh[t, g] = softmax_j(q̄[g] · k̄[j] / √d)[t] over genes j seen in a cell (module docstring).
+
+    Returns {"attention_mean": (G, G), "attention_heads": (L·H, G, G)} float32, TF rows filled, others 0."""
+    n_layers, n_genes, n_heads, head_dim = q_mean.shape
+    seen = count > 0
+    tf_rows = torch.as_tensor(np.asarray(tf_rows), dtype=torch.int64)
+    heads = torch.zeros(n_layers * n_heads, n_genes, n_genes)
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            logits = q_mean[layer, :, head] @ k_mean[layer, :, head].T / math.sqrt(head_dim)  # (G query, G key)
+            logits = logits.masked_fill(~seen.view(1, -1), -math.inf)
+            attention = torch.softmax(logits, dim=1).nan_to_num(0.0)  # a query gene's weights over key genes
+            attention[~seen] = 0.0
+            channel = heads[layer * n_heads + head]
+            channel[tf_rows] = attention.T[tf_rows]  # S[t, g] = attention of g to t
+    heads.diagonal(dim1=1, dim2=2).zero_()
+    return {"attention_mean": heads.mean(0).numpy(), "attention_heads": heads.numpy()}
+
+
+def release_attention_evidence(
+    rel: ReleaseInputs,
+    tf_rows: np.ndarray,
+    kind: str,
+    max_cells: int,
+    *,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """The attention readout of the release (or its random-init twin, `kind`) on the dataset's cells, cached like
+    the other readouts."""
+    tf_rows = np.asarray(tf_rows, dtype=np.int64)
+    key = rel.cache_key(
+        f"attention-v{ATTENTION_VERSION}", kind, ",".join(map(str, tf_rows.tolist())), json.dumps(max_cells)
+    )
+
+    def compute() -> dict[str, np.ndarray]:
+        q, k, count = mean_queries_keys(
+            rel.model(kind), rel.batches(32), rel.row_of_id, rel.n_genes, max_cells, progress
+        )
+        return attention_scores(q, k, count, tf_rows)
+
+    return cached_arrays(cache_dir, f"attention-{key}", compute)

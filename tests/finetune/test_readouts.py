@@ -1,0 +1,239 @@
+"""Readouts of a release for GRN inference: the perturbation probe (a TF's input moved from low to high, the masked
+genes' predictions read) and the attention readout, on a planted network a small scBERT learns in a few seconds; and
+the one loaded release every readout of a run shares."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from sklearn.metrics import roc_auc_score
+
+from finetune.errors import GrnInputError
+from finetune.grn.attention_readout import attention_scores, mean_queries_keys
+from finetune.grn.probe import ProbeConfig, level_bins, metacells, perturbation_probe, tf_levels
+from pretrain.models.scbert import ScBert, ScBertConfig
+
+N_TFS, PER_TF, N_OTHER = 8, 2, 8
+N_GENES = N_TFS + N_TFS * PER_TF + N_OTHER
+VOCAB = N_GENES + 4  # ids 0-3 are the special tokens
+TF_IDS = np.arange(4, 4 + N_TFS)
+
+
+def planted_counts(n_cells: int, seed: int) -> np.ndarray:
+    """(cells, genes) counts: each TF is off (0 counts, so absent from the cell) in 40 % of cells and varies when on;
+    its two targets are on exactly when it is and follow its level; 8 genes vary on their own."""
+    rng = np.random.default_rng(seed)
+    on = rng.random((n_cells, N_TFS)) < 0.6
+    level = rng.normal(size=(n_cells, N_TFS))
+    regulator = np.repeat(np.arange(N_TFS), PER_TF)
+    target = 1.2 * level[:, regulator] + 3.5 + 0.3 * rng.normal(size=(n_cells, len(regulator)))
+    log_rate = np.concatenate(
+        [
+            np.where(on, level + 3.5, -np.inf),
+            np.where(on[:, regulator], target, -np.inf),
+            rng.normal(size=(n_cells, N_OTHER)) + 3.5,
+        ],
+        axis=1,
+    )
+    return rng.poisson(np.exp(log_rate))
+
+
+def packed(counts: np.ndarray) -> dict:
+    rows, cols = np.nonzero(counts)
+    cu = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=counts.shape[0]))]).astype(np.int32)
+    return {
+        "gene_ids": torch.from_numpy(cols + 4),
+        "values": torch.from_numpy(counts[rows, cols].astype(np.float32)),
+        "cu_seqlens": torch.from_numpy(cu),
+    }
+
+
+def by_vocab_id(counts: np.ndarray) -> sp.csr_matrix:
+    return sp.hstack([sp.csr_matrix((counts.shape[0], 4)), sp.csr_matrix(counts.astype(np.float32))]).tocsr()
+
+
+def truth_and_candidates() -> tuple[np.ndarray, np.ndarray]:
+    truth = np.zeros((N_GENES, N_GENES), dtype=bool)
+    truth[np.repeat(np.arange(N_TFS), PER_TF), N_TFS + np.arange(N_TFS * PER_TF)] = True
+    candidate = np.zeros_like(truth)
+    candidate[:N_TFS] = True
+    np.fill_diagonal(candidate, val=False)
+    return truth, candidate
+
+
+CONFIG = ScBertConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=2, d_ff=64, n_bins=11, mask_prob=0.3)
+ROW_OF_ID = np.concatenate([np.full(4, -1), np.arange(N_GENES)])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The model's kernels are too small for a second thread to help (and a busy machine makes two much slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained() -> ScBert:
+    """A small scBERT trained by masked-bin prediction on the planted cells (about 5 s)."""
+    torch.manual_seed(0)
+    model = ScBert(CONFIG)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(300):
+        loss = model(packed(planted_counts(64, seed=step)), generator=generator)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def probe_auroc(model, metacell_size: int) -> float:
+    counts = by_vocab_id(planted_counts(400, seed=10_000))
+    config = ProbeConfig(max_cells=200, metacell_size=metacell_size, tfs_per_cell=N_TFS)
+    contexts = metacells(counts, config.metacell_size, config.max_cells, config.seed)
+    levels = tf_levels(contexts, TF_IDS, config.low_quantile, config.high_quantile)
+    stats = perturbation_probe(model, contexts, ROW_OF_ID, TF_IDS, levels, N_GENES, config)
+    truth, candidate = truth_and_candidates()
+    return roc_auc_score(truth[candidate], np.abs(stats["probe_mean"])[candidate])
+
+
+@pytest.mark.parametrize("metacell_size", [1, 20])
+def test_the_probe_of_a_trained_model_finds_the_planted_edges_and_its_random_init_twin_does_not(trained, metacell_size):
+    pretrained = probe_auroc(trained, metacell_size)
+    twins = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        twins.append(probe_auroc(ScBert(CONFIG).eval(), metacell_size))
+    # measured: pretrained 1.00 (single cells and metacells); random-init twins 0.44-0.52
+    assert pretrained > 0.9, pretrained
+    assert abs(np.mean(twins) - 0.5) < 0.1 and max(abs(t - 0.5) for t in twins) < 0.15, twins
+
+
+def test_the_attention_readout_of_a_trained_model_finds_the_planted_edges_and_its_random_init_twin_does_not(trained):
+    truth, candidate = truth_and_candidates()
+    batch = packed(planted_counts(400, seed=10_000))
+
+    def auroc(model) -> float:
+        q_mean, k_mean, count = mean_queries_keys(model, [batch], ROW_OF_ID, N_GENES, max_cells=400)
+        scores = attention_scores(q_mean, k_mean, count, np.arange(N_TFS))
+        assert scores["attention_heads"].shape == (CONFIG.n_layers * CONFIG.n_heads, N_GENES, N_GENES)
+        assert (scores["attention_mean"][N_TFS:] == 0).all()  # only TF rows are scored
+        return roc_auc_score(truth[candidate], scores["attention_mean"][candidate])
+
+    pretrained = auroc(trained)
+    twins = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        twins.append(auroc(ScBert(CONFIG).eval()))
+    # measured: pretrained 0.99; random-init twins 0.48-0.60
+    assert pretrained > 0.9, pretrained
+    assert abs(np.mean(twins) - 0.5) < 0.1 and max(abs(t - 0.5) for t in twins) < 0.15, twins
+
+
+def test_max_cells_bounds_the_attention_readout_and_an_exceiver_is_refused(trained):
+    from pretrain.models.exceiver import Exceiver, ExceiverConfig
+
+    batch = packed(planted_counts(50, seed=3))
+    _, _, count = mean_queries_keys(trained, [batch], ROW_OF_ID, N_GENES, max_cells=7)
+    assert count.max() <= 7 and count.max() > 0
+    exceiver = Exceiver(ExceiverConfig(vocab_size=VOCAB, d_model=16, n_latents=4, n_heads=2, d_ff=32))
+    with pytest.raises(GrnInputError, match="no self-attention over a cell's genes"):
+        mean_queries_keys(exceiver, [batch], ROW_OF_ID, N_GENES, max_cells=7)
+
+
+def test_a_tf_absent_from_a_context_is_inserted_and_every_probed_pair_is_counted(trained):
+    counts = planted_counts(60, seed=5)
+    counts[:, 0] = 0  # TF 0 is off in every cell: only insertion can probe it
+    contexts = by_vocab_id(counts)
+    levels = np.tile([[0.001, 0.02]], (N_TFS, 1))
+    config = ProbeConfig(max_cells=60, metacell_size=1, tfs_per_cell=N_TFS)
+    first = perturbation_probe(trained, contexts, ROW_OF_ID, TF_IDS, levels, N_GENES, config)
+    second = perturbation_probe(trained, contexts, ROW_OF_ID, TF_IDS, levels, N_GENES, config)
+    for key in first:
+        np.testing.assert_array_equal(first[key], second[key])
+    count = first["probe_count"]
+    assert count[0].sum() > 0  # the silent TF was probed through its inserted token
+    assert count[N_TFS:].sum() == 0 and (np.diag(count) == 0).all()  # only TFs are moved; never their own target
+    assert (first["probe_abs"] >= np.abs(first["probe_mean"]) - 1e-6).all()
+
+
+def test_levels_are_quantiles_of_the_expressing_contexts_and_nan_for_a_silent_tf():
+    contexts = sp.csr_matrix(np.array([[1.0, 0.0, 9.0], [3.0, 0.0, 7.0], [0.0, 0.0, 10.0]], dtype=np.float32))
+    levels = tf_levels(contexts, np.array([0, 1]), 0.0, 1.0)
+    np.testing.assert_allclose(levels[0], [0.1, 0.3])  # shares 1/10 and 3/10; the context without the TF ignored
+    assert np.isnan(levels[1]).all()
+    bins = level_bins(np.array([[1e-6, 2e-6], [0.1, 0.3]]), n_bins=11)
+    assert (bins[:, 0] >= 1).all() and (bins[:, 1] > bins[:, 0]).all() and (bins <= 10).all()
+
+
+def test_metacells_average_the_nearest_cells_and_size_one_keeps_cells():
+    rng = np.random.default_rng(0)
+    group = np.repeat([0, 1], 30)
+    counts = rng.poisson(np.where(group[:, None] == 0, [20.0, 1.0, 5.0, 5.0], [1.0, 20.0, 5.0, 5.0])).astype(np.float32)
+    cells = sp.csr_matrix(counts)
+    same = metacells(cells, 1, 100, seed=0)
+    assert same.shape == (60, 4) and np.allclose(same.toarray(), counts)
+    averaged = metacells(cells, 10, 8, seed=0).toarray()
+    assert averaged.shape == (8, 4)
+    assert ((averaged[:, 0] > 10) ^ (averaged[:, 1] > 10)).all()  # each metacell stays within its cell group
+
+
+def test_probe_config_reports_every_bad_field():
+    with pytest.raises(GrnInputError) as err:
+        ProbeConfig(max_cells=0, mask_fraction=0.0, low_quantile=0.9, high_quantile=0.1)
+    text = str(err.value)
+    assert "max_cells=0" in text and "mask_fraction=0.0" in text and "low_quantile=0.9" in text
+
+
+def _cells_file(tmp_path, genes, counts):
+    import anndata as ad
+
+    adata = ad.AnnData(counts.astype(np.float32))
+    adata.var_names = genes
+    adata.obs_names = [f"c{i}" for i in range(counts.shape[0])]
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    return path
+
+
+def test_one_run_loads_and_shards_the_release_once_for_every_readout(tmp_path, monkeypatch, caplog):
+    """Embeddings, deletion and probe of both model kinds share one loaded release and one sharded corpus; a TF
+    never expressed is named in one warning and not probed; when no TF is expressed the error says what to do."""
+    from test_embeddings import tiny_release
+
+    from finetune.grn import release_inputs
+    from finetune.grn.embeddings import gene_embeddings
+    from finetune.grn.evidence import DeletionConfig, release_deletion_evidence
+    from finetune.grn.probe import release_probe_evidence
+
+    genes = [f"G{i}" for i in range(12)]
+    release, _ = tiny_release(tmp_path, genes)
+    counts = np.random.default_rng(0).poisson(3.0, size=(40, 12))
+    counts[:, 1] = 0  # TF G1 is never expressed
+    path = _cells_file(tmp_path, genes, counts)
+    calls = {"load_release": 0, "release_corpus": 0}
+    for name in calls:
+        original = getattr(release_inputs, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(release_inputs, name, counted)
+    tfs = np.array([0, 1, 2])
+    with release_inputs.open_release_inputs(release, genes, path, value_kind="counts", work_dir=tmp_path) as rel:
+        assert rel.model("random-init") is rel.model("random-init") is not rel.model("pretrained")
+        for kind in ("pretrained", "random-init"):
+            gene_embeddings(rel, kind)
+            release_deletion_evidence(rel, tfs, kind, DeletionConfig(max_cells=10))
+            with caplog.at_level("WARNING"):
+                stats = release_probe_evidence(rel, tfs, kind, ProbeConfig(max_cells=10, metacell_size=5))
+            assert stats["probe_count"][0].sum() > 0 and stats["probe_count"][1].sum() == 0
+        assert calls == {"load_release": 1, "release_corpus": 1}, calls
+        assert "['G1']" in caplog.text and "not probed" in caplog.text
+        with pytest.raises(GrnInputError, match=r"none of the 1 TFs .* expressed .*leave the probe out"):
+            release_probe_evidence(rel, np.array([1]), "pretrained", ProbeConfig(max_cells=10))
