@@ -12,7 +12,16 @@ GNNS = ("gcn", "sage", "gat")
 POOLING_CHOICES = ("auto", "mean", "attention", "static")
 NEGATIVE_MODES = ("genelink", "degree-aware")
 TREE_METHODS = ("grnboost2", "genie3", "none")
-LEARNED_BASELINES = ("genelink-gat", "expression-gcn", "random-embedding", "random-init", "no-gnn", "evidence-logreg")
+LEARNED_BASELINES = (
+    "genelink-gat",
+    "expression-gcn",
+    "random-embedding",
+    "random-init",
+    "no-gnn",
+    "evidence-logreg",
+    "attention-heads",
+    "random-init-attention-heads",
+)
 UNSUPERVISED_BASELINES = (
     "pretrained-isd",
     "random-init-isd",

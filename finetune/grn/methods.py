@@ -12,6 +12,9 @@ Learned methods (each gets `tuning_budget` hyper-parameter configurations, chose
     evidence-logreg    logistic regression on the pair evidence alone (no genes' vectors, no graph)
     genelink-gat       GENELink (Chen & Liu 2022) as published: expression → GAT, dot decoder, Adam lr 3e-3,
                        mini-batches of 256, no pair evidence; its grid varies lr and decoder
+    attention-heads    logistic regression on the release's per-head attention scores (attention_readout.py):
+                       a weighting of the heads fitted on the training prior edges of each seed, as scPRINT's head
+                       selection (never on validation or test pairs); twin random-init-attention-heads
 The unsupervised and heuristic scores (correlations, partial correlation, trees, in-silico deletion, degree) are
 (G, G) matrices computed by `pipeline.py` and `baselines.py`; they need no choice.
 """
@@ -53,6 +56,7 @@ class GrnInputs:
     evidence: torch.Tensor | None  # (F, G, G) normal scores of the pair evidence (pretrained release)
     random_init_embeddings: GeneEmbeddings | None = None
     random_init_evidence: torch.Tensor | None = None
+    attention_heads: dict[str, torch.Tensor] = field(default_factory=dict)  # kind → (L·H, G, G) normal scores
     evidence_names: list[str] = field(default_factory=list)
 
     @property
@@ -105,11 +109,27 @@ def learned_methods(cfg: GrnConfig) -> list[LearnedMethod]:
         "genelink-gat": LearnedMethod(
             "genelink-gat", "gat", None, None, "genelink", "GENELink as published: expression → GAT, Adam, batch 256"
         ),
+        "attention-heads": LearnedMethod(
+            "attention-heads",
+            "logreg",
+            None,
+            "pretrained-attention-heads",
+            "logreg",
+            "logistic regression on the pretrained release's per-head attention (heads weighted on training edges)",
+        ),
+        "random-init-attention-heads": LearnedMethod(
+            "random-init-attention-heads",
+            "logreg",
+            None,
+            "random-init-attention-heads",
+            "logreg",
+            "logistic regression on the random-init release's per-head attention (ablation)",
+        ),
     }
     for name, method in optional.items():
         if name not in cfg.baselines:
             continue
-        if method.evidence is not None and not cfg.evidence:
+        if method.evidence in ("pretrained", "random-init") and not cfg.evidence:
             continue  # evidence-logreg needs evidence
         methods.append(method)
     return methods
@@ -147,6 +167,12 @@ def candidate_configs(method: LearnedMethod, cfg: GrnConfig) -> list[dict]:
 
 
 def _evidence(method: LearnedMethod, inputs: GrnInputs) -> torch.Tensor | None:
+    if method.evidence is not None and method.evidence.endswith("-attention-heads"):
+        kind = method.evidence.removesuffix("-attention-heads")
+        if kind not in inputs.attention_heads:
+            msg = f"{method.name} needs the {kind} release's per-head attention; it was not computed"
+            raise GrnInputError(msg)
+        return inputs.attention_heads[kind]
     if method.evidence == "pretrained":
         return inputs.evidence
     if method.evidence == "random-init":
@@ -218,9 +244,10 @@ def fit_config(
 
     start = time.perf_counter()
     if method.recipe == "logreg":
-        model = _logreg(inputs.evidence.numpy(), train, params["C"])
+        evidence = _evidence(method, inputs).numpy()
+        model = _logreg(evidence, train, params["C"])  # the training pairs only
         state = {"coef": torch.from_numpy(model.coef_[0].copy()), "intercept": torch.tensor(model.intercept_[0])}
-        val_scores = _logreg_scores(inputs, state, val)
+        val_scores = _logreg_scores(evidence, state, val)
         val_auroc = auroc_torch(torch.from_numpy(val[:, 2].astype(np.float32)), torch.from_numpy(val_scores))
         return Fitted(params, val_auroc, None, None, time.perf_counter() - start, state)
     genelink = method.recipe == "genelink"
@@ -250,7 +277,8 @@ def scorer(
 ) -> Callable[[np.ndarray], np.ndarray]:
     """(P, ≥2) pairs → logits of the fitted configuration; message passing over the training positives."""
     if method.recipe == "logreg":
-        return lambda pairs: _logreg_scores(inputs, fitted.state, pairs)
+        evidence = _evidence(method, inputs).numpy()
+        return lambda pairs: _logreg_scores(evidence, fitted.state, pairs)
     model = build_link_model(method, cfg, inputs, fitted.params, seed)
     expected = {name for name, _ in model.named_parameters()}
     if set(fitted.state) != expected:
@@ -279,10 +307,10 @@ def _logreg(evidence: np.ndarray, train: np.ndarray, c: float):
     return LogisticRegression(C=c, max_iter=1000).fit(evidence[:, train[:, 0], train[:, 1]].T, train[:, 2])
 
 
-def _logreg_scores(inputs: GrnInputs, state: dict, pairs: np.ndarray) -> np.ndarray:
-    """The logistic regression's decision function on pairs: evidence (P, F) · coef + intercept."""
-    evidence = inputs.evidence.numpy()[:, pairs[:, 0], pairs[:, 1]].T.astype(np.float64)  # (P, F)
-    return evidence @ state["coef"].numpy().astype(np.float64) + float(state["intercept"])
+def _logreg_scores(evidence: np.ndarray, state: dict, pairs: np.ndarray) -> np.ndarray:
+    """The logistic regression's decision function on pairs: evidence (F, G, G) at pairs → (P, F) · coef + intercept."""
+    features = evidence[:, pairs[:, 0], pairs[:, 1]].T.astype(np.float64)  # (P, F)
+    return features @ state["coef"].numpy().astype(np.float64) + float(state["intercept"])
 
 
 def fit_and_choose(

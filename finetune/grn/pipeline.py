@@ -143,6 +143,7 @@ def gather_evidence(
         readouts = list(RELEASE_READOUTS)
         if not has_gene_attention(rel.model("pretrained")):
             readouts.remove("attention")
+        if "attention" not in readouts and ("attention" in cfg.evidence or any("attention" in b for b in wanted)):
             log.warning(
                 "release %s (family %s) has no self-attention over genes: the attention readout is left out",
                 rel.path,
@@ -156,6 +157,14 @@ def gather_evidence(
                 t = time.perf_counter()
                 matrices[name] = _release_readout(cfg, rel, dataset, kind, readout)
                 timings[name] = time.perf_counter() - t
+        attention_heads = {}
+        for kind in MODEL_KINDS:
+            method = "attention-heads" if kind == "pretrained" else f"{kind}-attention-heads"
+            if method in wanted and "attention" in readouts:
+                stats = release_attention_evidence(
+                    rel, dataset.tf_index, kind, cfg.attention_cells, cache_dir=cfg.cache_dir, progress=cfg.progress
+                )  # cached: the same pass as the mean readout
+                attention_heads[kind] = evidence_tensor(dict(enumerate(stats["attention_heads"])), dataset.tf_index)
 
     def stacked(kind: str) -> torch.Tensor | None:
         parts = {}
@@ -172,6 +181,7 @@ def gather_evidence(
         random_init_embeddings=embeddings.get("random-init"),
         random_init_evidence=stacked("random-init") if "random-init" in wanted else None,
         evidence_names=[n for n in cfg.evidence if (f"pretrained-{n}" if n in RELEASE_READOUTS else n) in matrices],
+        attention_heads=attention_heads,
     )
     # the tree baseline is reported under the algorithm that ran (grnboost2, or genie3-sklearn when arboreto is absent)
     unsupervised = {
@@ -275,7 +285,13 @@ def _candidates(dataset: GrnDataset) -> np.ndarray:
 def evaluate(cfg: GrnConfig, dataset: GrnDataset, inputs: GrnInputs, unsupervised: dict, timings: dict) -> Evaluation:
     from tqdm.auto import tqdm
 
-    learned = learned_methods(cfg)
+    # the attention-head methods need a release with attention over genes (gather_evidence warned when it has none)
+    learned = [
+        m
+        for m in learned_methods(cfg)
+        if not (m.evidence or "").endswith("-attention-heads")
+        or m.evidence.removesuffix("-attention-heads") in inputs.attention_heads
+    ]
     ev = Evaluation(candidates=_candidates(dataset))
     for m in learned:
         ev.methods[m.name] = {"kind": "learned", "description": m.description, "seeds": []}

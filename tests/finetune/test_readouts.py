@@ -237,3 +237,48 @@ def test_one_run_loads_and_shards_the_release_once_for_every_readout(tmp_path, m
         assert "['G1']" in caplog.text and "not probed" in caplog.text
         with pytest.raises(GrnInputError, match=r"none of the 1 TFs .* expressed .*leave the probe out"):
             release_probe_evidence(rel, np.array([1]), "pretrained", ProbeConfig(max_cells=10))
+
+
+def test_head_weights_are_fitted_on_training_edges_only_and_find_the_informative_head():
+    """Six attention 'heads' over 40 genes: head 0 carries the planted edges, head 1 their opposite, the rest noise.
+    The head weighting ranks held-out edges far better than the mean over heads, and poisoning the validation labels
+    changes none of its weights (they are fitted on the training pairs alone; test pairs never reach the fit)."""
+    from finetune.grn.config import GrnConfig
+    from finetune.grn.methods import GrnInputs, fit_config, learned_methods
+
+    rng = np.random.default_rng(0)
+    n_genes, tfs = 40, np.arange(8)
+    truth = np.zeros((n_genes, n_genes), dtype=bool)
+    truth[rng.choice(tfs, 40), rng.integers(8, n_genes, 40)] = True
+    noise = rng.normal(size=(6, n_genes, n_genes))
+    heads = noise.copy()
+    heads[0] += 1.5 * truth
+    heads[1] -= 1.5 * truth
+    pairs = np.array([(t, g) for t in tfs for g in range(n_genes) if g != t])
+    labels = truth[pairs[:, 0], pairs[:, 1]].astype(np.int64)
+    order = rng.permutation(len(pairs))
+    rows = np.column_stack([pairs, labels])[order]
+    train, val, test = rows[:150], rows[150:220], rows[220:]
+    cfg = GrnConfig.__new__(GrnConfig)  # only the fields the method reads
+    cfg.baselines, cfg.evidence, cfg.gnn, cfg.tuning_budget = ["attention-heads"], [], "gcn", 3
+    method = next(m for m in learned_methods(cfg) if m.name == "attention-heads")
+    inputs = GrnInputs(
+        features=torch.zeros(n_genes, 1),
+        embeddings=None,
+        evidence=None,
+        attention_heads={"pretrained": torch.from_numpy(heads.astype(np.float32))},
+    )
+    fitted = fit_config(method, cfg, inputs, train, val, seed=0, params={"C": 1.0})
+    coef = fitted.state["coef"].numpy()
+    assert coef.argmax() == 0 and coef.argmin() == 1, coef
+    from finetune.grn.methods import scorer
+
+    scores = scorer(method, cfg, inputs, train, 0, fitted)(test)
+    weighted = roc_auc_score(test[:, 2], scores)
+    mean_of_heads = roc_auc_score(test[:, 2], heads.mean(0)[test[:, 0], test[:, 1]])
+    assert weighted > mean_of_heads + 0.2, (weighted, mean_of_heads)
+
+    poisoned_val = val.copy()
+    poisoned_val[:, 2] = 1 - val[:, 2]
+    again = fit_config(method, cfg, inputs, train, poisoned_val, seed=0, params={"C": 1.0})
+    np.testing.assert_array_equal(again.state["coef"].numpy(), coef)
