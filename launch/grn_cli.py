@@ -39,6 +39,12 @@ def add_grn_parser(sub) -> None:
     p.add_argument("--isd-cells", type=int, default=600, help="cells for the in-silico deletion evidence")
     p.add_argument("--probe-cells", type=int, default=100, help="metacells for the perturbation probe")
     p.add_argument("--attention-cells", type=int, default=600, help="cells for the attention readout")
+    p.add_argument(
+        "--adapt-steps",
+        type=int,
+        default=0,
+        help="masked pretraining steps on these cells before any readout, for the release and its random-init twin",
+    )
     p.add_argument("--method", help="write edges.tsv from this method (default: the best on validation)")
     p.add_argument("--pooling", default="auto", choices=POOLING_CHOICES)
     p.add_argument("--seeds", type=int, default=5)
@@ -103,6 +109,7 @@ def config_from_args(args: argparse.Namespace):
         isd_cells=args.isd_cells,
         probe_cells=args.probe_cells,
         attention_cells=args.attention_cells,
+        adapt_steps=args.adapt_steps,
         method=args.method,
         pooling=args.pooling,
         seeds=args.seeds,

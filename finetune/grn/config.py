@@ -89,6 +89,10 @@ class GrnConfig:
     """Metacells (each a cell and its 19 nearest neighbours) in which the perturbation probe moves TFs."""
     attention_cells: int = 600
     """Cells whose queries and keys are averaged for the attention readout."""
+    adapt_steps: int = 0
+    """Steps of masked pretraining on the dataset's own cells before any readout or embedding (adaptation.py), for
+    the release and, the same number, for its random-init twin (then a model trained from scratch on these cells);
+    0 = none."""
     method: str | None = None
     """Which method writes edges.tsv; default: the one with the best validation AUROC (named in the output)."""
     pooling: str = "auto"
@@ -180,6 +184,8 @@ class GrnConfig:
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} {getattr(self, name)!r}: must be an int >= 1")
+        if not isinstance(self.adapt_steps, int) or self.adapt_steps < 0:
+            problems.append(f"--adapt-steps {self.adapt_steps!r}: must be an int >= 0 (0 = no adaptation)")
         if not isinstance(self.first_seed, int) or self.first_seed < 0:
             problems.append(f"--first-seed {self.first_seed!r}: must be an int >= 0")
         if not 0.0 <= self.min_vocab_coverage <= 1.0:

@@ -28,6 +28,7 @@ import torch
 from finetune.errors import GrnInputError
 from finetune.grn import baselines as bl
 from finetune.grn import splits
+from finetune.grn.adaptation import AdaptConfig
 from finetune.grn.attention_readout import has_gene_attention, release_attention_evidence
 from finetune.grn.beeline import GrnDataset, load_benchmark
 from finetune.grn.config import SHORTCUT_BASELINES, SPLITS, GrnConfig
@@ -135,8 +136,20 @@ def gather_evidence(
     # the release: loaded, hashed and (when a readout is not cached) sharded once for every readout below
     kinds = [k for k in MODEL_KINDS if k == "pretrained" or "random-init" in wanted]
     with open_release_inputs(
-        cfg.release, dataset.genes, expression_file, value_kind=value_kind, min_coverage=cfg.min_vocab_coverage
+        cfg.release,
+        dataset.genes,
+        expression_file,
+        value_kind=value_kind,
+        min_coverage=cfg.min_vocab_coverage,
+        adapt=AdaptConfig(steps=cfg.adapt_steps),
+        cache_dir=cfg.cache_dir,
+        progress=cfg.progress,
     ) as rel:
+        if cfg.adapt_steps:
+            t = time.perf_counter()
+            for kind in MODEL_KINDS:
+                rel.model(kind)  # adapted (or loaded from the cache) once, before every readout
+            timings["adaptation"] = time.perf_counter() - t
         t = time.perf_counter()
         embeddings = {kind: cached_gene_embeddings(rel, kind, cfg.cache_dir, progress=cfg.progress) for kind in kinds}
         timings["gene_embeddings"] = time.perf_counter() - t

@@ -27,6 +27,7 @@ import torch
 from data_prep.io_utils import sha256_file
 from data_prep.vocab import GeneVocab
 from finetune.errors import GrnInputError
+from finetune.grn.adaptation import AdaptConfig, cached_adapt, check_adaptable
 from pretrain.model_factory import build_model, families
 from pretrain.release import load_release
 
@@ -58,7 +59,11 @@ class ReleaseInputs:
     expression_file: Path
     expression_sha256: str
     work_dir: Path  # where the dataset's cells are sharded (on first use)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)  # continued pretraining on these cells (none by default)
+    cache_dir: Path | None = None  # where adapted weights are cached
+    progress: bool = False
     _corpus: Path | None = field(default=None, repr=False)
+    _base: dict[str, torch.nn.Module] = field(default_factory=dict, repr=False)
     _models: dict[str, torch.nn.Module] = field(default_factory=dict, repr=False)
     _cells: sp.csr_matrix | None = field(default=None, repr=False)
 
@@ -84,12 +89,17 @@ class ReleaseInputs:
         return out
 
     def model(self, kind: str) -> torch.nn.Module:
-        """The pretrained release or its random-init twin (built once, seeded), in eval mode."""
+        """The pretrained release or its random-init twin (built once, seeded), each adapted to the dataset's cells
+        for `adapt.steps` steps when asked (adaptation.py), in eval mode."""
         if kind not in MODEL_KINDS:
             msg = f"model kind {kind!r}: allowed {MODEL_KINDS}"
             raise ValueError(msg)
         if kind not in self._models:
-            self._models[kind] = random_init_like(self.path)
+            model = self._base["pretrained"] if kind == "pretrained" else random_init_like(self.path)
+            if self.adapt.steps:
+                key = [self.sha256, kind, self.expression_sha256, self.value_kind]
+                model = cached_adapt(model, self.cells(), self.adapt, key, self.cache_dir, self.progress)
+            self._models[kind] = model
         return self._models[kind]
 
     def batches(self, batch_cells: int) -> Iterator[dict]:
@@ -127,6 +137,7 @@ class ReleaseInputs:
         """A cache key over the model, the data, the genes and the readout's own options."""
         text = "\x00".join(
             [readout, self.sha256, kind, self.expression_sha256, "\n".join(self.genes), self.value_kind, *parts]
+            + ([self.adapt.key()] if self.adapt.steps else [])  # N = 0: the keys of no adaptation
         )
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -184,6 +195,9 @@ def open_release_inputs(
     value_kind: str,
     min_coverage: float = 0.5,
     work_dir: Path | None = None,
+    adapt: AdaptConfig | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = False,
 ) -> Iterator[ReleaseInputs]:
     """Load the release (its sha256 checked once) and map the dataset's genes onto its vocabulary (refusing one that
     covers fewer than `min_coverage` of them); the cells are sharded into a temporary corpus on first use, removed
@@ -193,6 +207,9 @@ def open_release_inputs(
     config = json.loads((release / "config.json").read_text())
     ids = vocab_ids(genes, vocab, str(expression_file))
     check_coverage(genes, ids, release, min_coverage, str(expression_file))
+    adapt = adapt or AdaptConfig()
+    if adapt.steps:
+        check_adaptable(model, release, value_kind)
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         yield ReleaseInputs(
             path=release,
@@ -205,5 +222,8 @@ def open_release_inputs(
             expression_file=expression_file,
             expression_sha256=sha256_file(expression_file),
             work_dir=Path(tmp),
-            _models={"pretrained": model},
+            adapt=adapt,
+            cache_dir=cache_dir,
+            progress=progress,
+            _base={"pretrained": model},
         )
