@@ -461,6 +461,61 @@ def grn_held_out_genes_on_a_small_network(tmp):
     )
 
 
+def _cells_h5ad(tmp: Path, counts) -> Path:
+    import anndata as ad
+    import numpy as np
+
+    adata = ad.AnnData(np.asarray(counts, dtype=np.float32))
+    adata.var_names = [f"G{i}" for i in range(adata.n_vars)]
+    adata.obs_names = [f"c{i}" for i in range(adata.n_obs)]
+    adata.write_h5ad(tmp / "cells.h5ad")
+    return tmp / "cells.h5ad"
+
+
+@case("finetune")
+def grn_probe_of_tfs_never_expressed(tmp):
+    import numpy as np
+
+    from finetune.grn.probe import ProbeConfig, release_probe_evidence
+    from finetune.grn.release_inputs import open_release_inputs
+
+    counts = np.random.default_rng(0).poisson(3.0, size=(20, 6))
+    counts[:, 0] = 0  # the only TF asked for is never expressed
+    cells, release, genes = _cells_h5ad(tmp, counts), _release(tmp), [f"G{i}" for i in range(6)]
+
+    def call():
+        with open_release_inputs(release, genes, cells, value_kind="counts") as rel:
+            release_probe_evidence(rel, np.array([0]), "pretrained", ProbeConfig(max_cells=10))
+
+    return call, GrnInputError, [str(cells), "none of the 1 TFs", "expressed in any", "leave the probe out"]
+
+
+@case("finetune")
+def grn_adaptation_of_a_count_likelihood_on_log_normalised_values(tmp):
+    import numpy as np
+    import torch
+
+    from data_prep.vocab import GeneVocab
+    from finetune.grn.adaptation import AdaptConfig
+    from finetune.grn.release_inputs import open_release_inputs
+    from pretrain.models.exceiver import Exceiver, ExceiverConfig
+    from pretrain.release import write_release
+
+    genes = [f"G{i}" for i in range(6)]
+    vocab = GeneVocab.from_genes([genes])
+    torch.manual_seed(0)
+    cfg = ExceiverConfig(vocab_size=vocab.size, d_model=8, n_latents=4, n_heads=2, d_ff=16, objective="nb")
+    manifest = {"value_kind": "counts", "totals": {"n_cells": 0}, "vocab": {"size": vocab.size, "sha256": vocab.sha256}}
+    release = write_release(tmp / "release", "exceiver", cfg, Exceiver(cfg).state_dict(), vocab, manifest, {})
+    cells = _cells_h5ad(tmp, np.log1p(np.random.default_rng(0).poisson(3.0, size=(20, 6))))
+
+    def call():
+        with open_release_inputs(release, genes, cells, value_kind="log1p", adapt=AdaptConfig(steps=5)):
+            pass
+
+    return call, GrnInputError, [f"release {release}", "'nb' count likelihood", "log1p", "--adapt-steps at 0"]
+
+
 @case("finetune")
 def grn_prior_whose_tfs_cannot_fill_three_folds(tmp):
     call = lambda: cold_start_split(_network(2, 10), 0)  # noqa: E731
