@@ -136,7 +136,7 @@ def run_demo(out: Path, data: list[Path] | None = None, prior: Path | None = Non
     # the simulator's regulators are drawn uniformly from the TFs: node degree carries no signal, so only evidence
     # about each pair (co-expression, regression on the TFs, trees, the release's in-silico deletion) can rank it
     cfg = GrnConfig(release=release, out=grn_out, expression=inputs[0], truth=truth, seeds=3, tree_method=tree,
-                    max_genes=1000, tuning_budget=2, isd_cells=400, probe_cells=40,
+                    max_genes=1000, tuning_budget=2, isd_cells=200, probe_cells=30, attention_cells=300,
                     progress=True)  # fmt: skip
     try:
         payload = run_grn(cfg)

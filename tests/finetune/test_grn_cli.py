@@ -39,7 +39,7 @@ def test_grn_on_a_real_beeline_folder(tmp_path, debug_release):
     proc = run_cli(
         "grn", "--release", debug_release, "--benchmark", folder, "--out", out,
         "--seeds", "2", "--tree-method", "none", "--tuning-budget", "2", "--isd-cells", "50",
-        "--probe-cells", "20", "--negatives", "degree-aware", "--quiet",
+        "--probe-cells", "10", "--attention-cells", "100", "--negatives", "degree-aware", "--quiet",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {"edges.tsv", "metrics.json", "results.md", "roc.png", "pr.png"} <= {p.name for p in out.iterdir()}
@@ -75,8 +75,8 @@ def test_grn_inference_on_counts_with_a_trrust_prior(tmp_path, debug_release):
     out = tmp_path / "infer"
     proc = run_cli(
         "grn", "--release", debug_release, "--expression", counts, "--prior", prior, "--out", out,
-        "--seeds", "1", "--max-genes", "400", "--tuning-budget", "1", "--isd-cells", "50", "--probe-cells", "20",
-        "--tree-method", "none", "--quiet",
+        "--seeds", "1", "--max-genes", "400", "--tuning-budget", "1", "--isd-cells", "50", "--probe-cells", "10",
+        "--tree-method", "none", "--attention-cells", "100", "--quiet",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())

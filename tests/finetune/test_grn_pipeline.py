@@ -72,7 +72,8 @@ def config(root, out, **overrides) -> GrnConfig:
         "evidence": ["pearson", "regression", "isd"],
         "baselines": [b for b in GrnConfig.__dataclass_fields__["baselines"].default_factory() if b != "trees"],
         "isd_cells": 200,
-        "probe_cells": 30,
+        "probe_cells": 15,
+        "attention_cells": 200,
         "epochs": 150,
         "cache_dir": root / "cache",  # embeddings and deletion evidence computed once for the module
         "progress": False,

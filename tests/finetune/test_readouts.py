@@ -312,7 +312,7 @@ def test_adaptation_trains_both_kinds_on_the_cells_is_cached_and_zero_steps_chan
     release, genes, cells = _planted_release(tmp_path)
     truth, candidate = truth_and_candidates()
     tfs = np.arange(N_TFS)
-    probe = ProbeConfig(max_cells=200, tfs_per_cell=N_TFS)
+    probe = ProbeConfig(max_cells=100, tfs_per_cell=N_TFS)
     with open_release_inputs(release, genes, cells, value_kind="counts") as plain:
         before = {kind: plain.model(kind).state_dict() for kind in ("pretrained", "random-init")}
         untrained = release_probe_evidence(plain, tfs, "pretrained", probe)
@@ -322,7 +322,7 @@ def test_adaptation_trains_both_kinds_on_the_cells_is_cached_and_zero_steps_chan
         for name, value in zero.model("pretrained").state_dict().items():
             assert torch.equal(value, before["pretrained"][name])
 
-    adapt = AdaptConfig(steps=300, lr=3e-3, batch_cells=64)
+    adapt = AdaptConfig(steps=300, lr=3e-3, batch_cells=32)
     cache = tmp_path / "cache"
     with open_release_inputs(release, genes, cells, value_kind="counts", adapt=adapt, cache_dir=cache) as rel:
         assert rel.cache_key("x", "pretrained") != plain_key
