@@ -24,6 +24,9 @@ class CellBlock:
     # (n_cells,) float64 total raw counts of each input cell over all of its genes, in the vocab or not (corpus
     # format >= 2, counts corpora); None for older corpora and for log1p / normalized values
     library_size: np.ndarray | None = None
+    # (n_cells,) int32 index of each cell's measured-gene panel (manifest `panels`, corpus format >= 3): the vocab
+    # genes its input measured, expressed or not. Set by the loader; None for older corpora and in the shards
+    panel: np.ndarray | None = None
 
     @property
     def n_cells(self) -> int:
@@ -60,6 +63,7 @@ class CellBlock:
             self.split[rows],
             {k: v[rows] for k, v in self.obs.items()},
             None if self.library_size is None else self.library_size[rows],
+            None if self.panel is None else self.panel[rows],
         )
 
     @staticmethod
@@ -76,6 +80,7 @@ class CellBlock:
             np.concatenate([b.split for b in blocks]),
             {k: np.concatenate([b.obs[k] for b in blocks]) for k in blocks[0].obs},
             _concat_optional([b.library_size for b in blocks]),
+            _concat_optional([b.panel for b in blocks]),
         )
 
 
@@ -90,6 +95,7 @@ def slice_block(block: CellBlock, start: int, stop: int) -> CellBlock:
         block.split[start:stop],
         {k: v[start:stop] for k, v in block.obs.items()},
         None if block.library_size is None else block.library_size[start:stop],
+        None if block.panel is None else block.panel[start:stop],
     )
 
 
@@ -135,13 +141,20 @@ class BlockList:
             cell_ids[sel] = self.blocks[k].cell_ids[local[sel]]
             for c in obs:
                 obs[c][sel] = self.blocks[k].obs[c][local[sel]]
-        library = None
-        if all(b.library_size is not None for b in self.blocks):
-            library = np.empty(len(rows), dtype=np.float64)
-            for k in np.unique(unit):
-                sel = unit == k
-                library[sel] = self.blocks[k].library_size[local[sel]]
-        return CellBlock(indptr, gene_ids, values, cell_ids, self.split[rows], obs, library)
+        library = self._gather("library_size", unit, local)
+        panel = self._gather("panel", unit, local)
+        return CellBlock(indptr, gene_ids, values, cell_ids, self.split[rows], obs, library, panel)
+
+    def _gather(self, name: str, unit: np.ndarray, local: np.ndarray) -> np.ndarray | None:
+        """A per-cell optional array (`library_size`, `panel`) for the rows, or None if any unit lacks it."""
+        parts = [getattr(b, name) for b in self.blocks]
+        if any(p is None for p in parts):
+            return None
+        out = np.empty(len(unit), dtype=parts[0].dtype)
+        for k in np.unique(unit):
+            sel = unit == k
+            out[sel] = parts[k][local[sel]]
+        return out
 
     def lengths(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows),) int64 expressed genes of each of `rows` (global rows of this list)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from pathlib import Path
 
@@ -86,6 +87,22 @@ class Corpus:
     @property
     def vocab_sha256(self) -> str:
         return self.manifest["vocab"]["sha256"]
+
+    @functools.cached_property
+    def panels(self) -> tuple[np.ndarray, ...] | None:
+        """Measured-gene panels (corpus format >= 3): panel j = the ascending vocab ids some input measured, whether
+        or not a cell expressed them; None for older corpora, which record no panel (re-shard to get them)."""
+        panels = self.manifest.get("panels")
+        if panels is None:
+            return None
+        return tuple(np.asarray(p, dtype=np.int64) for p in panels)
+
+    def panel_column(self, k: int, n_cells: int) -> np.ndarray | None:
+        """(n_cells,) int32: the panel index of shard `k`'s input for each of n cells (a shard holds one input)."""
+        if self.panels is None:
+            return None
+        panel = self.manifest["inputs"][self.shards_meta[k]["input"]]["panel"]
+        return np.full(n_cells, panel, dtype=np.int32)
 
     def vocab(self) -> GeneVocab:
         path = remote.join(self.directory, self.manifest["vocab"]["file"])

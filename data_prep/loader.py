@@ -49,7 +49,8 @@ class CellBatch(CellBlock):
 
     def to_torch(self) -> dict[str, torch.Tensor]:
         """Packed tensors for a varlen transformer: `cu_seqlens` (B+1,) int32, `gene_ids` (T,), `values` (T,), and
-        `library_size` (B,) float32, each cell's raw total over all of its genes, when the corpus records it."""
+        `library_size` (B,) float32, each cell's raw total over all of its genes, when the corpus records it, and
+        `panel` (B,) int64, each cell's measured-gene panel (an index into `Corpus.panels`), when it records them."""
         out = {
             "cu_seqlens": torch.from_numpy(self.indptr.astype(np.int32)),
             "gene_ids": torch.from_numpy(self.gene_ids.astype(np.int64)),
@@ -57,6 +58,8 @@ class CellBatch(CellBlock):
         }
         if self.library_size is not None:
             out["library_size"] = torch.from_numpy(self.library_size.astype(np.float32))
+        if self.panel is not None:
+            out["panel"] = torch.from_numpy(self.panel.astype(np.int64))
         return out
 
     def pin_memory(self) -> CellBatch:
@@ -285,6 +288,7 @@ class StreamingCellDataset(IterableDataset):
             self.corpus.release(k)  # held in memory once; this process will not read it again this epoch
         if self.obs_columns is not None:
             block.obs = {c: block.obs[c] for c in self.obs_columns}
+        block.panel = self.corpus.panel_column(k, block.n_cells)
         return block
 
     def _window(self, consumer: int, w: int, units: list) -> tuple[BlockList, np.ndarray]:
@@ -420,7 +424,9 @@ class StreamingCellDataset(IterableDataset):
 
     def _batch(self, parts: list[CellBlock], consumer: int, cursor: tuple[int, int]) -> CellBatch:
         b = CellBlock.concat(parts)
-        batch = CellBatch(b.indptr, b.gene_ids, b.values, b.cell_ids, b.split, b.obs, b.library_size, consumer, cursor)
+        batch = CellBatch(
+            b.indptr, b.gene_ids, b.values, b.cell_ids, b.split, b.obs, b.library_size, b.panel, consumer, cursor
+        )
         if self.prepare is not None:
             # (consumer, cursor) names the batch within the epoch: a resumed run draws for it what the first did
             generator = batch_generator(self.seed, PREPARE_STREAM, self.epoch, consumer, *cursor)

@@ -21,8 +21,8 @@ from data_prep.parts import PART_NAME
 from data_prep.values import ValueKind
 
 CORPUS_MAGIC = "scgrn-corpus"
-CORPUS_FORMAT_VERSION = 2  # 2: per-cell library sizes in the shards (SPEC.md, Versions)
-READABLE_VERSIONS = (1, 2)
+CORPUS_FORMAT_VERSION = 3  # 2: per-cell library sizes in the shards; 3: measured-gene panels (SPEC.md, Versions)
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_NAME = "manifest.json"
 REQUIRED_KEYS = ("magic", "format_version", "formats", "value_kind", "vocab", "shards", "totals", "inputs")
 # The fields before `shards`, in order; a part's part.json carries them too (with its own magic and version).
@@ -38,10 +38,27 @@ HEADER_KEYS = (
     "split",
     "options",
     "inputs",
+    "panels",
 )
 # Fields that describe the run, not the corpus: they differ between two runs that write the same corpus
 # (single machine vs `--part` + `scgrn shard merge`, or a resumed run). Everything else is equal.
 RUN_SPECIFIC_KEYS = ("created", "command", "seconds")
+
+
+def measured_panels(column_to_id: list[np.ndarray]) -> tuple[list[list[int]], list[int]]:
+    """Each input's measured genes (the vocab ids its columns map to, expressed in a cell or not) as shared panels:
+    -> (panels, panel index of each input). Inputs measuring the same genes (e.g. one 10x chemistry) share a
+    panel, so the manifest holds each distinct panel once."""
+    panels: list[list[int]] = []
+    index: dict[tuple[int, ...], int] = {}
+    of_input = []
+    for ids in column_to_id:
+        key = tuple(np.unique(ids[ids >= 0]).tolist())
+        if key not in index:
+            index[key] = len(panels)
+            panels.append(list(key))
+        of_input.append(index[key])
+    return panels, of_input
 
 
 def write_manifest(directory: Path, manifest: dict) -> Path:

@@ -20,7 +20,7 @@ from data_prep.errors import CorpusError, InputError
 from data_prep.io_utils import atomic_write_text
 
 PART_MAGIC = "scgrn-corpus-part"
-PART_FORMAT_VERSION = 2  # 2: the shards inside are corpus format 2
+PART_FORMAT_VERSION = 3  # 2: the shards inside are corpus format 2; 3: the header carries measured-gene panels
 PART_NAME = "part.json"
 PART_STATS_DIR = "gene_stats"  # per-shard gene statistics, summed in shard order by the merge
 PART_RULE = "contiguous: part I of N holds shards [I*S//N, (I+1)*S//N)"

@@ -36,6 +36,7 @@ from data_prep.manifest import (
     CORPUS_MAGIC,
     MANIFEST_NAME,
     complete_manifest,
+    measured_panels,
     write_manifest,
 )
 from data_prep.parts import (
@@ -395,9 +396,10 @@ def _write_mapping_report(out: Path, mappings) -> None:
 
 
 def _manifest_header(cfg, identity, vocab, kinds, readers, specs, input_hashes, mappings) -> dict:
-    """Manifest fields `magic` .. `inputs` (HEADER_KEYS); a part's input hashes are None for inputs it did not read."""
+    """Manifest fields `magic` .. `panels` (HEADER_KEYS); a part's input hashes are None for inputs it did not read."""
     import data_prep
 
+    panels, panel_of_input = measured_panels([m.column_to_id for m in mappings])
     return {
         "magic": CORPUS_MAGIC,
         "format_version": CORPUS_FORMAT_VERSION,
@@ -421,9 +423,11 @@ def _manifest_header(cfg, identity, vocab, kinds, readers, specs, input_hashes, 
                 "n_genes": len(r.gene_names),
                 "layer": s.layer,
                 "mapping": m.summary(),
+                "panel": p,
             }
-            for s, k, h, r, m in zip(specs, kinds, input_hashes, readers, mappings, strict=True)
+            for s, k, h, r, m, p in zip(specs, kinds, input_hashes, readers, mappings, panel_of_input, strict=True)
         ],
+        "panels": panels,
     }
 
 

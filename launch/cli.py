@@ -85,6 +85,8 @@ def _cmd_export(args) -> int:
     from pretrain.config import ConfigError
     from pretrain.release import export_release
 
+    if args.format == "hf":
+        return _export_hf(args)
     try:
         out = export_release(args.run_dir, args.out, args.tag)
     except ConfigError as err:
@@ -96,6 +98,45 @@ def _cmd_export(args) -> int:
 
         status = eval_after_export(out, label=args.eval_label, priors=args.eval_prior, quiet=args.quiet)
         print(status, file=sys.stderr if "failed" in status else sys.stdout)
+    return 0
+
+
+def _export_hf(args) -> int:
+    """`scgrn export RUN_OR_RELEASE --format hf --out DIR`: a Hugging Face BertForMaskedLM folder (Geneformer family);
+    a run's checkpoint is consolidated into a release first (in a temporary folder beside DIR)."""
+    import shutil
+
+    from pretrain.config import ConfigError
+    from pretrain.interop.geneformer_io import export_hf
+    from pretrain.release import export_release
+
+    source, scratch = Path(args.run_dir), None
+    try:
+        if not (source / "config.json").is_file():  # a run directory, not a release
+            scratch = args.out.with_name(f".{args.out.name}.release-tmp")
+            source = export_release(source, scratch, args.tag)
+        out = export_hf(source, args.out)
+    except ConfigError as err:
+        print(f"scgrn export: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    print(f"wrote {out}: config.json + model.safetensors (transformers.BertForMaskedLM.from_pretrained loads it), "
+          "token_dictionary and gene_median_dictionary (.json and .pkl)")  # fmt: skip
+    return 0
+
+
+def _cmd_import(args) -> int:
+    from pretrain.config import ConfigError
+    from pretrain.interop.geneformer_io import import_geneformer
+
+    try:
+        out = import_geneformer(args.checkpoint, args.token_dictionary, args.out, gene_medians=args.gene_medians)
+    except ConfigError as err:
+        print(f"scgrn import: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote release {out} (model.safetensors, config.json, vocab.json, README.md)")
     return 0
 
 
@@ -136,6 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-label", default="cell_type", help="obs column with cell types for the evaluation")
     p.add_argument("--eval-prior", type=Path, action="append", default=[], help="prior for the gene evaluation")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--format",
+        choices=["release", "hf"],
+        default="release",
+        help="release: an scgrn release; hf: a Hugging Face BertForMaskedLM folder (Geneformer family)",
+    )
+    p = sub.add_parser("import", help="a published checkpoint -> an scgrn release (geneformer: Hugging Face BERT)")
+    p.add_argument("family", choices=["geneformer"])
+    p.add_argument("checkpoint", type=Path, help="folder with config.json + model.safetensors (or pytorch_model.bin)")
+    p.add_argument("--token-dictionary", type=Path, required=True, help="gene id -> token id (.pkl, .json or .tsv)")
+    p.add_argument("--gene-medians", type=Path, help="gene id -> non-zero median of CP10k values (.pkl/.json/.tsv)")
+    p.add_argument("--out", type=Path, required=True)
     add_grn_parser(sub)
     add_eval_parser(sub)
     add_launch_parser(sub)
@@ -158,6 +211,7 @@ COMMANDS = {
     "demo": _cmd_demo,
     "pretrain": _cmd_pretrain,
     "export": _cmd_export,
+    "import": _cmd_import,
     "grn": cmd_grn,
     "eval": cmd_eval,
     "launch": cmd_launch,

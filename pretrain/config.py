@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-FAMILIES = ("scbert", "exceiver")
+FAMILIES = ("scbert", "exceiver", "geneformer")
 PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = ("adamw", "fused_adam")
 FINITE_CHECKS = ("auto", "before_update", "lagged")

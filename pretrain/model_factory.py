@@ -12,12 +12,27 @@ from pretrain.config import ConfigError
 
 def families() -> dict[str, tuple[type, type]]:
     from pretrain.models.exceiver import Exceiver, ExceiverConfig
+    from pretrain.models.geneformer import Geneformer, GeneformerConfig
     from pretrain.models.scbert import ScBert, ScBertConfig
 
-    return {"scbert": (ScBertConfig, ScBert), "exceiver": (ExceiverConfig, Exceiver)}
+    return {
+        "scbert": (ScBertConfig, ScBert),
+        "exceiver": (ExceiverConfig, Exceiver),
+        "geneformer": (GeneformerConfig, Geneformer),
+    }
 
 
 def model_config(family: str, fields: dict, vocab_size: int):
+    """The family's typed config from the run's `model` fields and the corpus's vocabulary size. With
+    `model.init_from = RELEASE` the release's config is the base (its vocab_size included) and the given fields
+    override it (training fields such as dropout, mask_prob, attention; changing the architecture then fails when
+    the weights are loaded)."""
+    fields = dict(fields)
+    init_from = fields.pop("init_from", None)
+    if init_from:
+        release = release_config(init_from, family)
+        fields = {**release["model"], **{k: v for k, v in fields.items() if k != "vocab_size"}}
+        vocab_size = release["model"]["vocab_size"]
     config_cls, _ = families()[family]
     allowed = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(fields) - allowed)
@@ -30,6 +45,48 @@ def model_config(family: str, fields: dict, vocab_size: int):
     except (TypeError, ValueError) as err:
         msg = f"model ({family}): {err}"
         raise ConfigError(msg) from None
+
+
+def release_config(path: str, family: str) -> dict:
+    """config.json of the release `model.init_from` names, checked against the run's family."""
+    import json
+    from pathlib import Path
+
+    config_path = Path(path) / "config.json"
+    if not config_path.is_file():
+        msg = (
+            f"model.init_from = {path!r}: no release there (no config.json). Give a folder written by `scgrn export` "
+            "or `scgrn import`."
+        )
+        raise ConfigError(msg)
+    config = json.loads(config_path.read_text())
+    if config.get("family") != family:
+        msg = (
+            f"model.init_from = {path!r} is a {config.get('family')!r} release but the run's family is {family!r}; "
+            f"set family={config.get('family')} (or start from a {family!r} release)."
+        )
+        raise ConfigError(msg)
+    return config
+
+
+def init_from_release(model: nn.Module, fields: dict) -> str | None:
+    """Load the weights of `model.init_from` (checked by `load_release`: hash, vocab) into `model`; returns the
+    release's vocab sha256, which the corpus must share, or None without `init_from`."""
+    path = fields.get("init_from")
+    if not path:
+        return None
+    from pretrain.release import load_release
+
+    released, vocab = load_release(path)
+    try:
+        model.load_state_dict(released.state_dict(), strict=True)
+    except RuntimeError as err:
+        msg = (
+            f"model.init_from = {path!r}: its weights do not fit the configured model ({str(err).splitlines()[0]}). "
+            "Leave the architecture fields (d_model, n_layers, ...) to the release."
+        )
+        raise ConfigError(msg) from None
+    return vocab.sha256
 
 
 def build_model(family: str, config) -> nn.Module:

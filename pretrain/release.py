@@ -27,7 +27,7 @@ from data_prep.io_utils import atomic_write_text, out_dir_problem, published_mod
 from data_prep.vocab import GeneVocab
 from pretrain import checkpointing as ckpt
 from pretrain.config import ConfigError
-from pretrain.model_factory import build_model, families
+from pretrain.model_factory import build_model, families, model_config
 
 RELEASE_FORMAT = "scgrn-release"
 RELEASE_VERSION = 1
@@ -66,8 +66,7 @@ def export_release(run_dir: Path, out: Path, tag: str | None = None) -> Path:
     manifest = json.loads((corpus / "manifest.json").read_text())
     state = consolidated_fp32_state_dict(chosen.parent, chosen.name)
     family = run_cfg["family"]
-    config_cls, _ = families()[family]
-    model_cfg = config_cls(**{**run_cfg["model"], "vocab_size": vocab.size})
+    model_cfg = model_config(family, run_cfg["model"], vocab.size)  # model.init_from: the release's config
     build_model(family, model_cfg).load_state_dict(state)  # fails loudly if the weights do not fit the config
 
     training = {
@@ -91,10 +90,12 @@ def write_release(
     manifest: dict,
     training: dict,
     checkpoint: str | None = None,
+    card: str | None = None,
 ) -> Path:
     """Write a release directory atomically (built in a temp dir, renamed into place).
 
-    `manifest` is the training corpus's manifest (value kind, totals, vocab); `training` goes to training_summary.json.
+    `manifest` is the training corpus's manifest (value kind, totals, vocab); `training` goes to training_summary.json;
+    `card` replaces the model card written from them (an imported checkpoint has no scgrn training run).
     """
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -120,7 +121,7 @@ def write_release(
     vocab.save(tmp / "vocab.json")
     atomic_write_text(tmp / "training_summary.json", json.dumps(training, indent=1))
     n_params = sum(v.numel() for v in state.values())
-    atomic_write_text(tmp / "README.md", _model_card(family, model_cfg, training, n_params, manifest))
+    atomic_write_text(tmp / "README.md", card or _model_card(family, model_cfg, training, n_params, manifest))
     if out.exists():
         shutil.rmtree(out)
     tmp.replace(out)
@@ -131,6 +132,7 @@ def _model_card(family, model_cfg, training, n_params, manifest) -> str:
     paper = {
         "scbert": "scBERT (Yang et al. 2022, Nat. Mach. Intell.)",
         "exceiver": "Exceiver (Connell et al. 2022), a Perceiver IO expression model",
+        "geneformer": "Geneformer (Theodoris et al. 2023, Nature), a BERT over rank-value encoded cells",
     }[family]
     losses = training.get("final_losses") or {}
     return (

@@ -28,7 +28,7 @@ from pretrain import checkpointing as ckpt
 from pretrain.config import WHOLE_SHARDS, ConfigError, PretrainConfig
 from pretrain.console import attach_run_log
 from pretrain.metrics import MetricsLogger, memory_gb
-from pretrain.model_factory import build_model, check_compile, check_corpus, model_config
+from pretrain.model_factory import build_model, check_compile, check_corpus, init_from_release, model_config
 from pretrain.models.common import resolve_attention
 from pretrain.parallel import engine as dist
 
@@ -103,10 +103,19 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
         self.model_config = model_config(cfg.family, cfg.model, self.corpus.manifest["vocab"]["size"])
         model = build_model(cfg.family, self.model_config)
+        release_vocab = init_from_release(model, cfg.model)  # model.init_from: continue pretraining a release
+        if hasattr(model, "gene_median") and not bool((model.gene_median > 0).any()):
+            msg = (
+                "family geneformer needs each gene's median (the rank-value normaliser), which only an imported "
+                "checkpoint carries today: set model.init_from to a release made by `scgrn import geneformer ... "
+                "--gene-medians FILE`."
+            )
+            raise ConfigError(msg)
         # Gene sampling, binning and masking run in the loader's workers (seeded per batch, resumed by the cursor):
         # the training step gets finished inputs with host-side sizes and never waits on the device for a length.
-        prepare = model.batch_preparer()
-        check_corpus(model, self.corpus.value_kind.value, self.corpus.vocab_sha256, cfg.model.get("vocab_sha256"))
+        prepare = model.batch_preparer(panels=self._panels(self.model_config))
+        expected_vocab = release_vocab or cfg.model.get("vocab_sha256")
+        check_corpus(model, self.corpus.value_kind.value, self.corpus.vocab_sha256, expected_vocab)
         model.to(self.device)
         # Backends fixed now, so a compiled forward never resolves one (DeepSpeed's bf16 casts the weights to bf16).
         dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
@@ -383,6 +392,20 @@ class Trainer:
         log.warning(
             "%s held rank %d for 600 s at step %d and nobody killed it; going on", variable, self.rank, self.step
         )
+
+    def _panels(self, model_config) -> tuple | None:
+        """The corpus's measured-gene panels when the objective masks unexpressed genes; an older corpus without
+        them is refused (never a silent fallback to the expressed-genes objective)."""
+        if not getattr(model_config, "mask_unexpressed", 0):
+            return None
+        if self.corpus.panels is None:
+            msg = (
+                f"model.mask_unexpressed = {model_config.mask_unexpressed} needs each input's measured-gene panel, "
+                f"which {self.corpus.directory} (corpus format {self.corpus.manifest['format_version']}) does not "
+                "record. Re-shard the inputs with this scgrn (corpus format 3) or set model.mask_unexpressed=0."
+            )
+            raise ConfigError(msg)
+        return self.corpus.panels
 
     def _prepare_elastic(self) -> None:
         """Resuming on another world size: ZeRO 1-3 states go through DeepSpeed's universal checkpoint (converted

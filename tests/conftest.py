@@ -111,3 +111,18 @@ def check_inspect_and_validate(local: Path, url: str) -> None:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def pbmc_debug_release(tmp_path_factory):
+    """A debug scBERT trained 10 steps on PBMC 3k, sharded with its cell types, exported through the CLI (which runs
+    the auto-eval on the corpus's validation split); shared by the finetune CLI tests. Returns the release folder and
+    the export's process."""
+    counts = require_shared("counts", "human_pbmc3k_10x.h5ad")
+    root = tmp_path_factory.mktemp("pbmc-release")
+    run_cli("shard", counts, "--out", root / "corpus", "--obs-columns", "cell_type", "--quiet", check=True)
+    run_cli("pretrain", "--config", "launch/configs/pretrain/debug.yaml", f"data.corpus={root / 'corpus'}",
+            f"train.out_dir={root / 'run'}", "train.steps=10", "train.save_every=10", "train.eval_every=10",
+            check=True)  # fmt: skip
+    export = run_cli("export", root / "run", "--out", root / "release", "--quiet", check=True)
+    return root / "release", export

@@ -85,9 +85,16 @@ def packed_rows(cells: sp.csr_matrix, rows: np.ndarray) -> dict[str, torch.Tenso
     }
 
 
-def adapt(model: torch.nn.Module, cells: sp.csr_matrix, config: AdaptConfig, progress: bool = False) -> torch.nn.Module:
+def adapt(
+    model: torch.nn.Module,
+    cells: sp.csr_matrix,
+    config: AdaptConfig,
+    progress: bool = False,
+    measured: np.ndarray | None = None,
+) -> torch.nn.Module:
     """A copy of `model` after `config.steps` AdamW steps of its own masked objective on `cells` ((cells, V) values by
-    vocab id), in seeded shuffled batches; `model` itself is not changed. Eval mode on return."""
+    vocab id), in seeded shuffled batches; `model` itself is not changed. Eval mode on return. A release trained with
+    `mask_unexpressed` keeps that objective here, with `measured` (the dataset's vocab ids) as every cell's panel."""
     from tqdm.auto import tqdm
 
     adapted = copy.deepcopy(model).train()
@@ -108,7 +115,11 @@ def adapt(model: torch.nn.Module, cells: sp.csr_matrix, config: AdaptConfig, pro
                 order, position = rng.permutation(expressed), 0
             rows = np.sort(order[position : position + config.batch_cells])
             position += config.batch_cells
-            loss = adapted(packed_rows(cells, rows), generator=generator)["loss"]
+            batch = packed_rows(cells, rows)
+            if measured is not None and getattr(adapted.config, "mask_unexpressed", 0):
+                panel = torch.zeros(len(rows), dtype=torch.long)
+                batch = adapted.prepare_batch({**batch, "panel": panel}, generator, (measured,))
+            loss = adapted(batch, generator=generator)["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(adapted.parameters(), 1.0)
@@ -123,6 +134,7 @@ def cached_adapt(
     key_parts: list[str],
     cache_dir: Path | None,
     progress: bool = False,
+    measured: np.ndarray | None = None,
 ) -> torch.nn.Module:
     """`adapt`, with the adapted weights cached under `cache_dir` (safetensors, written atomically)."""
     from safetensors.torch import load_file, save_file
@@ -137,7 +149,7 @@ def cached_adapt(
         adapted = copy.deepcopy(model)
         adapted.load_state_dict(load_file(str(path)))
         return adapted.eval()
-    adapted = adapt(model, cells, config, progress=progress)
+    adapted = adapt(model, cells, config, progress=progress, measured=measured)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")

@@ -98,7 +98,8 @@ class ReleaseInputs:
             model = self._base["pretrained"] if kind == "pretrained" else random_init_like(self.path)
             if self.adapt.steps:
                 key = [self.sha256, kind, self.expression_sha256, self.value_kind]
-                model = cached_adapt(model, self.cells(), self.adapt, key, self.cache_dir, self.progress)
+                measured = np.unique(self.ids[self.ids >= 0])  # the dataset's genes: its measured-gene panel
+                model = cached_adapt(model, self.cells(), self.adapt, key, self.cache_dir, self.progress, measured)
             self._models[kind] = model
         return self._models[kind]
 

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from pretrain.models import unexpressed
 from pretrain.models.attention import BACKENDS
 from pretrain.models.common import (
     GENE_SAMPLING_MODES,
@@ -95,6 +96,10 @@ class ExceiverConfig:
     """How a cell longer than `max_genes` is cut: "random" genes or the "topk" highest counts."""
     mask_prob: float = 0.15
     """Fraction of each cell's expressed genes hidden from the encoder and predicted, in (0, 1)."""
+    mask_unexpressed: float = 0.0
+    """Fraction of the predicted set drawn from genes the cell's input measured but the cell did not express (count
+    0, scored with the full, not zero-truncated, likelihood), in [0, 1); needs a corpus of format >= 3
+    (measured-gene panels). 0 = expressed genes only. See pretrain.models.unexpressed."""
     objective: str = "mse"
     """"mse" on log1p(CP10k) values (the paper), or zero-truncated "poisson" / "nb" likelihoods of the raw counts
     (the targets are expressed genes, k >= 1) with the cell's library size as offset (pretrain.models.objectives)."""
@@ -130,6 +135,8 @@ class ExceiverConfig:
             problems.append(f"dropout={self.dropout!r} must be in [0, 1)")
         if not (isinstance(self.mask_prob, int | float) and 0.0 < self.mask_prob < 1.0):
             problems.append(f"mask_prob={self.mask_prob!r} must be in (0, 1)")
+        if (problem := unexpressed.check_fraction(self.mask_unexpressed)) is not None:
+            problems.append(problem)
         choices = (("gene_sampling", GENE_SAMPLING_MODES), ("objective", OBJECTIVES), ("attention", ATTENTION))
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
@@ -330,9 +337,17 @@ def split_masked(config: ExceiverConfig, batch: dict[str, Tensor]) -> dict:
     }
 
 
-def prepare_batch(config: ExceiverConfig, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict:
+def prepare_batch(
+    config: ExceiverConfig,
+    batch: dict[str, Tensor],
+    generator: torch.Generator | None = None,
+    panels: tuple | None = None,
+) -> dict:
     """Raw packed cells -> the inputs `Exceiver.forward` uses as given: library sizes taken before sampling, at
-    most `max_genes` genes per cell, the mask, and its `split_masked` split.
+    most `max_genes` genes per cell, the mask, and its `split_masked` split. With `mask_unexpressed` > 0 and the
+    corpus's measured-gene `panels` (the batch's "panel" gives each cell's), unexpressed measured genes are added
+    to each cell as masked tokens of count 0 (room kept for them under `max_genes`); without panels the objective
+    is the expressed-genes one.
 
     Runs wherever `batch` lives; the trainer runs it in the data loader's workers on CPU tensors (seeded per batch,
     see `data_prep.loader.StreamingCellDataset`), so the step on a GPU gets finished inputs with host-side sizes.
@@ -343,10 +358,27 @@ def prepare_batch(config: ExceiverConfig, batch: dict[str, Tensor], generator: t
     library = batch.get("library_size")
     if library is None:
         library = cell_library_size(values, cu_seqlens)  # (B,) whole-cell totals, before sampling
+    zeros = config.mask_unexpressed > 0 and panels is not None and "panel" in batch
+    room = unexpressed.reserve(config.max_genes, config.mask_prob, config.mask_unexpressed) if zeros else 0
+    all_ids, all_cu = gene_ids, cu_seqlens
     gene_ids, values, cu_seqlens = sample_genes(
-        gene_ids, values, cu_seqlens, config.max_genes, config.gene_sampling, generator
+        gene_ids, values, cu_seqlens, config.max_genes - room, config.gene_sampling, generator
     )
     mask = sample_mask(cu_seqlens, gene_ids.shape[0], config.mask_prob, generator)  # (T',)
+    if zeros:
+        cell = token_cell_index(cu_seqlens, gene_ids.shape[0])
+        n_masked = torch.zeros(cu_seqlens.numel() - 1, dtype=torch.long, device=mask.device)
+        n_masked.index_add_(0, cell, mask.long())  # (B,)
+        room_left = config.max_genes - (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        extra, cu_extra = unexpressed.draw_unexpressed(
+            all_ids, all_cu, n_masked, room_left, batch["panel"], panels, config.mask_unexpressed, generator
+        )
+        cu_seqlens, (gene_ids, values, mask) = unexpressed.append_to_cells(
+            cu_seqlens,
+            [gene_ids, values, mask],
+            cu_extra,
+            [extra, torch.zeros(extra.shape[0], dtype=values.dtype), torch.ones(extra.shape[0], dtype=torch.bool)],
+        )
     sampled = {"gene_ids": gene_ids, "values": values, "cu_seqlens": cu_seqlens, "mask": mask, "library_size": library}
     return {**sampled, **split_masked(config, sampled)}
 
@@ -566,12 +598,14 @@ class Exceiver(nn.Module):
         objective = self.config.objective
         if objective == "mse":
             loss = mse_loss(pred, target)
+        # expressed targets (k >= 1) with the zero-truncated likelihood; unexpressed ones (mask_unexpressed, k = 0)
+        # with the full one
         elif objective == "poisson":
-            loss = poisson_nll(pred, target, batch["query_library"], TARGET_SUM, zero_truncated=True)
+            loss = poisson_nll(pred, target, batch["query_library"], TARGET_SUM, zero_truncated=target > 0)
         else:
             log_theta = self.log_theta(query_gene_ids).squeeze(-1)  # (N,)
             loss = negative_binomial_nll(
-                pred, log_theta, target, batch["query_library"], TARGET_SUM, zero_truncated=True
+                pred, log_theta, target, batch["query_library"], TARGET_SUM, zero_truncated=target > 0
             )
         return {
             "loss": loss,
@@ -583,14 +617,17 @@ class Exceiver(nn.Module):
             "masked_gene_ids": query_gene_ids,
         }
 
-    def prepare_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict:
+    def prepare_batch(
+        self, batch: dict[str, Tensor], generator: torch.Generator | None = None, panels: tuple | None = None
+    ) -> dict:
         """Raw packed cells -> the inputs `forward` uses as given; see the module function `prepare_batch`."""
-        return prepare_batch(self.config, batch, generator)
+        return prepare_batch(self.config, batch, generator, panels)
 
-    def batch_preparer(self) -> functools.partial:
-        """`prepare_batch` bound to this model's config: a picklable callable (batch, generator) -> prepared batch,
-        for the data loader's workers, so sampling, masking and splitting run on the host, off the training step."""
-        return functools.partial(prepare_batch, self.config)
+    def batch_preparer(self, panels: tuple | None = None) -> functools.partial:
+        """`prepare_batch` bound to this model's config (and the corpus's measured-gene `panels`, for
+        `mask_unexpressed`): a picklable callable (batch, generator) -> prepared batch, for the data loader's
+        workers, so sampling, masking and splitting run on the host, off the training step."""
+        return functools.partial(prepare_batch, self.config, panels=panels)
 
     @staticmethod
     def n_targets(prepared: dict) -> int:

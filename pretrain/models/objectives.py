@@ -19,7 +19,9 @@ Zero truncation. The corpus stores expressed genes only, so every target count i
 the zero-truncated one, p(k | k > 0) = p(k) / (1 − p(0)) (Cohen, 1960, for the Poisson; the hurdle / truncated NB
 of count regression). Without the 1 − p(0) term, the full likelihood of only positive counts rewards pushing μ up
 (no mass is ever asked for at 0), which biases the predicted expression of lowly expressed genes. Pass
-`zero_truncated=True` (the Exceiver does for its masked, hence expressed, genes).
+`zero_truncated=True` (the Exceiver does for its masked, hence expressed, genes), or a (N,) bool mask of the tokens
+to truncate: the Exceiver passes `counts > 0`, so the unexpressed measured genes that `model.mask_unexpressed`
+adds (k = 0, known zeros) get the full likelihood.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def poisson_nll(
     library_size: Tensor | float,
     target_sum: float = TARGET_SUM,
     *,
-    zero_truncated: bool = False,
+    zero_truncated: bool | Tensor = False,
 ) -> Tensor:
     """Poisson negative log-likelihood, mean over the N masked tokens.
 
@@ -118,8 +120,9 @@ def poisson_nll(
     k = counts.to(log_mu.dtype)
     mu = torch.exp(log_mu)
     nll = mu - k * log_mu + torch.lgamma(k + 1.0)
-    if zero_truncated:
-        nll = nll + log1mexp(mu.clamp_min(torch.finfo(mu.dtype).tiny))  # − log p(k) + log(1 − p(0))
+    if zero_truncated is not False:
+        truncation = log1mexp(mu.clamp_min(torch.finfo(mu.dtype).tiny))  # − log p(k) + log(1 − p(0))
+        nll = nll + _where(zero_truncated, truncation)
     return _mean(nll)
 
 
@@ -130,7 +133,7 @@ def negative_binomial_nll(
     library_size: Tensor | float,
     target_sum: float = TARGET_SUM,
     *,
-    zero_truncated: bool = False,
+    zero_truncated: bool | Tensor = False,
 ) -> Tensor:
     """Negative-binomial negative log-likelihood in scVI's mean / inverse-dispersion form, mean over N tokens.
 
@@ -163,9 +166,17 @@ def negative_binomial_nll(
         - torch.lgamma(theta)
         - torch.lgamma(k + 1.0)
     )
-    if zero_truncated:
-        log_prob = log_prob - log1mexp(neg_log_p0.clamp_min(torch.finfo(neg_log_p0.dtype).tiny))
+    if zero_truncated is not False:
+        truncation = log1mexp(neg_log_p0.clamp_min(torch.finfo(neg_log_p0.dtype).tiny))
+        log_prob = log_prob - _where(zero_truncated, truncation)
     return _mean(-log_prob)
+
+
+def _where(zero_truncated: bool | Tensor, truncation: Tensor) -> Tensor:
+    """The truncation term where asked: everywhere (True) or on the tokens of a (N,) bool mask (e.g. counts > 0)."""
+    if isinstance(zero_truncated, Tensor):
+        return torch.where(zero_truncated, truncation, torch.zeros_like(truncation))
+    return truncation
 
 
 __all__ = [

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from pretrain.models import common
+from pretrain.models import common, unexpressed
 from pretrain.models.attention import BACKENDS
 from pretrain.models.common import (
     GENE_SAMPLING_MODES,
@@ -77,6 +77,10 @@ class ScBertConfig:
     """Fraction of genes whose bin is predicted, in (0, 1]."""
     mask_replace_prob: float = 0.9
     """Of the masked genes, the fraction whose input bin becomes the [MASK] token; the rest keep their bin. [0, 1]."""
+    mask_unexpressed: float = 0.0
+    """Fraction of the masked set drawn from genes the cell's input measured but the cell did not express (target:
+    bin 0), in [0, 1); needs a corpus of format >= 3 (measured-gene panels). 0 = expressed genes only, as scBERT.
+    See pretrain.models.unexpressed."""
     attention: str = "auto"
     """Attention backend: "auto" (on CUDA in bf16/fp16 torch's fused "varlen", or "flash" when attention dropout
     needs it; "sdpa" on CPU and in fp32) or one of pretrain.models.attention.BACKENDS ("varlen", "flash", "sdpa",
@@ -114,6 +118,8 @@ class ScBertConfig:
             "mask_replace_prob",
             "a float in [0, 1]",
         )
+        if (problem := unexpressed.check_fraction(self.mask_unexpressed)) is not None:
+            errors.append(problem)
         check(self.attention in ("auto", *BACKENDS), "attention", f"one of {('auto', *BACKENDS)}")
         check(isinstance(self.activation_checkpointing, bool), "activation_checkpointing", "a bool")
         check(isinstance(self.compile, bool), "compile", "a bool")
@@ -224,9 +230,17 @@ def mask_for_mlm(
     return input_bins, labels
 
 
-def prepare_batch(config: ScBertConfig, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict:
+def prepare_batch(
+    config: ScBertConfig,
+    batch: dict[str, Tensor],
+    generator: torch.Generator | None = None,
+    panels: tuple[np.ndarray, ...] | None = None,
+) -> dict:
     """Raw packed cells -> model inputs: bin every gene (cell totals: the batch's `library_size` when the corpus
-    records it, else the sum over its genes), keep at most `max_genes` per cell, mask.
+    records it, else the sum over its genes), keep at most `max_genes` per cell, mask. With `mask_unexpressed` > 0
+    and the corpus's measured-gene `panels` (the batch's "panel" gives each cell's), masked unexpressed measured
+    genes are added to each cell (target bin 0; input [MASK] or, at 1 − mask_replace_prob, bin 0), with room kept
+    for them under `max_genes`; without panels the objective is the expressed-genes one.
 
     Runs wherever `batch` lives; the trainer runs it in the data loader's workers on CPU tensors (seeded per batch,
     see `data_prep.loader.StreamingCellDataset`), so the training step on a GPU gets finished inputs and host-side
@@ -237,8 +251,11 @@ def prepare_batch(config: ScBertConfig, batch: dict[str, Tensor], generator: tor
     """
     cu_seqlens, gene_ids, values = batch["cu_seqlens"], batch["gene_ids"], batch["values"]
     bins = bin_values(values, cu_seqlens, config.n_bins, library_size=batch.get("library_size"))  # (T,)
+    zeros = config.mask_unexpressed > 0 and panels is not None and "panel" in batch
+    room = unexpressed.reserve(config.max_genes, config.mask_prob, config.mask_unexpressed) if zeros else 0
+    all_ids, all_cu = gene_ids, cu_seqlens
     gene_ids, values, cu_seqlens, kept = sample_genes(
-        gene_ids, values, cu_seqlens, config.max_genes, config.gene_sampling, generator, return_index=True
+        gene_ids, values, cu_seqlens, config.max_genes - room, config.gene_sampling, generator, return_index=True
     )  # (T',), (T',), (B+1,), (T',)
     input_bins, labels = mask_for_mlm(
         bins[kept],
@@ -248,6 +265,19 @@ def prepare_batch(config: ScBertConfig, batch: dict[str, Tensor], generator: tor
         replace_prob=config.mask_replace_prob,
         mask_token=config.mask_token,
     )
+    if zeros:
+        seg = segment_ids(cu_seqlens, gene_ids.shape[0])
+        n_masked = torch.zeros(cu_seqlens.numel() - 1, dtype=torch.long, device=seg.device)
+        n_masked.index_add_(0, seg, (labels >= 0).long())  # (B,)
+        extra, cu_extra = unexpressed.draw_unexpressed(
+            all_ids, all_cu, n_masked, config.max_genes - common.seqlens(cu_seqlens), batch["panel"], panels,
+            config.mask_unexpressed, generator,
+        )  # fmt: skip
+        keep_bin = uniform(extra.shape[0], generator, extra.device) >= config.mask_replace_prob
+        extra_input = torch.where(keep_bin, 0, config.mask_token)
+        cu_seqlens, (gene_ids, input_bins, labels) = unexpressed.append_to_cells(
+            cu_seqlens, [gene_ids, input_bins, labels], cu_extra, [extra, extra_input, torch.zeros_like(extra)]
+        )
     sizes = torch.stack([common.seqlens(cu_seqlens).max(), (labels != IGNORE_INDEX).sum()]).tolist()  # one sync
     return {
         "cu_seqlens": cu_seqlens,
@@ -321,14 +351,17 @@ class ScBert(nn.Module):
         bins = bin_values(values, cu_seqlens, self.config.n_bins)  # (T,)
         return self.encode(gene_ids, bins, cu_seqlens)
 
-    def prepare_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict:
+    def prepare_batch(
+        self, batch: dict[str, Tensor], generator: torch.Generator | None = None, panels: tuple | None = None
+    ) -> dict:
         """Raw packed cells -> model inputs; see the module function `prepare_batch`."""
-        return prepare_batch(self.config, batch, generator)
+        return prepare_batch(self.config, batch, generator, panels)
 
-    def batch_preparer(self) -> functools.partial:
-        """`prepare_batch` bound to this model's config: a picklable callable (batch, generator) -> prepared batch,
-        for the data loader's workers, so sampling, binning and masking run on the host, off the training step."""
-        return functools.partial(prepare_batch, self.config)
+    def batch_preparer(self, panels: tuple[np.ndarray, ...] | None = None) -> functools.partial:
+        """`prepare_batch` bound to this model's config (and the corpus's measured-gene `panels`, for
+        `mask_unexpressed`): a picklable callable (batch, generator) -> prepared batch, for the data loader's
+        workers, so sampling, binning and masking run on the host, off the training step."""
+        return functools.partial(prepare_batch, self.config, panels=panels)
 
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Masked-bin loss on a packed batch.

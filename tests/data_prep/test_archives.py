@@ -37,3 +37,18 @@ def test_there_is_an_archive_for_the_current_version():
     from data_prep.manifest import CORPUS_FORMAT_VERSION
 
     assert any(a.name == f"v{CORPUS_FORMAT_VERSION}" for a in ARCHIVES)
+
+
+def test_version_3_records_each_inputs_measured_genes_and_older_versions_none():
+    """Format 3's panels: the archive's one input measured all 12 genes (G0..G11); the loader gives each cell its
+    panel index. Version 2 records none (`Corpus.panels` is None, no `panel` in the batches)."""
+    by_version = {a.name: a / "corpus" for a in ARCHIVES}
+    corpus = Corpus(by_version["v3"])
+    tokens = corpus.vocab().tokens
+    assert len(corpus.panels) == 1 and [tokens[g] for g in corpus.panels[0]] == [f"G{j}" for j in range(12)]
+    for fmt in ("zarr", "webdataset"):
+        batches = list(StreamingCellDataset(by_version["v3"], fmt=fmt, split="all", seed=0, batch_size=5))
+        assert all(b.to_torch()["panel"].tolist() == [0] * b.n_cells for b in batches)
+    assert Corpus(by_version["v2"]).panels is None
+    batch = next(iter(StreamingCellDataset(by_version["v2"], split="all", seed=0, batch_size=5)))
+    assert "panel" not in batch.to_torch()

@@ -149,7 +149,7 @@ def test_real_counts_shard_inspect_validate_through_cli(tmp_path, cli):
 
     summary = json.loads(proc.stdout)
     assert summary["n_cells"] == 4439
-    assert summary["n_shards"] == 3 and summary["format_version"] == 2
+    assert summary["n_shards"] == 3 and summary["format_version"] == 3
     assert summary["nnz"] > 6_000_000 and summary["n_genes"] > 40_000
     assert cli("validate", out).returncode == 0
     # Row-level check against the source for the PBMC file (the first input, shard 0).

@@ -16,16 +16,9 @@ SECTIONS = {"masked", "cells", "genes", "transfer"}
 
 
 @pytest.fixture(scope="module")
-def labelled_release(tmp_path_factory):
-    """A debug scBERT trained 10 steps on PBMC 3k sharded with its cell types; exported (which runs the auto-eval)."""
-    counts = require_shared("counts", "human_pbmc3k_10x.h5ad")
-    root = tmp_path_factory.mktemp("eval-release")
-    run_cli("shard", counts, "--out", root / "corpus", "--obs-columns", "cell_type", "--quiet", check=True)
-    run_cli("pretrain", "--config", "launch/configs/pretrain/debug.yaml", f"data.corpus={root / 'corpus'}",
-            f"train.out_dir={root / 'run'}", "train.steps=10", "train.save_every=10", "train.eval_every=10",
-            check=True)  # fmt: skip
-    export = run_cli("export", root / "run", "--out", root / "release", "--quiet", check=True)
-    return root / "release", export
+def labelled_release(pbmc_debug_release):
+    """The session's debug release on PBMC 3k (tests/conftest.py) and its export's output."""
+    return pbmc_debug_release
 
 
 def test_eval_on_a_file_the_model_never_saw_has_all_four_sections_with_baselines(tmp_path, labelled_release):

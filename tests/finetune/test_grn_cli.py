@@ -13,24 +13,9 @@ pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def debug_release(tmp_path_factory):
-    """A debug scBERT release trained for 10 steps on real human counts (PBMC 3k), through the CLI."""
-    counts = require_shared("counts", "human_pbmc3k_10x.h5ad")
-    root = tmp_path_factory.mktemp("grn-release")
-    run_cli("shard", counts, "--out", root / "corpus", "--format", "zarr", "--quiet", check=True)
-    run_cli(
-        "pretrain",
-        "--config",
-        "launch/configs/pretrain/debug.yaml",
-        f"data.corpus={root / 'corpus'}",
-        f"train.out_dir={root / 'run'}",
-        "train.steps=10",
-        "train.save_every=10",
-        "train.eval_every=10",
-        check=True,
-    )
-    run_cli("export", root / "run", "--out", root / "release", check=True)
-    return root / "release"
+def debug_release(pbmc_debug_release):
+    """The session's debug release trained 10 steps on real human counts (PBMC 3k; tests/conftest.py)."""
+    return pbmc_debug_release[0]
 
 
 def test_grn_on_a_real_beeline_folder(tmp_path, debug_release):
@@ -38,7 +23,7 @@ def test_grn_on_a_real_beeline_folder(tmp_path, debug_release):
     out = tmp_path / "out"
     proc = run_cli(
         "grn", "--release", debug_release, "--benchmark", folder, "--out", out,
-        "--seeds", "2", "--tree-method", "none", "--tuning-budget", "2", "--isd-cells", "50",
+        "--seeds", "2", "--tree-method", "none", "--tuning-budget", "2", "--isd-cells", "12",
         "--probe-cells", "10", "--attention-cells", "100", "--negatives", "degree-aware", "--quiet",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -75,7 +60,7 @@ def test_grn_inference_on_counts_with_a_trrust_prior(tmp_path, debug_release):
     out = tmp_path / "infer"
     proc = run_cli(
         "grn", "--release", debug_release, "--expression", counts, "--prior", prior, "--out", out,
-        "--seeds", "1", "--max-genes", "400", "--tuning-budget", "1", "--isd-cells", "50", "--probe-cells", "10",
+        "--seeds", "1", "--max-genes", "400", "--tuning-budget", "1", "--isd-cells", "12", "--probe-cells", "10",
         "--tree-method", "none", "--attention-cells", "100", "--quiet",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -18,7 +18,7 @@ def test_simulate_shard_inspect_validate(tmp_path, cli):
     )
     assert "cells        600" in proc.stdout  # human summary after sharding
     summary = json.loads(cli("inspect", out, "--json", check=True).stdout)
-    assert summary["n_cells"] == 600 and summary["n_shards"] == 3 and summary["format_version"] == 2
+    assert summary["n_cells"] == 600 and summary["n_shards"] == 3 and summary["format_version"] == 3
     assert {"n_cells", "n_genes", "nnz", "n_shards", "format_version"} <= set(summary)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["command"].startswith("scgrn shard")

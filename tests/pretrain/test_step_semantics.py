@@ -59,8 +59,8 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _train(run_dir: Path, corpus: Path, ranks: int, *overrides: str, timeout: int = 300) -> None:
-    args = ["--config", str(DEBUG), f"data.corpus={corpus}", f"train.out_dir={run_dir}", *overrides]
+def _train(run_dir: Path, corpus: Path, ranks: int, *overrides: str, timeout: int = 300, config: Path = DEBUG) -> None:
+    args = ["--config", str(config), f"data.corpus={corpus}", f"train.out_dir={run_dir}", *overrides]
     if ranks == 1:
         cmd = [sys.executable, "-m", "pretrain", *args]
     else:

@@ -1,0 +1,1 @@
+"""Interoperability with checkpoints of other projects: Hugging Face BERT (Geneformer) import and export."""
