@@ -79,7 +79,11 @@ def mean_queries_keys(
             end = int(cu[n_cells])
             ids, values = batch["gene_ids"][:end], batch["values"][:end]
             captured.clear()
-            model.gene_states(ids, values, cu[: n_cells + 1])
+            if hasattr(model, "token_states"):  # Geneformer family: the attention runs over its rank-value tokens
+                ids, _, _ = model.token_states(ids, values, cu[: n_cells + 1])
+                end = ids.numel()
+            else:
+                model.gene_states(ids, values, cu[: n_cells + 1])
             rows = row_of_id[ids]
             keep = rows >= 0
             rows = rows[keep]

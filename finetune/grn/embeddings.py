@@ -119,7 +119,7 @@ def gene_embeddings(
     """Run the release (or its random-init twin, `kind`) over the dataset's cells and pool per gene (see the module
     docstring). Rows follow `rel.genes`."""
     model = rel.model(kind)
-    if not hasattr(model, "gene_states"):
+    if not hasattr(model, "gene_states") and not hasattr(model, "token_states"):
         msg = f"release {rel.path}: family {rel.family} has no gene_states(); scgrn cannot embed genes with it."
         raise GrnInputError(msg)
     ids = rel.ids
@@ -170,6 +170,11 @@ def extract_gene_embeddings(
 
 
 def _states(model, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gene ids, states) of a batch's tokens: every given gene (scBERT, Exceiver), or the tokens a Geneformer-family
+    model makes of the cell (its rank-value context; specials map to no dataset gene and are dropped by the caller)."""
+    if hasattr(model, "token_states"):
+        ids, states, _ = model.token_states(batch["gene_ids"], batch["values"], batch["cu_seqlens"])
+        return ids, states.float()
     states = model.gene_states(batch["gene_ids"], batch["values"], batch["cu_seqlens"], generator=generator)  # (T, D)
     return batch["gene_ids"], states.float()
 

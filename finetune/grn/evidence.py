@@ -303,11 +303,15 @@ def release_deletion_evidence(
         ",".join(map(str, np.asarray(tf_rows).tolist())),
         json.dumps(config.__dict__, sort_keys=True),
     )
+    model = rel.model(kind)
+    deletion = in_silico_deletion
+    if hasattr(model, "token_states"):  # Geneformer family: embedding shift when the TF's token is removed
+        from finetune.grn.token_deletion import token_deletion as deletion
     return cached_arrays(
         cache_dir,
         f"isd-{key}",
-        lambda: in_silico_deletion(
-            rel.model(kind),
+        lambda: deletion(
+            model,
             rel.batches(64),
             rel.row_of_id,
             np.asarray(tf_rows),

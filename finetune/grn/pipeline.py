@@ -44,7 +44,7 @@ from finetune.grn.fit_pool import FitPool, submission_order
 from finetune.grn.methods import GrnInputs, candidate_configs, choose, learned_methods, scorer, zscore_genes
 from finetune.grn.metrics import edge_metrics, summarize
 from finetune.grn.plots import plot_curves
-from finetune.grn.probe import ProbeConfig, release_probe_evidence
+from finetune.grn.probe import ProbeConfig, predicts_values, release_probe_evidence
 from finetune.grn.release_inputs import MODEL_KINDS, ReleaseInputs, open_release_inputs
 from finetune.grn.report import write_edges, write_metrics, write_results
 from finetune.grn.shortcuts import SHORTCUT_DESCRIPTIONS, shortcut_matrix
@@ -154,14 +154,16 @@ def gather_evidence(
         embeddings = {kind: cached_gene_embeddings(rel, kind, cfg.cache_dir, progress=cfg.progress) for kind in kinds}
         timings["gene_embeddings"] = time.perf_counter() - t
         readouts = list(RELEASE_READOUTS)
-        if not has_gene_attention(rel.model("pretrained")):
-            readouts.remove("attention")
-        if "attention" not in readouts and ("attention" in cfg.evidence or any("attention" in b for b in wanted)):
-            log.warning(
-                "release %s (family %s) has no self-attention over genes: the attention readout is left out",
-                rel.path,
-                rel.family,
-            )
+        left_out = {
+            "attention": not has_gene_attention(rel.model("pretrained")) and "has no self-attention over genes",
+            "probe": not predicts_values(rel.model("pretrained")) and "predicts gene tokens, not values",
+        }
+        for readout, why in left_out.items():
+            if not why:
+                continue
+            readouts.remove(readout)
+            if readout in cfg.evidence or any(readout in b for b in wanted):
+                log.warning("release %s (family %s) %s: the %s readout is left out", rel.path, rel.family, why, readout)
         for kind in MODEL_KINDS:
             for readout in readouts:
                 name = f"{kind}-{readout}"

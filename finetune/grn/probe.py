@@ -236,6 +236,12 @@ def perturbation_probe(
     }
 
 
+def predicts_values(model: torch.nn.Module) -> bool:
+    """Whether the model predicts expression values (scBERT bins, Exceiver counts), which the probe reads; the
+    Geneformer family predicts gene tokens."""
+    return not hasattr(model, "token_states")
+
+
 def release_probe_evidence(
     rel: ReleaseInputs,
     tf_rows: np.ndarray,
@@ -248,6 +254,13 @@ def release_probe_evidence(
     """The probe of the release (or its random-init twin, `kind`) on the dataset's metacells, cached like the
     deletion evidence. TFs the vocabulary lacks are not probed; TFs expressed in no metacell are named in one
     warning and not probed; when no TF is left the error says so."""
+    if not predicts_values(rel.model(kind)):
+        msg = (
+            f"release {rel.path} (family {rel.family}) predicts gene identity (rank-value tokens), not expression: "
+            "there is no predicted value for the probe to move. Leave the probe out (--evidence / --baselines) and "
+            "use its embeddings, deletion (embedding shift) and attention readouts."
+        )
+        raise GrnInputError(msg)
     tf_rows = np.asarray(tf_rows, dtype=np.int64)
     key = rel.cache_key(
         f"probe-v{PROBE_VERSION}",

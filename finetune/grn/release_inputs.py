@@ -42,7 +42,13 @@ def random_init_like(release: Path, seed: int = RANDOM_INIT_SEED) -> torch.nn.Mo
     config_cls, _ = families()[config["family"]]
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's global RNG
         torch.manual_seed(seed)
-        return build_model(config["family"], config_cls(**config["model"])).eval()
+        model = build_model(config["family"], config_cls(**config["model"])).eval()
+    if hasattr(model, "gene_median"):  # Geneformer: the tokenizer's medians are data, not weights; the twin keeps them
+        from safetensors import safe_open
+
+        with safe_open(str(Path(release) / "model.safetensors"), framework="pt") as f:
+            model.gene_median.copy_(f.get_tensor("gene_median"))
+    return model
 
 
 @dataclass

@@ -317,6 +317,25 @@ class Geneformer(nn.Module):
                 x = block(x, cu_seqlens, max_seqlen)
         return x
 
+    @property
+    def gene_embedding(self) -> nn.Embedding:
+        """The token embedding table (rows = vocab ids), under the name the other families use."""
+        return self.token_embedding
+
+    @torch.no_grad()
+    def token_states(
+        self, gene_ids: Tensor, values: Tensor, cu_seqlens: Tensor, library_size: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Rank-value encode raw cells and run the encoder without masking: -> (token ids (T',) in each cell's rank
+        order, specials included; hidden states (T', D); cu_seqlens (B+1,)). Genes without a median or beyond the
+        context have no token (and no state)."""
+        input_ids, positions, cu = rank_value_encode(
+            self.config, self.gene_median.cpu(), gene_ids.cpu(), values.cpu(), cu_seqlens.cpu(), library_size
+        )
+        device = self.token_embedding.weight.device
+        hidden = self.encode(input_ids.to(device), positions.to(device), cu.to(device))
+        return input_ids, hidden, cu
+
     def logits(self, hidden: Tensor) -> Tensor:
         """(N, D) hidden states -> (N, V) masked-token logits (tied decoder)."""
         h = self.head_ln(ACTIVATIONS[self.config.hidden_act](self.head_dense(hidden)))

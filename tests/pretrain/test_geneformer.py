@@ -226,3 +226,34 @@ def test_the_cli_imports_and_exports_a_checkpoint(tmp_path):
     proc = run_cli("import", "geneformer", tmp_path / "nowhere", "--token-dictionary", tmp_path / "x.pkl",
                    "--out", tmp_path / "r2")  # fmt: skip
     assert proc.returncode == 2 and "scgrn import: error:" in proc.stderr and "missing config.json" in proc.stderr
+
+
+def test_token_deletion_is_the_embedding_shift_when_the_tf_token_is_removed(tmp_path):
+    """Geneformer's deletion readout on one cell equals 1 − cos of the target's state with and without the TF's
+    token (the genes after it move up one rank), computed here by hand."""
+    from finetune.grn.evidence import DeletionConfig
+    from finetune.grn.token_deletion import token_deletion
+
+    _checkpoint(tmp_path, "v2")
+    release = import_geneformer(tmp_path / "hf", tmp_path / "token_dictionary.pkl", tmp_path / "release",
+                                gene_medians=tmp_path / "gene_median_dictionary.pkl")  # fmt: skip
+    model, _ = load_release(release)
+    model.eval()
+    ids = torch.tensor([10, 12, 15, 20, 33, 41])
+    cell = {"gene_ids": ids, "values": torch.tensor([5.0, 9, 1, 30, 2, 7]), "cu_seqlens": torch.tensor([0, 6])}
+    row_of_id = np.full(len(json.loads((release / "vocab.json").read_text())["tokens"]), -1)
+    row_of_id[ids.numpy()] = np.arange(6)  # dataset rows 0..5; row 3 (id 20) is the TF
+    stats = token_deletion(model, [cell], row_of_id, np.array([3]), 6, DeletionConfig(max_cells=1))
+    tokens, states, _ = model.token_states(ids, cell["values"], cell["cu_seqlens"])
+    without = tokens[tokens != 20]
+    with torch.no_grad():
+        moved = model.encode(without, torch.arange(len(without)), torch.tensor([0, len(without)], dtype=torch.int32))
+    for g, gene in enumerate(ids.tolist()):
+        if gene == 20:
+            continue
+        before = states[(tokens == gene).nonzero().item()]
+        after = moved[(without == gene).nonzero().item()]
+        expected = 1 - torch.nn.functional.cosine_similarity(before, after, dim=0)
+        assert stats["isd_mean"][3, g] == pytest.approx(float(expected), abs=1e-5)
+        assert stats["isd_count"][3, g] == 1
+    assert stats["isd_count"][:3].sum() == 0  # only the TF's row is filled
