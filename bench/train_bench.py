@@ -373,4 +373,16 @@ def main(argv: list[str] | None = None) -> int:
         from bench.train_gpu import main as gpu_main
 
         return gpu_main(argv[1:])
+    if "--family" in argv[1:]:  # packing --family geneformer: against Hugging Face BertForMaskedLM
+        rest = argv[1:]
+        at = rest.index("--family")
+        family = rest[at + 1] if at + 1 < len(rest) else ""
+        if family == "geneformer":
+            from bench.geneformer_packing import main as geneformer_main
+
+            return geneformer_main(rest[:at] + rest[at + 2 :])
+        if family != "scbert":
+            print(f"scgrn bench train packing: --family {family!r}: allowed scbert (default), geneformer")
+            return 2
+        argv = [argv[0], *rest[:at], *rest[at + 2 :]]
     return packing_main(argv[1:])
