@@ -107,6 +107,28 @@ def test_packing_cli_on_real_cells(tmp_path, capsys):
     assert "[met]" in out or "[MISSED]" in out
 
 
+def test_geneformer_packing_times_the_same_cells_in_every_variant(tmp_path, capsys):
+    """`packing --family geneformer`: our packed model and transformers' BertForMaskedLM (same weights) on the same
+    tokenised cells, padded per batch and length-grouped as the HF Trainer does."""
+    pytest.importorskip("transformers", reason="transformers is a dev dependency")
+    from bench import geneformer_packing as gp
+
+    pbmc = require_shared("counts", "human_pbmc3k_10x.h5ad")
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    shutil.copy(pbmc, counts / pbmc.name)
+    args = ["packing", "--family", "geneformer", "--counts", str(counts), "--workdir", str(tmp_path / "work")]
+    args += ["--batch-cells", "4", "--steps", "2", "--d-model", "16", "--n-layers", "1", "--n-heads", "2"]
+    args += ["--d-ff", "32", "--max-len", "64", "--threads", "1"]
+    assert tb.main(args) == 0
+    out = capsys.readouterr().out
+    assert "packed / hf-length-grouped:" in out and "packed / hf-padded:" in out
+    table = [line.split() for line in out.splitlines() if line.strip().startswith(gp.VARIANTS)]
+    rows = {row[0]: row for row in table if len(row) == 4 and row[3].endswith("%")}
+    assert len({rows[v][2] for v in gp.VARIANTS}) == 1  # the same real tokens per step in every variant
+    assert float(rows["packed"][3].rstrip("%")) == 0.0  # packing computes no pad token
+
+
 def test_train_bench_usage_without_a_name(capsys):
     assert tb.main([]) == 2
     assert "packing" in capsys.readouterr().out
