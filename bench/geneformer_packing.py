@@ -34,6 +34,17 @@ from pretrain.models.geneformer import IGNORE_INDEX, Geneformer, GeneformerConfi
 VARIANTS = ("packed", "hf-length-grouped", "hf-padded")
 
 
+def compact_vocab(batches: list[dict], vocab_size: int) -> tuple[list[dict], int]:
+    """Renumber the genes of `batches` 4.. (ids 0-3: <pad>, <mask>, <cls>, <eos>), with a vocabulary of
+    `vocab_size` tokens (Geneformer V1: 25,426), or as many as the cells' genes need, so the decoder costs what a
+    Geneformer checkpoint's does rather than the size of the corpus's vocabulary."""
+    genes = np.unique(np.concatenate([b["gene_ids"].numpy() for b in batches]))
+    lookup = np.full(int(genes.max()) + 1, -1, dtype=np.int64)
+    lookup[genes] = np.arange(len(genes)) + 4
+    out = [{**b, "gene_ids": torch.from_numpy(lookup[b["gene_ids"].numpy()])} for b in batches]
+    return out, max(vocab_size, len(genes) + 4)
+
+
 def gene_medians(batches: list[dict], vocab_size: int) -> torch.Tensor:
     """Each gene's non-zero median of CP10k values over the cells of `batches` (0 for genes never seen)."""
     ids_all, cp_all = [], []
@@ -188,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-heads", type=int, default=4)
     p.add_argument("--d-ff", type=int, default=512)
     p.add_argument("--max-len", type=int, default=2048, help="context (Geneformer V1: 2048)")
+    p.add_argument("--vocab-size", type=int, default=25_426, help="tokens (Geneformer V1: 25,426)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
@@ -199,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.workdir.mkdir(parents=True, exist_ok=True)
     corpus = prepare_corpus(args.counts, args.workdir)
-    vocab_size = int(Corpus(corpus).manifest["vocab"]["size"])
     # one warm-up batch, then `steps` timed batches; the HF grouping sorts within megabatches of these cells
     batches = load_batches(corpus, args.batch_cells, 1 + args.steps, args.seed)
+    batches, vocab_size = compact_vocab(batches, args.vocab_size)
     config = GeneformerConfig(vocab_size=vocab_size, d_model=args.d_model, n_layers=args.n_layers,
                               n_heads=args.n_heads, d_ff=args.d_ff, max_len=args.max_len, dropout=0.0,
                               attention="sdpa")  # fmt: skip
