@@ -132,7 +132,8 @@ def _cmd_import(args) -> int:
     from pretrain.interop.geneformer_io import import_geneformer
 
     try:
-        out = import_geneformer(args.checkpoint, args.token_dictionary, args.out, gene_medians=args.gene_medians)
+        out = import_geneformer(args.checkpoint, args.token_dictionary, args.out, gene_medians=args.gene_medians,
+                                gene_names=args.gene_names)  # fmt: skip
     except ConfigError as err:
         print(f"scgrn import: error: {err}", file=sys.stderr)
         return 2
@@ -188,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="folder with config.json + model.safetensors (or pytorch_model.bin)")
     p.add_argument("--token-dictionary", type=Path, required=True, help="gene id -> token id (.pkl, .json or .tsv)")
     p.add_argument("--gene-medians", type=Path, help="gene id -> non-zero median of CP10k values (.pkl/.json/.tsv)")
+    p.add_argument("--gene-names", type=Path, help="gene symbol -> id; written as gene_map.tsv for shard --gene-map")
     p.add_argument("--out", type=Path, required=True)
     add_grn_parser(sub)
     add_eval_parser(sub)

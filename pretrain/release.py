@@ -91,11 +91,13 @@ def write_release(
     training: dict,
     checkpoint: str | None = None,
     card: str | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write a release directory atomically (built in a temp dir, renamed into place).
 
     `manifest` is the training corpus's manifest (value kind, totals, vocab); `training` goes to training_summary.json;
-    `card` replaces the model card written from them (an imported checkpoint has no scgrn training run).
+    `card` replaces the model card written from them (an imported checkpoint has no scgrn training run);
+    `extra_files` ({name: text}) are written into the release too.
     """
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -122,6 +124,8 @@ def write_release(
     atomic_write_text(tmp / "training_summary.json", json.dumps(training, indent=1))
     n_params = sum(v.numel() for v in state.values())
     atomic_write_text(tmp / "README.md", card or _model_card(family, model_cfg, training, n_params, manifest))
+    for name, text in (extra_files or {}).items():  # e.g. an imported checkpoint's gene-name table
+        atomic_write_text(tmp / name, text)
     if out.exists():
         shutil.rmtree(out)
     tmp.replace(out)

@@ -27,10 +27,19 @@ from pretrain.interop.dictionaries import read_dictionary
 
 FAMILY = "geneformer"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+GENE_MAP = "gene_map.tsv"  # symbol -> token, for `scgrn shard --gene-map`
 
 
-def import_geneformer(hf_dir: Path, token_dictionary: Path, out: Path, gene_medians: Path | None = None) -> Path:
-    """A Geneformer-family release from a Hugging Face BertForMaskedLM folder and its dictionaries."""
+def import_geneformer(
+    hf_dir: Path,
+    token_dictionary: Path,
+    out: Path,
+    gene_medians: Path | None = None,
+    gene_names: Path | None = None,
+) -> Path:
+    """A Geneformer-family release from a Hugging Face BertForMaskedLM folder and its dictionaries. `gene_names`
+    (gene symbol -> Ensembl id, Geneformer's gene-name dictionary) becomes `gene_map.tsv` in the release, the table
+    `scgrn shard --gene-map` takes to map an input named by symbols onto the checkpoint's Ensembl ids."""
     from pretrain.models.geneformer import Geneformer, GeneformerConfig
     from pretrain.release import write_release
 
@@ -86,8 +95,18 @@ def import_geneformer(hf_dir: Path, token_dictionary: Path, out: Path, gene_medi
         "Load: `from pretrain import load_release; model, vocab = load_release(PATH)`. Export back: "
         "`scgrn export PATH --format hf --out DIR`.\n"
     )
+    extra = {}
+    if gene_names is not None:
+        names = read_dictionary(gene_names, "str", "--gene-names")
+        rows = [f"{symbol}\t{gene}" for symbol, gene in names.items() if gene in tokens]
+        if not rows:
+            msg = f"--gene-names {gene_names}: none of its ids is in the token dictionary; give the checkpoint's file."
+            raise ConfigError(msg)
+        extra[GENE_MAP] = "symbol\ttoken\n" + "\n".join(rows) + "\n"
     manifest = {"value_kind": "counts"}
-    return write_release(out, FAMILY, config, model.state_dict(), vocab, manifest, training, card=card)
+    return write_release(
+        out, FAMILY, config, model.state_dict(), vocab, manifest, training, card=card, extra_files=extra
+    )
 
 
 def export_hf(release: Path, out: Path) -> Path:

@@ -60,7 +60,7 @@ def test_grn_inference_on_counts_with_a_trrust_prior(tmp_path, debug_release):
     out = tmp_path / "infer"
     proc = run_cli(
         "grn", "--release", debug_release, "--expression", counts, "--prior", prior, "--out", out,
-        "--seeds", "1", "--max-genes", "400", "--tuning-budget", "1", "--isd-cells", "12", "--probe-cells", "10",
+        "--seeds", "1", "--max-genes", "250", "--tuning-budget", "1", "--isd-cells", "12", "--probe-cells", "10",
         "--tree-method", "none", "--attention-cells", "100", "--quiet",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

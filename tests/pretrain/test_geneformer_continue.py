@@ -5,6 +5,7 @@ transformers loads, with the input and output embeddings still one matrix."""
 from __future__ import annotations
 
 import json
+import pickle
 
 import anndata as ad
 import numpy as np
@@ -15,6 +16,7 @@ from test_geneformer import _checkpoint, transformers
 from test_step_semantics import REPO, _train
 
 from data_prep.config import ShardConfig
+from data_prep.gene_mapping import MappingOptions
 from data_prep.sharder import shard
 from pretrain.interop.geneformer_io import export_hf, import_geneformer
 from pretrain.release import export_release
@@ -24,8 +26,10 @@ CONFIG = REPO / "launch" / "configs" / "pretrain" / "geneformer-continue.yaml"
 
 
 def _corpus(root, tokens, n_cells=96):
+    """Cells named by gene symbols (SYMj), mapped onto the checkpoint's Ensembl ids through the release's
+    gene_map.tsv (from `--gene-names`), as a user's symbol-named data would be."""
     rng = np.random.default_rng(0)
-    genes = [g for g in tokens if g.startswith("ENSG")]
+    genes = [f"SYM{j}" for j, g in enumerate(tokens) if g.startswith("ENSG")]
     x = np.zeros((n_cells, len(genes)), dtype=np.int32)
     for c in range(n_cells):
         chosen = rng.choice(len(genes), size=int(rng.integers(5, 30)), replace=False)
@@ -34,15 +38,22 @@ def _corpus(root, tokens, n_cells=96):
                        var=pd.DataFrame(index=genes))  # fmt: skip
     adata.write_h5ad(root / "cells.h5ad")
     out = root / "corpus"
-    shard(ShardConfig(inputs=[root / "cells.h5ad"], out=out, vocab=root / "release" / "vocab.json", val_fraction=0.0),
-          progress=False)  # fmt: skip
+    mapping = MappingOptions(gene_map=root / "release" / "gene_map.tsv")
+    config = ShardConfig(inputs=[root / "cells.h5ad"], out=out, vocab=root / "release" / "vocab.json",
+                         val_fraction=0.0, mapping=mapping)  # fmt: skip
+    shard(config, progress=False)
+    report = json.loads((out / "mapping_report.json").read_text())[0]
+    assert report["n_mapped"] == len(genes), report  # every symbol reached its Ensembl token
     return out
 
 
 def test_two_rank_zero2_continue_pretraining_resumes_exactly_and_exports_to_hf(tmp_path):
     _, tokens, _ = _checkpoint(tmp_path, "v2")
+    names = {f"SYM{j}": g for j, g in enumerate(tokens) if g.startswith("ENSG")}
+    (tmp_path / "gene_names.pkl").write_bytes(pickle.dumps(names))
     release = import_geneformer(tmp_path / "hf", tmp_path / "token_dictionary.pkl", tmp_path / "release",
-                                gene_medians=tmp_path / "gene_median_dictionary.pkl")  # fmt: skip
+                                gene_medians=tmp_path / "gene_median_dictionary.pkl",
+                                gene_names=tmp_path / "gene_names.pkl")  # fmt: skip
     corpus = _corpus(tmp_path, tokens)
     common = (f"data.corpus={corpus}", f"model.init_from={release}", "train.steps=6", "train.warmup_steps=0",
               "train.save_every=100", "train.eval_every=1000", "train.log_every=1000", "train.lr=2e-4",
