@@ -125,6 +125,12 @@ def _warn_no_library_size(path: str) -> None:  # once per corpus and process
     )
 
 
+def cp10k_median(stats: GeneStats) -> dict:
+    """{"nonzero_median_cp10k": [...]} for counts corpora whose every shard gave its CP10k histogram, else {}."""
+    median = stats.nonzero_median_cp10k()
+    return {} if median is None else {"nonzero_median_cp10k": np.round(median, 6).tolist()}
+
+
 def complete_manifest(header: dict, records: list[dict], stats_files: list[Path], seconds: float) -> dict:
     """The manifest from its header (`magic` .. `inputs`), every shard's record in shard order, and each shard's
     gene statistics (`GeneStats.partial` saved as .npz).
@@ -158,6 +164,7 @@ def complete_manifest(header: dict, records: list[dict], stats_files: list[Path]
             "n_cells_expressing": stats.n_cells.tolist(),
             "sum": np.round(stats.total, 6).tolist(),
             "nonzero_median": np.round(stats.nonzero_median(), 6).tolist(),
+            **cp10k_median(stats),
         },
         "seconds": round(seconds, 3),
     }

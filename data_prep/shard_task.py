@@ -189,7 +189,9 @@ def run_task(ctx: TaskContext, task: ShardTask) -> dict:
             "cells_per_sample": ctx.cells_per_sample,
         }
     pause_point(f"shard-done:{task.shard_index}")
-    stats = GeneStats(ctx.vocab_size, ctx.value_kind).partial(block.gene_ids, block.values)
+    stats = GeneStats(ctx.vocab_size, ctx.value_kind).partial(
+        block.gene_ids, block.values, block.indptr, block.library_size
+    )
     progress = ctx.out / PROGRESS_DIR
     np.savez(progress / f"{task.name}.stats.npz", **stats)
     n_val = int((block.split == SPLIT_VAL).sum())

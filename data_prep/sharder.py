@@ -153,7 +153,7 @@ def _records_from_manifest(out: Path, vocab_size: int, kind) -> None:
             shard_file.close()
         np.savez(
             out / PROGRESS_DIR / f"{name}.stats.npz",
-            **GeneStats(vocab_size, kind).partial(block.gene_ids, block.values),
+            **GeneStats(vocab_size, kind).partial(block.gene_ids, block.values, block.indptr, block.library_size),
         )
         atomic_write_text(out / PROGRESS_DIR / f"{name}.json", json.dumps(record))
 

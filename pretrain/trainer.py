@@ -105,12 +105,7 @@ class Trainer:
         model = build_model(cfg.family, self.model_config)
         release_vocab = init_from_release(model, cfg.model)  # model.init_from: continue pretraining a release
         if hasattr(model, "gene_median") and not bool((model.gene_median > 0).any()):
-            msg = (
-                "family geneformer needs each gene's median (the rank-value normaliser), which only an imported "
-                "checkpoint carries today: set model.init_from to a release made by `scgrn import geneformer ... "
-                "--gene-medians FILE`."
-            )
-            raise ConfigError(msg)
+            self._corpus_medians(model)  # a Geneformer trained from scratch: the corpus's CP10k medians
         # Gene sampling, binning and masking run in the loader's workers (seeded per batch, resumed by the cursor):
         # the training step gets finished inputs with host-side sizes and never waits on the device for a length.
         prepare = model.batch_preparer(panels=self._panels(self.model_config))
@@ -392,6 +387,21 @@ class Trainer:
         log.warning(
             "%s held rank %d for 600 s at step %d and nobody killed it; going on", variable, self.rank, self.step
         )
+
+    def _corpus_medians(self, model) -> None:
+        """Geneformer's rank-value normaliser from the corpus (manifest gene_stats.nonzero_median_cp10k, corpus
+        format 3 counts corpora); refused when the corpus has none."""
+        medians = self.corpus.manifest.get("gene_stats", {}).get("nonzero_median_cp10k")
+        if medians is None or len(medians) != model.gene_median.numel():
+            msg = (
+                f"family geneformer needs each gene's non-zero median of CP10k values (the rank-value normaliser); "
+                f"{self.corpus.directory} records none (a counts corpus of format 3 does). Re-shard the raw counts "
+                "with this scgrn, or start from an imported checkpoint: model.init_from=RELEASE made by "
+                "`scgrn import geneformer ... --gene-medians FILE`."
+            )
+            raise ConfigError(msg)
+        with torch.no_grad():
+            model.gene_median.copy_(torch.tensor(medians, dtype=torch.float32))
 
     def _panels(self, model_config) -> tuple | None:
         """The corpus's measured-gene panels when the objective masks unexpressed genes; an older corpus without

@@ -135,6 +135,14 @@ def test_manifest_gene_stats_match_numpy(tmp_path):
         assert m["gene_stats"]["sum"][k] == pytest.approx(col.sum())
         if len(col):
             assert m["gene_stats"]["nonzero_median"][k] == np.sort(col)[(len(col) + 1) // 2 - 1]
+    # Geneformer's normaliser: the non-zero median of CP10k values (count / the cell's whole total x 10,000),
+    # within the histogram's 4.4 % bins
+    totals = np.asarray(adata.X.sum(axis=1)).ravel()
+    cp10k = sp.csc_matrix(sp.diags(1e4 / totals) @ sp.csr_matrix(adata.X, dtype=np.float64))
+    for j, gene in enumerate(adata.var_names):
+        col = cp10k[:, j].data
+        expected = np.sort(col)[(len(col) + 1) // 2 - 1] if len(col) else 0.0
+        assert m["gene_stats"]["nonzero_median_cp10k"][tokens.index(gene)] == pytest.approx(expected, rel=0.045)
 
 
 @pytest.mark.real_data
