@@ -130,10 +130,17 @@ def _export_hf(args) -> int:
 def _cmd_import(args) -> int:
     from pretrain.config import ConfigError
     from pretrain.interop.geneformer_io import import_geneformer
+    from pretrain.interop.scgpt_io import import_scgpt
 
     try:
-        out = import_geneformer(args.checkpoint, args.token_dictionary, args.out, gene_medians=args.gene_medians,
-                                gene_names=args.gene_names)  # fmt: skip
+        if args.family == "scgpt":
+            out = import_scgpt(args.checkpoint, args.out)
+        elif args.token_dictionary is None:
+            msg = "geneformer: --token-dictionary is required (the checkpoint's gene id -> token id file)"
+            raise ConfigError(msg)
+        else:
+            out = import_geneformer(args.checkpoint, args.token_dictionary, args.out, gene_medians=args.gene_medians,
+                                    gene_names=args.gene_names)  # fmt: skip
     except ConfigError as err:
         print(f"scgrn import: error: {err}", file=sys.stderr)
         return 2
@@ -184,10 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="release",
         help="release: an scgrn release; hf: a Hugging Face BertForMaskedLM folder (Geneformer family)",
     )
-    p = sub.add_parser("import", help="a published checkpoint -> an scgrn release (geneformer: Hugging Face BERT)")
-    p.add_argument("family", choices=["geneformer"])
-    p.add_argument("checkpoint", type=Path, help="folder with config.json + model.safetensors (or pytorch_model.bin)")
-    p.add_argument("--token-dictionary", type=Path, required=True, help="gene id -> token id (.pkl, .json or .tsv)")
+    p = sub.add_parser(
+        "import", help="a published checkpoint -> an scgrn release (geneformer: Hugging Face BERT; scgpt)"
+    )
+    p.add_argument("family", choices=["geneformer", "scgpt"])
+    p.add_argument("checkpoint", type=Path, help="geneformer: config.json + model.safetensors (or pytorch_model.bin); "
+                   "scgpt: best_model.pt + vocab.json + args.json")  # fmt: skip
+    p.add_argument("--token-dictionary", type=Path, help="geneformer: gene id -> token id (.pkl, .json or .tsv)")
     p.add_argument("--gene-medians", type=Path, help="gene id -> non-zero median of CP10k values (.pkl/.json/.tsv)")
     p.add_argument("--gene-names", type=Path, help="gene symbol -> id; written as gene_map.tsv for shard --gene-map")
     p.add_argument("--out", type=Path, required=True)

@@ -14,11 +14,13 @@ def families() -> dict[str, tuple[type, type]]:
     from pretrain.models.exceiver import Exceiver, ExceiverConfig
     from pretrain.models.geneformer import Geneformer, GeneformerConfig
     from pretrain.models.scbert import ScBert, ScBertConfig
+    from pretrain.models.scgpt import ScGPT, ScGPTConfig
 
     return {
         "scbert": (ScBertConfig, ScBert),
         "exceiver": (ExceiverConfig, Exceiver),
         "geneformer": (GeneformerConfig, Geneformer),
+        "scgpt": (ScGPTConfig, ScGPT),  # imported checkpoints (scgrn import scgpt); not pretrained here
     }
 
 

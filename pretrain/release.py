@@ -137,6 +137,7 @@ def _model_card(family, model_cfg, training, n_params, manifest) -> str:
         "scbert": "scBERT (Yang et al. 2022, Nat. Mach. Intell.)",
         "exceiver": "Exceiver (Connell et al. 2022), a Perceiver IO expression model",
         "geneformer": "Geneformer (Theodoris et al. 2023, Nature), a BERT over rank-value encoded cells",
+        "scgpt": "scGPT (Cui et al. 2024, Nature Methods)",
     }[family]
     losses = training.get("final_losses") or {}
     return (

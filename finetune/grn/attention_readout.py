@@ -84,6 +84,9 @@ def mean_queries_keys(
                 end = ids.numel()
             else:
                 model.gene_states(ids, values, cu[: n_cells + 1])
+                if hasattr(model, "with_cls"):  # scGPT: the attention also ran over each cell's leading <cls>
+                    ids = model.with_cls(ids, values.float(), cu[: n_cells + 1])[0]
+                    end = ids.numel()
             rows = row_of_id[ids]
             keep = rows >= 0
             rows = rows[keep]

@@ -119,6 +119,8 @@ def partial_correlation_matrix(expression: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def predict_masked(model, gene_ids, bins_or_values, cu_seqlens, mask, library) -> torch.Tensor:
     """The model's prediction for every masked token of a packed batch: (N,), in packed order."""
+    if hasattr(model, "predict_masked"):  # scGPT: its expression decoder on the masked (mask_value) genes
+        return model.predict_masked(gene_ids, bins_or_values, cu_seqlens, mask).float()
     if hasattr(model, "head"):  # scBERT: expected bin under the masked-bin softmax
         mask_token = model.config.mask_token
         inputs = torch.where(mask, torch.full_like(bins_or_values, mask_token), bins_or_values)
@@ -237,7 +239,14 @@ def in_silico_deletion(
         cu = batch["cu_seqlens"].numpy()
         gene_ids = batch["gene_ids"].numpy()
         values = batch["values"]
-        inputs_all = bin_values(values, batch["cu_seqlens"], model.config.n_bins).numpy() if scbert else values.numpy()
+        if hasattr(model, "predict_masked"):  # scGPT: each cell's values binned by its own quantiles
+            from pretrain.models.scgpt import bin_cell_values
+
+            inputs_all = bin_cell_values(values, batch["cu_seqlens"], model.config.n_bins).numpy()
+        elif scbert:
+            inputs_all = bin_values(values, batch["cu_seqlens"], model.config.n_bins).numpy()
+        else:
+            inputs_all = values.numpy()
         for c in range(len(cu) - 1):
             if seen >= config.max_cells:
                 break

@@ -237,9 +237,10 @@ def perturbation_probe(
 
 
 def predicts_values(model: torch.nn.Module) -> bool:
-    """Whether the model predicts expression values (scBERT bins, Exceiver counts), which the probe reads; the
-    Geneformer family predicts gene tokens."""
-    return not hasattr(model, "token_states")
+    """Whether the probe can move this model's input values and read its predictions: scBERT (bins) and the Exceiver
+    (counts). The Geneformer family predicts gene tokens; for scGPT (per-cell quantile bins) the probe is not
+    built yet."""
+    return not hasattr(model, "token_states") and not hasattr(model, "predict_masked")
 
 
 def release_probe_evidence(
@@ -256,9 +257,10 @@ def release_probe_evidence(
     warning and not probed; when no TF is left the error says so."""
     if not predicts_values(rel.model(kind)):
         msg = (
-            f"release {rel.path} (family {rel.family}) predicts gene identity (rank-value tokens), not expression: "
-            "there is no predicted value for the probe to move. Leave the probe out (--evidence / --baselines) and "
-            "use its embeddings, deletion (embedding shift) and attention readouts."
+            f"release {rel.path} (family {rel.family}): the value probe is not available for this family (a "
+            "Geneformer-family model predicts gene identity, not expression; for scGPT's per-cell bins it is not "
+            "built yet). Leave the probe out (--evidence / --baselines) and use its embeddings, deletion and "
+            "attention readouts."
         )
         raise GrnInputError(msg)
     tf_rows = np.asarray(tf_rows, dtype=np.int64)

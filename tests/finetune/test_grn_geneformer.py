@@ -55,10 +55,40 @@ def test_grn_runs_the_geneformer_readouts_and_leaves_the_probe_out(geneformer_re
     methods = payload["methods"]
     assert {"pretrained-isd", "random-init-isd", "pretrained-attention", "random-init-attention"} <= set(methods)
     assert not any("probe" in name for name in methods)
-    assert "predicts gene tokens, not values: the probe readout is left out" in caplog.text
+    assert "has no value probe (gene tokens, or scGPT): the probe readout is left out" in caplog.text
     assert payload["embeddings"]["n_unmapped"] == 0  # every dataset gene is in the dictionary
     for name in ("pretrained-isd", "pretrained-attention"):
         assert 0.0 <= methods[name]["summary"]["auroc"]["mean"] <= 1.0
     twin, (pretrained, _) = random_init_like(release), load_release(release)
     assert torch.equal(twin.gene_median, pretrained.gene_median) and (twin.gene_median > 0).any()  # same tokenizer
     assert not torch.equal(twin.token_embedding.weight, pretrained.token_embedding.weight)  # other weights
+
+
+def test_grn_runs_an_imported_scgpt_checkpoint(geneformer_release, tmp_path, caplog):
+    """An scGPT-layout checkpoint over the simulated genes: its embeddings, value deletion (its expression decoder
+    on masked genes) and attention run; the probe is left out with the reason."""
+    import json
+
+    from checkpoints import scgpt_state
+
+    from pretrain.interop.scgpt_io import import_scgpt
+
+    _, h5ad, truth, _ = geneformer_release
+    genes = list(ad.read_h5ad(h5ad).var_names)
+    vocab = {"<pad>": 0, "<cls>": 1, "<eoc>": 2} | {g: 3 + j for j, g in enumerate(genes)}
+    folder = tmp_path / "scgpt"
+    folder.mkdir()
+    torch.save(scgpt_state(len(vocab), "continuous"), folder / "best_model.pt")
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "args.json").write_text(json.dumps({"embsize": 32, "nheads": 4, "d_hid": 48, "nlayers": 2,
+                                                  "n_bins": 11, "input_emb_style": "continuous"}))  # fmt: skip
+    release = import_scgpt(folder, tmp_path / "release")
+    cfg = GrnConfig(release=release, out=tmp_path / "out", expression=h5ad, truth=truth, seeds=1, tuning_budget=1,
+                    tree_method="none", isd_cells=20, attention_cells=40, epochs=20,
+                    evidence=["pearson", "isd", "attention", "probe"])  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        payload = pipeline.run_grn(cfg)
+    methods = payload["methods"]
+    assert {"pretrained-isd", "random-init-isd", "pretrained-attention"} <= set(methods)
+    assert not any("probe" in name for name in methods) and "the probe readout is left out" in caplog.text
+    assert payload["embeddings"]["n_unmapped"] == 0
