@@ -156,7 +156,7 @@ def gather_evidence(
         readouts = list(RELEASE_READOUTS)
         left_out = {
             "attention": not has_gene_attention(rel.model("pretrained")) and "has no self-attention over genes",
-            "probe": not predicts_values(rel.model("pretrained")) and "has no value probe (gene tokens, or scGPT)",
+            "probe": not predicts_values(rel.model("pretrained")) and "predicts gene tokens, not values",
         }
         for readout, why in left_out.items():
             if not why:

@@ -36,6 +36,7 @@ from finetune.errors import GrnInputError
 from finetune.grn.evidence import PairAccumulator, cached_arrays, predict_masked, raise_problems, readout_problems
 from finetune.grn.release_inputs import ReleaseInputs
 from pretrain.models.scbert import TARGET_SUM, bin_values
+from pretrain.models.scgpt import bin_cell_values
 
 PROBE_VERSION = 1
 log = logging.getLogger(__name__)
@@ -159,8 +160,14 @@ def perturbation_probe(
 
     rng = np.random.default_rng([config.seed, 7717])
     scbert = hasattr(model, "head")
+    scgpt = hasattr(
+        model, "predict_masked"
+    )  # per-cell quantile bins: the TF moves from the cell's lowest bin to its top
     probed = np.flatnonzero(~np.isnan(levels[:, 0]))
-    low_high = level_bins(levels, model.config.n_bins) if scbert else np.nan_to_num(levels, nan=0.0)
+    if scgpt:
+        low_high = np.tile(np.array([1.0, model.config.n_bins - 1.0]), (len(levels), 1))
+    else:
+        low_high = level_bins(levels, model.config.n_bins) if scbert else np.nan_to_num(levels, nan=0.0)
     signed, absolute = PairAccumulator(n_genes), PairAccumulator(n_genes)
     pending: list[tuple] = []  # (ids, inputs, mask, library, tf row, target rows, is high)
     pending_tokens = 0
@@ -194,11 +201,14 @@ def perturbation_probe(
             ids, values = ids[keep], values[keep]
         if len(ids) < 2 or library <= 0:
             continue
-        inputs = (
-            bin_values(torch.from_numpy(values), torch.tensor([0, len(ids)], dtype=torch.int32),
-                       model.config.n_bins, library_size=torch.tensor([library])).numpy()
-            if scbert else values
-        )  # fmt: skip
+        one_cell = torch.tensor([0, len(ids)], dtype=torch.int32)
+        if scgpt:
+            inputs = bin_cell_values(torch.from_numpy(values), one_cell, model.config.n_bins).numpy()
+        elif scbert:
+            inputs = bin_values(torch.from_numpy(values), one_cell, model.config.n_bins,
+                                library_size=torch.tensor([library])).numpy()  # fmt: skip
+        else:
+            inputs = values
         rows = row_of_id[ids]
         n_mask = max(1, round(config.mask_fraction * len(ids)))
         mask = np.zeros(len(ids), dtype=bool)
@@ -214,7 +224,7 @@ def perturbation_probe(
             tf_id, tf_row = int(tf_ids[j]), int(row_of_id[tf_ids[j]])
             k = position.get(tf_id)
             for level in (0, 1):
-                value = low_high[j, level] if scbert else low_high[j, level] * library
+                value = low_high[j, level] if scbert or scgpt else low_high[j, level] * library
                 if k is None:  # insert the TF's token at the end (neither family reads token order)
                     v_ids = np.append(ids, tf_id)
                     v_inputs = np.append(inputs, np.asarray(value, dtype=inputs.dtype))
@@ -237,10 +247,9 @@ def perturbation_probe(
 
 
 def predicts_values(model: torch.nn.Module) -> bool:
-    """Whether the probe can move this model's input values and read its predictions: scBERT (bins) and the Exceiver
-    (counts). The Geneformer family predicts gene tokens; for scGPT (per-cell quantile bins) the probe is not
-    built yet."""
-    return not hasattr(model, "token_states") and not hasattr(model, "predict_masked")
+    """Whether the probe can move this model's input values and read its predictions: scBERT (bins), the Exceiver
+    (counts) and scGPT (per-cell bins). The Geneformer family predicts gene tokens."""
+    return not hasattr(model, "token_states")
 
 
 def release_probe_evidence(
@@ -257,10 +266,9 @@ def release_probe_evidence(
     warning and not probed; when no TF is left the error says so."""
     if not predicts_values(rel.model(kind)):
         msg = (
-            f"release {rel.path} (family {rel.family}): the value probe is not available for this family (a "
-            "Geneformer-family model predicts gene identity, not expression; for scGPT's per-cell bins it is not "
-            "built yet). Leave the probe out (--evidence / --baselines) and use its embeddings, deletion and "
-            "attention readouts."
+            f"release {rel.path} (family {rel.family}) predicts gene identity (rank-value tokens), not expression: "
+            "there is no predicted value for the probe to move. Leave the probe out (--evidence / --baselines) and "
+            "use its embeddings, deletion (embedding shift) and attention readouts."
         )
         raise GrnInputError(msg)
     tf_rows = np.asarray(tf_rows, dtype=np.int64)

@@ -55,7 +55,7 @@ def test_grn_runs_the_geneformer_readouts_and_leaves_the_probe_out(geneformer_re
     methods = payload["methods"]
     assert {"pretrained-isd", "random-init-isd", "pretrained-attention", "random-init-attention"} <= set(methods)
     assert not any("probe" in name for name in methods)
-    assert "has no value probe (gene tokens, or scGPT): the probe readout is left out" in caplog.text
+    assert "predicts gene tokens, not values: the probe readout is left out" in caplog.text
     assert payload["embeddings"]["n_unmapped"] == 0  # every dataset gene is in the dictionary
     for name in ("pretrained-isd", "pretrained-attention"):
         assert 0.0 <= methods[name]["summary"]["auroc"]["mean"] <= 1.0
@@ -65,8 +65,8 @@ def test_grn_runs_the_geneformer_readouts_and_leaves_the_probe_out(geneformer_re
 
 
 def test_grn_runs_an_imported_scgpt_checkpoint(geneformer_release, tmp_path, caplog):
-    """An scGPT-layout checkpoint over the simulated genes: its embeddings, value deletion (its expression decoder
-    on masked genes) and attention run; the probe is left out with the reason."""
+    """An scGPT-layout checkpoint over the simulated genes: its embeddings, value deletion and probe (its expression
+    decoder on masked genes; the probe moves the TF from the cell's lowest bin to its top one) and attention run."""
     import json
 
     from checkpoints import scgpt_state
@@ -84,11 +84,11 @@ def test_grn_runs_an_imported_scgpt_checkpoint(geneformer_release, tmp_path, cap
                                                   "n_bins": 11, "input_emb_style": "continuous"}))  # fmt: skip
     release = import_scgpt(folder, tmp_path / "release")
     cfg = GrnConfig(release=release, out=tmp_path / "out", expression=h5ad, truth=truth, seeds=1, tuning_budget=1,
-                    tree_method="none", isd_cells=20, attention_cells=40, epochs=20,
+                    tree_method="none", isd_cells=20, probe_cells=10, attention_cells=40, epochs=20,
                     evidence=["pearson", "isd", "attention", "probe"])  # fmt: skip
     with caplog.at_level(logging.WARNING):
         payload = pipeline.run_grn(cfg)
     methods = payload["methods"]
-    assert {"pretrained-isd", "random-init-isd", "pretrained-attention"} <= set(methods)
-    assert not any("probe" in name for name in methods) and "the probe readout is left out" in caplog.text
+    assert {"pretrained-isd", "random-init-isd", "pretrained-attention", "pretrained-probe"} <= set(methods)
+    assert "left out" not in caplog.text
     assert payload["embeddings"]["n_unmapped"] == 0
