@@ -167,9 +167,13 @@ class PretrainConfig:
                 if f.name in values:
                     values[f.name] = _coerce(values[f.name], f, f"{name}.{f.name}", problems)
             sections[name] = kind(**values)
+        model = dict(raw.get("model") or {}) if isinstance(raw.get("model") or {}, dict) else {}
+        family = raw.get("family", "scbert")
+        if "family" in model:  # `model.family=geneformer` (e.g. an override on a config of another family) wins
+            family = model.pop("family")
         if problems:
             raise ConfigError(f"{source}: invalid pretrain config:\n  - " + "\n  - ".join(problems))
-        return cls(family=raw.get("family", "scbert"), model=dict(raw.get("model") or {}), **sections)
+        return cls(family=family, model=model, **sections)
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> PretrainConfig:
