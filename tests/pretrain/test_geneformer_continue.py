@@ -1,6 +1,6 @@
 """Continue pretraining an imported Geneformer checkpoint on our shards: 2 ranks, ZeRO-2, under the deepspeed launcher;
 stopped and resumed it gives the straight run's losses; the run exports back to a Hugging Face folder that
-transformers loads, with the input and output embeddings still one matrix."""
+transformers loads, with the input and output embeddings still one matrix; under ZeRO-3 too."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import torch
 from test_geneformer import _checkpoint, transformers
 from test_step_semantics import REPO, _train
 
@@ -73,3 +74,12 @@ def test_two_rank_zero2_continue_pretraining_resumes_exactly_and_exports_to_hf(t
     before, after = start.bert.embeddings.word_embeddings.weight, back.bert.embeddings.word_embeddings.weight
     change = float((after - before).norm() / before.norm())
     assert 0 < change < 0.25, change  # trained from the imported weights (a fresh init would be ~1.4 away)
+    # ZeRO-3 partitions every parameter over the ranks: the one embedding matrix is saved once, consolidated once
+    # and exported as tied, trained as in the ZeRO-2 run
+    _train(tmp_path / "zero3", corpus, 2, *common, "train.resume=none", "parallel.zero_stage=3", config=CONFIG)
+    zero3 = json.loads((tmp_path / "zero3" / "run_summary.json").read_text())["loss_history"]
+    assert zero3 == pytest.approx(straight, rel=1e-4, abs=1e-5)
+    hf3 = export_hf(export_release(tmp_path / "zero3", tmp_path / "z3"), tmp_path / "z3-hf")
+    back3 = transformers.BertForMaskedLM.from_pretrained(hf3)
+    assert back3.cls.predictions.decoder.weight.data_ptr() == back3.bert.embeddings.word_embeddings.weight.data_ptr()
+    assert torch.allclose(back3.bert.embeddings.word_embeddings.weight, after, atol=1e-5)
