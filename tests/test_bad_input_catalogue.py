@@ -325,7 +325,11 @@ def config_field_out_of_range(tmp):
 @case("pretrain")
 def config_unknown_family(tmp):
     p = _config(tmp, "family: gpt\n")
-    return lambda: PretrainConfig.load(p), ConfigError, ["family = 'gpt'", "one of ('scbert', 'exceiver')"]
+    return (
+        lambda: PretrainConfig.load(p),
+        ConfigError,
+        ["family = 'gpt'", "one of ('scbert', 'exceiver', 'geneformer')"],
+    )
 
 
 @case("pretrain")

@@ -1,50 +1,171 @@
 """Gene dictionaries of published checkpoints (Geneformer's token, gene-median and gene-name dictionaries), read
-without executing anything.
+without executing anything, and written in the same pickled form.
 
 The published files are pickled dicts: str -> int (token ids) or str -> float (medians), with numpy scalars among
-the values. `read_dictionary` reads them with an unpickler whose `find_class` allows only the few numpy globals that
-rebuild a scalar (`numpy.core.multiarray.scalar` / `numpy._core.multiarray.scalar` and `numpy.dtype`); any other
-global (os.system, builtins.eval, a class of any package) is refused *before* it is looked up, so a crafted pickle
-runs no code. The result must then be a plain dict of str keys to the asked value type. TSV (two columns, no
-header) and JSON (an object) forms are read too.
+the values. They are **not unpickled**: `read_pickled_dict` walks the opcodes (`pickletools.genops` only decodes
+them) on a small stack machine that builds dicts, tuples, str, int, float, bytes, and a numpy scalar from its dtype
+and bytes; the only globals it knows are `numpy(._core|.core).multiarray.scalar`, `numpy.dtype` and
+`_codecs.encode` (how protocol 2 spells bytes), each rebuilt by its own small rule, never called. Any other global
+(os.system, builtins.eval, a class of any package) or opcode is refused by name, so a crafted pickle runs no code.
+The result must be a plain dict of str keys to the asked value type. TSV (two columns, no header) and JSON (an
+object) forms are read too. `pickled_dict_bytes` writes a plain dict as protocol-2 opcodes (what Geneformer's own
+code reads with `pickle.load`).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import pickle
+import pickletools
+import struct
 from pathlib import Path
 
 import numpy as np
 
 from pretrain.config import ConfigError
 
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "dtype"),
-}
+SCALAR_GLOBALS = {"numpy.core.multiarray scalar", "numpy._core.multiarray scalar"}
+DTYPE_GLOBAL = "numpy dtype"
+CODECS_GLOBAL = "_codecs encode"
 VALUE_KINDS = ("int", "float", "str")
+_PUSH = {"BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "BININT", "BININT1", "BININT2", "LONG1",
+         "LONG4", "INT", "LONG", "BINFLOAT", "FLOAT", "SHORT_BINBYTES", "BINBYTES", "BINBYTES8", "BINSTRING",
+         "SHORT_BINSTRING"}  # fmt: skip
+_CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False, "EMPTY_TUPLE": ()}
 
 
-class _DictUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if (module, name) not in _ALLOWED_GLOBALS:
-            msg = f"global {module}.{name} is not allowed (only plain dicts of str to numbers or str)"
-            raise pickle.UnpicklingError(msg)
-        if name == "scalar":
-            return _numpy_scalar()
-        return np.dtype
+class _Refused(ValueError):
+    pass
 
 
-def _numpy_scalar():
-    try:
-        from numpy._core.multiarray import scalar  # numpy >= 2
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import scalar
-    return scalar
+class _Global(str):
+    """A global the machine knows, by its 'module name' string."""
+
+
+class _DType:
+    def __init__(self, code: str) -> None:
+        self.dtype = np.dtype(code)
+
+    def build(self, state) -> None:  # BUILD: the byte order is the state's second field
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def read_pickled_dict(data: bytes):
+    """The object a pickle of a plain dict describes, rebuilt opcode by opcode (module docstring); _Refused names
+    the first global or opcode outside what a dict of numbers and str needs."""
+    stack: list = []
+    marks: list[int] = []
+    memo: dict[int, object] = {}
+    for opcode, arg, _ in pickletools.genops(data):
+        name = opcode.name
+        if name in ("PROTO", "FRAME"):
+            continue
+        if name == "STOP":
+            return stack.pop()
+        if name in _PUSH:
+            stack.append(arg)
+        elif name in _CONSTANTS:
+            stack.append(_CONSTANTS[name])
+        elif name == "EMPTY_DICT":
+            stack.append({})
+        elif name == "MARK":
+            marks.append(len(stack))
+        elif name in ("MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT"):
+            memo[len(memo) if name == "MEMOIZE" else int(arg)] = stack[-1]
+        elif name in ("BINGET", "LONG_BINGET", "GET"):
+            stack.append(memo[int(arg)])
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            n = int(name[-1])
+            items = tuple(stack[-n:])
+            del stack[-n:]
+            stack.append(items)
+        elif name in ("TUPLE", "DICT", "SETITEMS"):
+            start = marks.pop()
+            items = stack[start:]
+            del stack[start:]
+            if name == "TUPLE":
+                stack.append(tuple(items))
+            elif name == "DICT":
+                stack.append(_set_items({}, items))
+            else:
+                _set_items(stack[-1], items)
+        elif name == "SETITEM":
+            value, key = stack.pop(), stack.pop()
+            _set_items(stack[-1], [key, value])
+        elif name in ("GLOBAL", "STACK_GLOBAL"):
+            if name == "STACK_GLOBAL":
+                attr, module = stack.pop(), stack.pop()
+                arg = f"{module} {attr}"
+            if arg not in SCALAR_GLOBALS | {DTYPE_GLOBAL, CODECS_GLOBAL}:
+                msg = f"global {str(arg).replace(' ', '.')} is not allowed"
+                raise _Refused(msg)
+            stack.append(_Global(arg))
+        elif name == "REDUCE":
+            args, function = stack.pop(), stack.pop()
+            stack.append(_reduce(function, args))
+        elif name == "BUILD":
+            state = stack.pop()
+            if not isinstance(stack[-1], _DType):
+                msg = "BUILD on something other than a numpy dtype is not allowed"
+                raise _Refused(msg)
+            stack[-1].build(state)
+        else:
+            msg = f"pickle opcode {name} is not allowed"
+            raise _Refused(msg)
+    msg = "the pickle ends without STOP"
+    raise _Refused(msg)
+
+
+def _set_items(target, items: list) -> dict:
+    if not isinstance(target, dict) or len(items) % 2:
+        msg = "items set on something other than a dict"
+        raise _Refused(msg)
+    for key, value in zip(items[0::2], items[1::2], strict=True):
+        target[key] = value
+    return target
+
+
+def _reduce(function, args):
+    if not isinstance(function, _Global) or not isinstance(args, tuple):
+        msg = "a call of something other than an allowed global"
+        raise _Refused(msg)
+    if function == DTYPE_GLOBAL and args and isinstance(args[0], str):
+        return _DType(args[0])
+    if function in SCALAR_GLOBALS and len(args) == 2 and isinstance(args[0], _DType) and isinstance(args[1], bytes):
+        if args[0].dtype.kind not in "biuf" or len(args[1]) != args[0].dtype.itemsize:
+            msg = f"a numpy scalar of dtype {args[0].dtype} is not allowed (numbers only)"
+            raise _Refused(msg)
+        return np.frombuffer(args[1], dtype=args[0].dtype)[0]
+    if function == CODECS_GLOBAL and len(args) == 2 and isinstance(args[0], str) and args[1] == "latin1":
+        return args[0].encode("latin-1")
+    msg = f"{function.replace(' ', '.')} with these arguments is not allowed"
+    raise _Refused(msg)
+
+
+def pickled_dict_bytes(table: dict[str, int | float | str]) -> bytes:
+    """A plain dict of str to int / float / str as protocol-2 pickle opcodes (pickle.load gives the same dict)."""
+    out = bytearray(b"\x80\x02}(")  # PROTO 2, EMPTY_DICT, MARK
+    for key, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            msg = f"{key!r}: {value!r} is not an int, float or str"
+            raise TypeError(msg)
+        out += _unicode(key)
+        if isinstance(value, str):
+            out += _unicode(value)
+        elif isinstance(value, float):
+            out += b"G" + struct.pack(">d", value)  # BINFLOAT
+        elif -(2**31) <= value < 2**31:
+            out += b"J" + struct.pack("<i", value)  # BININT
+        else:
+            raw = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+            out += b"\x8a" + bytes([len(raw)]) + raw  # LONG1
+    return bytes(out + b"u.")  # SETITEMS, STOP
+
+
+def _unicode(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return b"X" + struct.pack("<I", len(raw)) + raw  # BINUNICODE
 
 
 def read_dictionary(path: Path | str, values: str, what: str) -> dict[str, int | float | str]:
@@ -64,14 +185,14 @@ def read_dictionary(path: Path | str, values: str, what: str) -> dict[str, int |
     suffix = path.suffix.lower()
     if suffix in (".pkl", ".pickle"):
         try:
-            loaded = _DictUnpickler(io.BytesIO(data)).load()
-        except pickle.UnpicklingError as err:
+            loaded = read_pickled_dict(data)
+        except _Refused as err:
             msg = (
                 f"{what} {path}: refused: {err}. A gene dictionary pickle may hold only a dict of str to numbers or "
                 "str; convert it to JSON or TSV if it is yours, and do not use a file of unknown origin."
             )
             raise ConfigError(msg) from None
-        except Exception as err:  # truncated or not a pickle at all
+        except Exception as err:  # truncated or not a pickle at all (pickletools' decoding errors vary)
             msg = f"{what} {path}: not a readable pickle ({type(err).__name__}: {err}); re-download the file."
             raise ConfigError(msg) from None
     elif suffix == ".json":

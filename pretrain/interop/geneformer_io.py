@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from data_prep.io_utils import atomic_write_bytes, atomic_write_text, out_dir_pr
 from data_prep.vocab import GeneVocab
 from pretrain.config import ConfigError
 from pretrain.interop import hf_bert
-from pretrain.interop.dictionaries import read_dictionary
+from pretrain.interop.dictionaries import pickled_dict_bytes, read_dictionary
 
 FAMILY = "geneformer"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -138,7 +137,7 @@ def export_hf(release: Path, out: Path) -> Path:
     medians = {t: float(model.gene_median[i]) for t, i in tokens.items() if model.gene_median[i] > 0}
     for name, table in (("token_dictionary", tokens), ("gene_median_dictionary", medians)):
         atomic_write_text(tmp / f"{name}.json", json.dumps(table))
-        atomic_write_bytes(tmp / f"{name}.pkl", pickle.dumps(table, protocol=4))  # plain dicts: what Geneformer reads
+        atomic_write_bytes(tmp / f"{name}.pkl", pickled_dict_bytes(table))  # plain dicts: what Geneformer reads
     if out.exists():
         shutil.rmtree(out)
     tmp.replace(out)

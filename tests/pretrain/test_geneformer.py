@@ -180,13 +180,33 @@ def test_a_crafted_pickle_is_refused_without_running_anything(tmp_path):
         read_dictionary(evil, "int", "--token-dictionary")
     assert not marker.exists()
     (tmp_path / "list.pkl").write_bytes(pickle.dumps([("a", 1)]))
-    with pytest.raises(ConfigError, match="holds a list, not a dict"):
+    with pytest.raises(ConfigError, match="refused: pickle opcode EMPTY_LIST is not allowed"):
         read_dictionary(tmp_path / "list.pkl", "int", "--token-dictionary")
+    (tmp_path / "tuple.pkl").write_bytes(pickle.dumps(("a", 1)))
+    with pytest.raises(ConfigError, match="holds a tuple, not a dict"):
+        read_dictionary(tmp_path / "tuple.pkl", "int", "--token-dictionary")
     (tmp_path / "float_ids.pkl").write_bytes(pickle.dumps({"<pad>": 0, "G": 1.5}))
     with pytest.raises(ConfigError, match=r"the value of 'G' is 1\.5; each value must be a non-negative integer id"):
         read_dictionary(tmp_path / "float_ids.pkl", "int", "--token-dictionary")
     (tmp_path / "d.tsv").write_text("<pad>\t0\n<mask>\t1\nG\t2\n")
     assert read_dictionary(tmp_path / "d.tsv", "int", "x") == {"<pad>": 0, "<mask>": 1, "G": 2}
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_pickled_dictionaries_are_read_opcode_by_opcode_and_written_for_pickle(tmp_path, protocol):
+    """Real pickles of dicts with numpy scalars (every protocol Geneformer's files may use) read back equal, without
+    the pickle module; what scgrn writes, pickle.load reads as the same dict."""
+    from pretrain.interop.dictionaries import pickled_dict_bytes, read_pickled_dict
+
+    table = {"<pad>": 0, "ENSG1": np.int64(7), "ENSG2": np.float32(1.25), "ENSG3": np.float64(-2.5), "big": 2**40}
+    assert read_pickled_dict(pickle.dumps(table, protocol=protocol)) == table
+    plain = {"a": 1, "b": 2.5, "c": "ENSG", "é": -(2**35)}
+    assert pickle.loads(pickled_dict_bytes(plain)) == plain
+    (tmp_path / "m.pkl").write_bytes(pickle.dumps({"G": np.float64(3.0)}, protocol=protocol))
+    assert read_dictionary(tmp_path / "m.pkl", "float", "--gene-medians") == {"G": 3.0}
+    (tmp_path / "obj.pkl").write_bytes(pickle.dumps({"G": np.array([1.0, 2.0])}, protocol=protocol))
+    with pytest.raises(ConfigError, match="refused: global numpy"):  # an array is rebuilt by another global
+        read_dictionary(tmp_path / "obj.pkl", "float", "--gene-medians")
 
 
 def test_bad_checkpoint_folders_are_refused_by_name_and_nothing_is_left_under_out(tmp_path):
