@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import pickletools
 
 import numpy as np
 import pytest
@@ -201,7 +202,11 @@ def test_pickled_dictionaries_are_read_opcode_by_opcode_and_written_for_pickle(t
     table = {"<pad>": 0, "ENSG1": np.int64(7), "ENSG2": np.float32(1.25), "ENSG3": np.float64(-2.5), "big": 2**40}
     assert read_pickled_dict(pickle.dumps(table, protocol=protocol)) == table
     plain = {"a": 1, "b": 2.5, "c": "ENSG", "é": -(2**35)}
-    assert pickle.loads(pickled_dict_bytes(plain)) == plain
+    written = pickled_dict_bytes(plain)
+    assert read_pickled_dict(written) == plain
+    # standard protocol-2 opcodes end to end (pickletools decodes and checks them; nothing is loaded)
+    ops = [op.name for op, _, _ in pickletools.genops(written)]
+    assert ops[0] == "PROTO" and ops[-1] == "STOP" and "GLOBAL" not in ops and "REDUCE" not in ops
     (tmp_path / "m.pkl").write_bytes(pickle.dumps({"G": np.float64(3.0)}, protocol=protocol))
     assert read_dictionary(tmp_path / "m.pkl", "float", "--gene-medians") == {"G": 3.0}
     (tmp_path / "obj.pkl").write_bytes(pickle.dumps({"G": np.array([1.0, 2.0])}, protocol=protocol))
