@@ -22,10 +22,8 @@ parameter, so they stay tied through ZeRO-3 saves, resumes and exports.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -119,15 +117,6 @@ class GeneformerConfig:
     @property
     def special_ids(self) -> tuple[int, ...]:
         return tuple(i for i in (self.pad_token, self.mask_token, self.cls_token, self.eos_token) if i >= 0)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> GeneformerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            msg = f"unknown GeneformerConfig field(s) {unknown}; allowed: {sorted(known)}"
-            raise ValueError(msg)
-        return cls(**values)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

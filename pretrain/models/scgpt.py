@@ -19,9 +19,7 @@ Imported, not trained here: `pretrain.interop.scgpt_io` reads a checkpoint folde
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -75,15 +73,6 @@ class ScGPTConfig:
         if problems:
             msg = "invalid ScGPTConfig:\n  " + "\n  ".join(problems)
             raise ValueError(msg)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ScGPTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            msg = f"unknown ScGPTConfig field(s) {unknown}; allowed: {sorted(known)}"
-            raise ValueError(msg)
-        return cls(**values)
 
 
 def bin_cell_values(values: Tensor, cu_seqlens: Tensor, n_bins: int) -> Tensor:
