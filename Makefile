@@ -11,6 +11,8 @@ DEMO_DIR    ?= demo_out
 DATA        ?=
 PRIOR       ?=
 PYTEST_ARGS ?=
+# two pytest-xdist workers (tests/conftest.py gives each one torch thread); TEST_WORKERS=0 runs in one process
+TEST_WORKERS ?= 2
 
 .PHONY: install test lint demo bench clean
 
@@ -27,7 +29,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 test: install lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
 
 demo: install
 	$(VENV)/bin/scgrn demo --out $(DEMO_DIR) $(if $(DATA),--data $(DATA)) $(if $(PRIOR),--prior $(PRIOR))

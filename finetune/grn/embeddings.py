@@ -34,6 +34,8 @@ from finetune.grn.release_inputs import ReleaseInputs, open_release_inputs
 POOLINGS = ("mean", "attention", "static")
 DEFAULT_MIN_COVERAGE = 0.5
 EMBEDDINGS_VERSION = 1
+# the first pass's gene states are kept for the second while they take at most this much memory
+KEEP_STATES_BYTES = 1 << 30
 
 
 @dataclass
@@ -179,8 +181,10 @@ def _states(model, batch: dict, generator: torch.Generator) -> tuple[torch.Tenso
     return batch["gene_ids"], states.float()
 
 
-def _pool(model, rel: ReleaseInputs, batch_cells, seed, progress):
-    """Two streaming passes over the cells: per-gene means, then attention weights against those means."""
+def _pool(model, rel: ReleaseInputs, batch_cells, seed, progress, keep_bytes: int = KEEP_STATES_BYTES):
+    """Two streaming passes over the cells: per-gene means, then attention weights against those means. The first
+    pass keeps its states while they fit in `keep_bytes`, so the second reads them back instead of running the model
+    again (same states: the gene sampling is seeded alike in both passes); past the budget it recomputes."""
     from tqdm.auto import tqdm
 
     n_genes = rel.n_genes
@@ -188,33 +192,43 @@ def _pool(model, rel: ReleaseInputs, batch_cells, seed, progress):
     sums = torch.zeros(n_genes, d)
     cells = torch.zeros(n_genes, dtype=torch.int64)
     row_of_id = torch.from_numpy(rel.row_of_id)
-    for pass_ in ("mean", "attention"):
-        generator = torch.Generator().manual_seed(seed)  # the same gene sampling in both passes
-        if pass_ == "attention":
-            means = sums / cells.clamp(min=1).unsqueeze(1)  # (G, D)
-            best = torch.full((n_genes,), -math.inf)
-            weighted = torch.zeros(n_genes, d)
-            norm = torch.zeros(n_genes)
-        for batch in tqdm(rel.batches(batch_cells), desc=f"gene states ({pass_})", disable=not progress):
+    kept: list[tuple[torch.Tensor, torch.Tensor]] | None = []
+    kept_bytes = 0
+
+    def states_of(generator):
+        for batch in tqdm(rel.batches(batch_cells), desc="gene states", disable=not progress):
             gene_ids, states = _states(model, batch, generator)
             rows = row_of_id[gene_ids]  # (T,)
             keep = rows >= 0
-            rows, states = rows[keep], states[keep]
-            if pass_ == "mean":
-                sums.index_add_(0, rows, states)
-                cells.index_add_(0, rows, torch.ones_like(rows))
-                continue
-            logits = (states * means[rows]).sum(-1) / math.sqrt(d)  # (T,)
-            # streaming softmax per gene: rescale what was accumulated when a larger logit arrives
-            new_best = best.clone().scatter_reduce_(0, rows, logits, reduce="amax")
-            scale = torch.exp(best - new_best).nan_to_num(0.0)  # (G,) 0 where nothing was seen yet
-            weighted *= scale.unsqueeze(1)
-            norm *= scale
-            w = torch.exp(logits - new_best[rows])  # (T,)
-            weighted.index_add_(0, rows, states * w.unsqueeze(1))
-            norm.index_add_(0, rows, w)
-            best = new_best
-    mean = (sums / cells.clamp(min=1).unsqueeze(1)).numpy().astype(np.float32)
+            yield rows[keep], states[keep]
+
+    generator = torch.Generator().manual_seed(seed)
+    for rows, states in states_of(generator):
+        sums.index_add_(0, rows, states)
+        cells.index_add_(0, rows, torch.ones_like(rows))
+        if kept is not None:
+            kept_bytes += states.nbytes + rows.nbytes
+            if kept_bytes <= keep_bytes:
+                kept.append((rows, states))
+            else:
+                kept = None  # past the budget: the second pass runs the model again
+    means = sums / cells.clamp(min=1).unsqueeze(1)  # (G, D)
+    best = torch.full((n_genes,), -math.inf)
+    weighted = torch.zeros(n_genes, d)
+    norm = torch.zeros(n_genes)
+    second = kept if kept is not None else states_of(torch.Generator().manual_seed(seed))
+    for rows, states in second:
+        logits = (states * means[rows]).sum(-1) / math.sqrt(d)  # (T,)
+        # streaming softmax per gene: rescale what was accumulated when a larger logit arrives
+        new_best = best.clone().scatter_reduce_(0, rows, logits, reduce="amax")
+        scale = torch.exp(best - new_best).nan_to_num(0.0)  # (G,) 0 where nothing was seen yet
+        weighted *= scale.unsqueeze(1)
+        norm *= scale
+        w = torch.exp(logits - new_best[rows])  # (T,)
+        weighted.index_add_(0, rows, states * w.unsqueeze(1))
+        norm.index_add_(0, rows, w)
+        best = new_best
+    mean = means.numpy().astype(np.float32)
     attention = (weighted / norm.clamp(min=1e-30).unsqueeze(1)).numpy().astype(np.float32)
     return mean, attention, cells.numpy()
 

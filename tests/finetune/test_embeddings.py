@@ -10,7 +10,8 @@ from conftest import make_counts
 
 from data_prep.vocab import GeneVocab
 from finetune.errors import GrnInputError
-from finetune.grn.embeddings import GeneEmbeddings, extract_gene_embeddings
+from finetune.grn.embeddings import GeneEmbeddings, _pool, extract_gene_embeddings
+from finetune.grn.release_inputs import open_release_inputs
 from pretrain.models.scbert import ScBert, ScBertConfig
 from pretrain.release import write_release
 
@@ -67,6 +68,15 @@ def test_mean_pooling_equals_states_averaged_by_hand_and_unmapped_genes_are_kept
     emb.save(again)
     loaded = GeneEmbeddings.load(again)
     assert loaded.genes == genes and np.array_equal(loaded.attention, emb.attention)
+
+    # the attention pass reads the first pass's states back; with no memory for them it runs the model again, alike
+    opened = open_release_inputs(release, genes, path, value_kind="counts", work_dir=tmp_path, min_coverage=0.5)
+    with opened as rel, torch.no_grad():
+        kept = _pool(rel.model("pretrained"), rel, 8, 0, progress=False)
+        recomputed = _pool(rel.model("pretrained"), rel, 8, 0, progress=False, keep_bytes=0)
+    for a, b in zip(kept, recomputed, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(kept[1], emb.attention, rtol=1e-5, atol=1e-6)  # batch size does not matter
 
 
 def test_a_release_covering_too_few_genes_is_refused(tmp_path):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import require_shared, run_cli
 
-pytestmark = [pytest.mark.real_data, pytest.mark.slow]
+# one worker under pytest-xdist builds the session's PBMC release for both CLI modules
+pytestmark = [pytest.mark.real_data, pytest.mark.slow, pytest.mark.xdist_group("pbmc-release")]
 
 SECTIONS = {"masked", "cells", "genes", "transfer"}
 

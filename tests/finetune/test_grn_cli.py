@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from conftest import require_shared, run_cli
 
-pytestmark = [pytest.mark.real_data, pytest.mark.slow]
+# one worker under pytest-xdist builds the session's PBMC release for both CLI modules
+pytestmark = [pytest.mark.real_data, pytest.mark.slow, pytest.mark.xdist_group("pbmc-release")]
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def debug_release(pbmc_debug_release):
 
 
 def test_grn_on_a_real_beeline_folder(tmp_path, debug_release):
-    folder = require_shared("beeline", "benchmark", "Non-Specific", "hHEP", "TFs+500")
+    folder = require_shared("beeline", "benchmark", "Non-Specific", "mHSC-GM", "TFs+500")
     out = tmp_path / "out"
     proc = run_cli(
         "grn", "--release", debug_release, "--benchmark", folder, "--out", out,
