@@ -41,7 +41,8 @@ Generative model (all randomness from ``numpy.random.Generator``):
 
 Determinism and scale: the network is drawn from ``SeedSequence(seed,
 spawn_key=(0,))`` and cell chunk ``i`` (fixed size ``CHUNK_SIZE``) from
-``SeedSequence(seed, spawn_key=(1, i))`` -- the same streams as
+``SeedSequence(seed, spawn_key=(1, i))`` (with ``states_seed`` s: the states
+from ``(2, s)`` and the chunks from ``(3, s, i)``, the network unchanged) -- the same streams as
 ``SeedSequence(seed).spawn(2)[1].spawn(i + 1)[i]`` -- so the output depends on
 the config only.  Each chunk is simulated densely (vectorised, no
 per-cell loop), converted to CSR and only its non-zeros are kept, so memory is
@@ -117,6 +118,11 @@ class SimulationConfig:
     n_cell_types: int = 4  # cell states with different TF activity programs
     library_size_mean: float = 5000.0  # whole-transcriptome UMIs/cell; see TRANSCRIPTOME_SIZE
     dispersion: float = 0.5  # NB phi = 1/size: Var = mu + phi * mu^2
+    # Other cell states of the same network: with a states_seed, the cell-type programs and proportions and the cells
+    # come from their own streams (keyed by seed and states_seed), while the network (regulators, weights, baselines)
+    # stays the one of `seed`. A pretraining corpus and a GRN sample of one network, in different states, are two
+    # simulations with one seed and two states_seeds. None: the states of `seed` (the default output, unchanged).
+    states_seed: int | None = None
 
     def __post_init__(self) -> None:
         """Validate eagerly so a bad config fails here, not deep inside sampling."""
@@ -147,6 +153,12 @@ class SimulationConfig:
                 "leave at least one non-TF target gene (lower n_tfs or raise n_genes)",
             ),
             ("seed", _is_int(self.seed) and self.seed >= 0, "a non-negative integer", "pass e.g. seed=0"),
+            (
+                "states_seed",
+                self.states_seed is None or (_is_int(self.states_seed) and self.states_seed >= 0),
+                "None or a non-negative integer",
+                "leave it unset for the states of `seed`, or pass e.g. states_seed=1 for other states",
+            ),
             (
                 "edges_per_target",
                 _is_real(self.edges_per_target) and 0 < self.edges_per_target < math.inf,
@@ -241,6 +253,10 @@ def _draw_network(config: SimulationConfig, genes: list[str]) -> _Network:
     baseline = rng.normal(0.0, _BASELINE_SD, size=n_genes)
     programs = rng.normal(0.0, _PROGRAM_SD, size=(config.n_cell_types, n_tfs))
     type_probs = rng.dirichlet(np.full(config.n_cell_types, _DIRICHLET_ALPHA))
+    if config.states_seed is not None:  # other states of this network (drawn after the above: same network stream)
+        states = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(2, config.states_seed)))
+        programs = states.normal(0.0, _PROGRAM_SD, size=(config.n_cell_types, n_tfs))
+        type_probs = states.dirichlet(np.full(config.n_cell_types, _DIRICHLET_ALPHA))
     activity_mean = type_probs @ programs
     between = type_probs @ (programs - activity_mean) ** 2
     activity_sd = np.sqrt(between + _CELL_NOISE_SD**2)
@@ -264,7 +280,8 @@ def _simulate_chunk(
     config: SimulationConfig, net: _Network, chunk_index: int, n: int
 ) -> tuple[sp.csr_matrix, np.ndarray]:
     """Simulate ``n`` cells of chunk ``chunk_index``; return (CSR counts, cell-type codes)."""
-    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(1, chunk_index)))
+    key = (1, chunk_index) if config.states_seed is None else (3, config.states_seed, chunk_index)
+    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=key))
     n_tfs = config.n_tfs
     types = rng.choice(config.n_cell_types, size=n, p=net.type_probs)
     activity = net.programs[types] + rng.normal(0.0, _CELL_NOISE_SD, size=(n, n_tfs))

@@ -39,7 +39,9 @@ def _cmd_validate(args) -> int:
 def _cmd_simulate(args) -> int:
     from data_prep.simulate import SimulationConfig, write_simulation
 
-    cfg = SimulationConfig(n_cells=args.cells, n_genes=args.genes, n_tfs=args.tfs, seed=args.seed)
+    cfg = SimulationConfig(n_cells=args.cells, n_genes=args.genes, n_tfs=args.tfs, seed=args.seed,
+                           n_cell_types=args.cell_types, library_size_mean=args.library_size,
+                           dispersion=args.dispersion, states_seed=args.states_seed)  # fmt: skip
     h5ad, edges = write_simulation(cfg, args.out)
     print(f"wrote {h5ad} ({args.cells} cells x {args.genes} genes) and ground-truth network {edges}")
     return 0
@@ -62,6 +64,10 @@ def _cmd_bench(args) -> int:
         from bench.grn_sim_bench import main as grn_sim_main
 
         return grn_sim_main(args.rest)
+    if args.what == "grn-pretrain":
+        from bench.grn_pretrain_bench import main as grn_pretrain_main
+
+        return grn_pretrain_main(args.rest)
     if args.what == "eval":
         from bench.eval_bench import main as eval_main
 
@@ -169,10 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cells", type=int, default=2000)
     p.add_argument("--genes", type=int, default=500)
     p.add_argument("--tfs", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the network (and, without --states-seed, the cells)")
+    p.add_argument("--cell-types", type=int, default=4, help="cell states with their own TF activity programs")
+    p.add_argument("--states-seed", type=int, default=None,
+                   help="other cell states and cells of the same network (e.g. a pretraining corpus beside a GRN "
+                        "sample of seed S: --seed S --states-seed 1)")  # fmt: skip
+    p.add_argument("--library-size", type=float, default=5000.0, help="mean whole-transcriptome UMIs per cell")
+    p.add_argument("--dispersion", type=float, default=0.5, help="negative-binomial phi (0 = Poisson)")
     p.add_argument("--out", type=Path, required=True)
-    p = sub.add_parser("bench", help="benchmarks: loader | shard | train | grn | grn-sim | eval (see bench/RESULTS.md)")
-    p.add_argument("what", choices=["loader", "shard", "train", "grn", "grn-sim", "eval"])
+    p = sub.add_parser(
+        "bench", help="benchmarks: loader | shard | train | grn | grn-sim | grn-pretrain | eval (see bench/RESULTS.md)"
+    )
+    p.add_argument("what", choices=["loader", "shard", "train", "grn", "grn-sim", "grn-pretrain", "eval"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p = sub.add_parser("pretrain", help="pretrain a model (one process; see README for deepspeed / torchrun)")
     p.add_argument("--config", required=True, type=Path)

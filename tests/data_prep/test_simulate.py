@@ -45,6 +45,39 @@ def test_same_seed_is_identical_and_different_seed_differs() -> None:
     assert not first[1].equals(other[1])
 
 
+def test_other_states_share_the_network_and_nothing_else() -> None:
+    """states_seed: a pretraining corpus and a GRN sample of one network in different cell states."""
+    sample = simulate(SMALL)
+    corpus = simulate(SimulationConfig(n_cells=300, n_genes=120, n_tfs=15, seed=7, states_seed=1))
+    assert corpus[1].equals(sample[1])  # the same true network
+    assert (corpus[0].X != sample[0].X).nnz > 0  # other cells
+    assert _same(corpus, simulate(SimulationConfig(n_cells=300, n_genes=120, n_tfs=15, seed=7, states_seed=1)))
+    assert (simulate(SimulationConfig(n_cells=300, n_genes=120, n_tfs=15, seed=7, states_seed=2))[0].X
+            != corpus[0].X).nnz > 0  # fmt: skip
+    # other states: new TF activity programs and proportions over the same weights and baselines
+    genes = list(sample[0].var_names)
+    net_a = sim._draw_network(SMALL, genes)
+    net_b = sim._draw_network(SimulationConfig(n_cells=300, n_genes=120, n_tfs=15, seed=7, states_seed=1), genes)
+    assert np.array_equal(net_a.weights, net_b.weights) and np.array_equal(net_a.baseline, net_b.baseline)
+    assert np.abs(net_a.programs - net_b.programs).mean() > 0.5 and not np.allclose(net_a.type_probs, net_b.type_probs)
+    # the regulation is the network's: in both, |r| ranks true TF -> target pairs above the other TF -> gene pairs
+    from sklearn.metrics import roc_auc_score
+
+    truth = np.zeros((15, 120), dtype=bool)
+    truth[[genes.index(t) for t in sample[1]["tf"]], [genes.index(g) for g in sample[1]["target"]]] = True
+    for adata, _ in (sample, corpus):
+        r = np.abs(np.corrcoef(np.log1p(adata.X.toarray()).T)[:15, 15:])  # (TFs, targets)
+        assert roc_auc_score(truth[:, 15:].ravel(), np.nan_to_num(r).ravel()) > 0.6  # chance 0.5 ± 0.02
+    # the default output is pinned: states_seed=None draws exactly what the simulator always drew
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in (sample[0].X.data, sample[0].X.indices, sample[0].X.indptr):
+        digest.update(part.tobytes())
+    digest.update(sample[1].to_csv().encode())
+    assert digest.hexdigest() == "ac20abb0313ef3ae7248182f5fd0ca3e9444ceb14aa53d57f08cdf2070d0ae93"
+
+
 def test_chunks_use_independent_streams(monkeypatch: pytest.MonkeyPatch) -> None:
     # With small chunks, full chunks do not depend on how many cells follow
     # them: this checks per-chunk seeding and CSR assembly across chunks.
@@ -139,6 +172,8 @@ def test_poisson_limit_runs() -> None:
         ("library_size_mean", -5.0),
         ("library_size_mean", float("inf")),
         ("dispersion", -0.1),
+        ("states_seed", -1),
+        ("states_seed", 1.5),
     ],
 )
 def test_config_validation_names_the_field(field: str, value: object) -> None:

@@ -102,3 +102,11 @@ def test_grn_options_are_validated_at_once(tmp_path):
     assert proc.returncode == 2
     for expected in ("--benchmark DIR", "--seeds 0", "--release"):
         assert expected in proc.stderr
+
+
+def test_the_release_modules_share_one_xdist_worker(request):
+    """`make test` (pytest-xdist --dist loadgroup) builds the PBMC release once: the group suffix is on the node id.
+    pytest 9.2 broke it silently (pyproject pins pytest < 9.2)."""
+    if not getattr(request.config.option, "loadgroup", False):
+        pytest.skip("not under pytest-xdist --dist loadgroup")
+    assert request.node.nodeid.endswith("@pbmc-release"), request.node.nodeid

@@ -1,0 +1,322 @@
+"""`scgrn bench grn-pretrain`: does pretraining compute buy GRN quality? (issue 21, item 6)
+
+For each simulator seed × size × sequencing depth, one network and two sets of cells drawn from it
+(`data_prep.simulate`, `states_seed`):
+
+- a **pretraining corpus**: `--corpus-cells` cells in other cell states (8 states of their own, `states_seed=1`),
+  sharded and pretrained on (`launch/configs/pretrain/demo.yaml`, one process), with and without the objective that
+  also masks measured-but-unexpressed genes (`model.mask_unexpressed`); the run's learning-rate schedule spans the
+  largest level of `--steps`, it stops at each level and each stop is exported as a release
+  (`release-<objective>-<steps>of<largest>`), so every release is one run seen at another step and is rebuilt by
+  re-running this command with the same arguments;
+- a **GRN sample**: `--sample-cells` cells in the network's own states (what a user would have), on which
+  `scgrn grn --expression --prior` runs with half of the true edges as the prior, with and without `--adapt-steps`
+  (masked pretraining continued on the sample; the random-init twin gets the same steps, i.e. a model trained from
+  scratch on the sample).
+
+Every readout of the release and of its random-init twin (the twin is the 0-step point of the compute curve) is
+scored in the same `scgrn grn` call on the same splits, against the held-out half of the true edges, beside
+abs(Pearson), TF regression and GRNBoost2: in-silico deletion (`isd`), the perturbation probe (`probe`), mean
+attention (`attention`) and the joint model on the release's gene embeddings (`joint`, twin `random-init`).
+Paired differences use the simulations (seed × size × depth) as independent units: a Student-t interval over
+them (one simulation gives no interval and reads as a tie).
+
+Writes bench/GRN_PRETRAIN_RESULTS.md after every simulation (a partial run keeps its figures) and OUT/summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.grn_sim_bench import SIZES, score_held_out, split_truth
+from data_prep.io_utils import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "launch" / "configs" / "pretrain" / "demo.yaml"
+DEPTHS = {"sparse": 5_000.0, "deep": 50_000.0}  # whole-transcriptome UMIs per cell
+OBJECTIVES = {"expressed": 0.0, "unexpressed": 0.3}  # model.mask_unexpressed of the pretraining run
+CORPUS_CELL_TYPES = 8
+READOUTS = ("isd", "probe", "attention")  # unsupervised readouts: pretrained-X and random-init-X
+EVIDENCE = ("pearson", "regression", "trees", "isd", "probe", "attention")
+BASELINES = ("random-init", "pretrained-isd", "random-init-isd", "pretrained-probe", "random-init-probe",
+             "pretrained-attention", "random-init-attention", "pearson", "regression", "trees")  # fmt: skip
+SIMPLE = ("pearson", "regression", "grnboost2")
+
+
+def _scgrn(*args) -> None:
+    from bench.grn_sim_bench import _scgrn as run
+
+    run(*args)
+
+
+def simulate_pair(folder: Path, n_genes: int, n_tfs: int, seed: int, depth: float, sample_cells: int,
+                  corpus_cells: int) -> tuple[Path, Path, Path]:  # fmt: skip
+    """The GRN sample (the network's own states), its true edges, and the sharded pretraining corpus (other states
+    of the same network); reused when present."""
+    from data_prep.simulate import SimulationConfig, write_simulation
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sample, edges = folder / "sample.h5ad", folder / "sample.edges.tsv"
+    if not sample.exists():
+        cfg = SimulationConfig(n_cells=sample_cells, n_genes=n_genes, n_tfs=n_tfs, seed=seed, library_size_mean=depth)
+        write_simulation(cfg, sample)
+    corpus = folder / "corpus"
+    if not (corpus / "manifest.json").exists():
+        cfg = SimulationConfig(n_cells=corpus_cells, n_genes=n_genes, n_tfs=n_tfs, seed=seed, library_size_mean=depth,
+                               states_seed=1, n_cell_types=CORPUS_CELL_TYPES)  # fmt: skip
+        write_simulation(cfg, folder / "corpus.h5ad")
+        _scgrn("shard", folder / "corpus.h5ad", "--out", corpus, "--format", "zarr", "--quiet")
+        (folder / "corpus.h5ad").unlink()
+        (folder / "corpus.edges.tsv").unlink()  # the sample's network (tested equal), kept once as sample.edges.tsv
+    return sample, edges, corpus
+
+
+def pretrain_levels(folder: Path, corpus: Path, objective: str, levels: list[int]) -> dict[int, Path]:
+    """One pretraining run per objective, stopped and exported at each compute level (reused when present)."""
+    last = max(levels)
+    run = folder / f"run-{objective}-{last}"  # the learning-rate schedule spans `last` steps: one run per schedule
+    releases = {}
+    for level in sorted(levels):
+        release = folder / f"release-{objective}-{level}of{last}"
+        releases[level] = release
+        if (release / "model.safetensors").exists():
+            continue
+        _scgrn("pretrain", "--config", DEMO_CONFIG, f"data.corpus={corpus}", f"train.out_dir={run}",
+               f"train.steps={last}", f"train.warmup_steps={max(1, min(levels) // 10)}",
+               f"train.stop_after={0 if level == last else level}", f"train.save_every={last}",
+               f"train.eval_every={last}", "train.resume=auto",
+               f"model.mask_unexpressed={OBJECTIVES[objective]}")  # fmt: skip
+        _scgrn("export", run, "--out", release, "--no-eval", "--quiet")
+    return releases
+
+
+def auroc_row(metrics: dict) -> dict[str, float]:
+    return {name: m["auroc"] for name, m in metrics.items() if not name.startswith("_")}
+
+
+def _interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t interval over independent units (the simulations: each its own network and cells); with
+    one unit there is no interval (low = high = nan, read as a tie)."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf((1 + level) / 2, df=x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
+    return mean, mean - half, mean + half
+
+
+def _verdict(low: float, high: float) -> str:
+    return "beats" if low > 0 else "LOSES to" if high < 0 else "ties with"  # nan (no interval): ties
+
+
+def _span(low: float, high: float) -> str:
+    return "no interval (one simulation)" if np.isnan(low) else f"[{low:+.3f}, {high:+.3f}]"
+
+
+def _pair(rows: list[dict], a: str, b: str, **where) -> tuple[float, float, float, int] | None:
+    values = [r["auroc"][a] - r["auroc"][b] for r in rows
+              if all(r[k] == v for k, v in where.items()) and a in r["auroc"] and b in r["auroc"]]  # fmt: skip
+    if not values:
+        return None
+    return (*_interval(values), len(values))
+
+
+def render(rows: list[dict], args, machine: str, total_s: float) -> str:
+    objectives = [o for o in OBJECTIVES if o in {r["objective"] for r in rows}]
+    levels = sorted({r["steps"] for r in rows})
+    adapts = sorted({r["adapt"] for r in rows})
+    sims = sorted({r["sim"] for r in rows})
+    lines = [
+        "# Does pretraining compute buy GRN quality? — `scgrn bench grn-pretrain`",
+        "",
+        f"Command: `{args.command}`  ",
+        f"Machine: {machine}. Wall time {total_s / 60:.1f} min. Simulations (independent units): {len(sims)}.",
+        "",
+        f"Per simulation: one network; a pretraining corpus of {args.corpus_cells:,} cells in {CORPUS_CELL_TYPES} "
+        f"other cell states; a GRN sample of {args.sample_cells:,} cells in the network's own states. Releases: "
+        "`launch/configs/pretrain/demo.yaml` trained on the corpus and exported at each compute level; objective "
+        "`expressed` masks expressed genes only, `unexpressed` also masks measured unexpressed genes "
+        f"(model.mask_unexpressed={OBJECTIVES['unexpressed']}). `scgrn grn --expression SAMPLE --prior HALF` "
+        f"({args.seeds} split seeds, budget {args.budget}), scored on the held-out half of the true edges over every "
+        "TF × gene pair that is not a prior edge. `pretrained-X` / `random-init-X`: readout X of the release / of "
+        "its random-init twin (0 steps); `joint` / `random-init`: the joint model on their gene embeddings. "
+        "`adapt N`: masked pretraining continued N steps on the sample before any readout (the twin gets the same "
+        "steps). Intervals: 95 % Student-t over the simulations (independent networks and cells); one simulation "
+        "gives none (a tie).",
+        "",
+    ]
+    columns = ["joint", "random-init"] + [f"{k}-{x}" for x in READOUTS for k in ("pretrained", "random-init")]
+    columns += list(SIMPLE)
+    lines += ["## Mean AUROC over simulations", "", "| objective | steps | adapt | " + " | ".join(columns) + " |",
+              "|---|---:|---:|" + "---:|" * len(columns)]  # fmt: skip
+    for objective in objectives:
+        for level in levels:
+            for adapt in adapts:
+                sel = [r for r in rows if (r["objective"], r["steps"], r["adapt"]) == (objective, level, adapt)]
+                if not sel:
+                    continue
+                cells = []
+                for c in columns:
+                    vals = [r["auroc"][c] for r in sel if c in r["auroc"]]
+                    cells.append(f"{np.mean(vals):.3f}" if vals else "—")
+                lines.append(f"| {objective} | {level} | {adapt} | " + " | ".join(cells) + " |")
+    lines += ["", "## Pretrained − random-init twin, per readout (the compute curve)", "",
+              "| objective | steps | adapt | readout | Δ AUROC | 95 % interval | verdict | n |",
+              "|---|---:|---:|---|---:|---|---|---:|"]  # fmt: skip
+    for objective in objectives:
+        for adapt in adapts:
+            for readout in ("joint", *READOUTS):
+                a, b = ("joint", "random-init") if readout == "joint" else (f"pretrained-{readout}",
+                                                                              f"random-init-{readout}")  # fmt: skip
+                for level in levels:
+                    stats = _pair(rows, a, b, objective=objective, steps=level, adapt=adapt)
+                    if stats is not None:
+                        mean, low, high, n = stats
+                        verdict = f"pretrained {_verdict(low, high)} twin"
+                        lines.append(f"| {objective} | {level} | {adapt} | {readout} | {mean:+.3f} | "
+                                     f"{_span(low, high)} | {verdict} | {n} |")  # fmt: skip
+    lines += ["", "## Goals (issue 21; reported whether met or not)", "", *goals(rows), ""]
+    lines += ["## Per simulation", "", "| simulation | objective | steps | adapt | " + " | ".join(columns) + " |",
+              "|---|---|---:|---:|" + "---:|" * len(columns)]  # fmt: skip
+    for r in rows:
+        cells = [f"{r['auroc'][c]:.3f}" if c in r["auroc"] else "—" for c in columns]
+        lines.append(f"| {r['sim']} | {r['objective']} | {r['steps']} | {r['adapt']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def goals(rows: list[dict]) -> list[str]:
+    out = []
+    top = max(r["steps"] for r in rows)
+    for objective in [o for o in OBJECTIVES if o in {r["objective"] for r in rows}]:
+        sel = [r for r in rows if r["objective"] == objective and r["steps"] == top and r["adapt"] == 0]
+        if not sel:
+            continue
+        means = {x: np.mean([r["auroc"][f"pretrained-{x}"] for r in sel]) for x in READOUTS}
+        best = max(means, key=means.get)
+        pearson = _pair(sel, f"pretrained-{best}", "pearson")
+        twin = _pair(sel, f"pretrained-{best}", f"random-init-{best}")
+        met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+        out.append(f"- {objective}, {top} steps, no adaptation: best unsupervised pretrained readout `{best}` "
+                   f"(mean AUROC {means[best]:.3f}) − abs(Pearson) {pearson[0]:+.3f} {_span(*pearson[1:3])} "
+                   f"(goal +0.05: {met(pearson[0] >= 0.05)}); − its random-init twin "
+                   f"{twin[0]:+.3f} {_span(*twin[1:3])} "
+                   f"(goal +0.10: {met(twin[0] >= 0.10)}).")  # fmt: skip
+        for adapt in sorted({r["adapt"] for r in rows} - {0}):
+            sel = [r for r in rows if r["objective"] == objective and r["steps"] == top and r["adapt"] == adapt]
+            for readout in ("joint", *READOUTS):
+                a, b = ("joint", "random-init") if readout == "joint" else (f"pretrained-{readout}",
+                                                                              f"random-init-{readout}")  # fmt: skip
+                stats = _pair(sel, a, b)
+                if stats is not None:
+                    out.append(f"- {objective}, {top} steps, adapt {adapt}: {readout} pretrained + adapt "
+                               f"{_verdict(stats[1], stats[2])} random-init + adapt: {stats[0]:+.3f} "
+                               f"{_span(stats[1], stats[2])} over {stats[3]} simulation(s).")  # fmt: skip
+        levels = sorted({r["steps"] for r in rows if r["objective"] == objective})
+        curve = []
+        for level in levels:
+            sel = [r for r in rows if r["objective"] == objective and r["steps"] == level and r["adapt"] == 0]
+            curve.append(np.mean([max(r["auroc"][f"pretrained-{x}"] for x in READOUTS) for r in sel]))
+        twin0 = np.mean([max(r["auroc"][f"random-init-{x}"] for x in READOUTS) for r in rows
+                         if r["objective"] == objective and r["adapt"] == 0])  # fmt: skip
+        points = ", ".join(f"{s} steps {v:.3f}" for s, v in zip(levels, curve, strict=True))
+        rising = all(b >= a for a, b in zip([twin0, *curve], curve, strict=False))
+        trend = "rises" if rising else "does NOT rise"
+        out.append(f"- {objective}: best unsupervised readout per simulation, mean AUROC against compute: 0 steps "
+                   f"(random init) {twin0:.3f}, {points} ({trend} with compute).")  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="scgrn bench grn-pretrain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--sim-seeds", default="1,2,3", help="simulator seeds (one network each)")
+    p.add_argument("--sizes", default="400,1000", help=f"simulation sizes, from {sorted(SIZES)}")
+    p.add_argument("--depths", default="sparse,deep", help=f"sequencing depths, from {DEPTHS}")
+    p.add_argument("--steps", default="1000,10000", help="pretraining compute levels (steps; 0 = the twin, always)")
+    p.add_argument("--objectives", default="expressed,unexpressed", help=f"from {list(OBJECTIVES)}")
+    p.add_argument("--adapt-steps", default="0,200", help="adaptation steps on the sample (0 = none)")
+    p.add_argument("--corpus-cells", type=int, default=50_000)
+    p.add_argument("--sample-cells", type=int, default=1_500)
+    p.add_argument("--seeds", type=int, default=3, help="split seeds of each scgrn grn run")
+    p.add_argument("--budget", type=int, default=2, help="hyper-parameter configurations per learned method")
+    p.add_argument("--isd-cells", type=int, default=100)
+    p.add_argument("--out", type=Path, default=Path("runs/bench-grn-pretrain"))
+    p.add_argument("--results", type=Path, default=REPO / "bench" / "GRN_PRETRAIN_RESULTS.md")
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args(argv)
+    args.command = "scgrn bench grn-pretrain " + " ".join(shlex.quote(a) for a in (argv or []))
+    problems = []
+    sizes, depths = args.sizes.split(","), args.depths.split(",")
+    objectives = args.objectives.split(",")
+    for flag, given, allowed in (("--sizes", sizes, SIZES), ("--depths", depths, DEPTHS),
+                                 ("--objectives", objectives, OBJECTIVES)):  # fmt: skip
+        if unknown := [x for x in given if x not in allowed]:
+            problems.append(f"{flag} {unknown}: allowed {sorted(allowed)}")
+    try:
+        levels = sorted({int(s) for s in args.steps.split(",")} - {0})
+        adapts = sorted({int(s) for s in args.adapt_steps.split(",")})
+        sim_seeds = [int(s) for s in args.sim_seeds.split(",")]
+    except ValueError as err:
+        problems.append(f"--steps / --adapt-steps / --sim-seeds take comma-separated integers ({err})")
+        levels, adapts, sim_seeds = [], [], []
+    if not levels and not problems:
+        problems.append(f"--steps {args.steps!r}: give at least one level > 0 (0, the random-init twin, is always in)")
+    if problems:
+        print("scgrn bench grn-pretrain: error: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    from finetune.grn.config import GrnConfig
+    from finetune.grn.pipeline import run_grn_detailed
+
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+    start = time.perf_counter()
+    rows: list[dict] = []
+    text = ""
+    for size in sizes:
+        n_genes, n_tfs = SIZES[size]
+        for depth in depths:
+            for sim_seed in sim_seeds:
+                sim = f"{n_genes} genes, {depth}, seed {sim_seed}"
+                folder = args.out / f"sim-{n_genes}-{depth}-seed{sim_seed}-cells{args.corpus_cells}"
+                sample, edges_path, corpus = simulate_pair(folder, n_genes, n_tfs, sim_seed, DEPTHS[depth],
+                                                           args.sample_cells, args.corpus_cells)  # fmt: skip
+                prior, held_out = split_truth(pd.read_csv(edges_path, sep="\t"), sim_seed)
+                prior[["tf", "target"]].to_csv(folder / "prior.tsv", sep="\t", index=False)
+                for objective in objectives:
+                    releases = pretrain_levels(folder, corpus, objective, levels)
+                    for level, release in releases.items():
+                        for adapt in adapts:
+                            t = time.perf_counter()
+                            run_name = f"grn-{release.name.removeprefix('release-')}-adapt{adapt}"
+                            cfg = GrnConfig(release=release, out=folder / run_name,
+                                            expression=sample, prior=folder / "prior.tsv", seeds=args.seeds,
+                                            tuning_budget=args.budget, max_genes=n_genes, adapt_steps=adapt,
+                                            isd_cells=args.isd_cells, evidence=list(EVIDENCE),
+                                            baselines=list(BASELINES), cache_dir=folder / "cache",
+                                            workers=args.workers, progress=False)  # fmt: skip
+                            _, evaluation, dataset = run_grn_detailed(cfg)
+                            metrics = score_held_out(evaluation, dataset, held_out, args.seeds)
+                            auroc = auroc_row(metrics)
+                            auroc["joint"] = auroc.pop(next(m for m in list(auroc) if m.startswith("joint-")))
+                            rows.append({"sim": sim, "objective": objective, "steps": level, "adapt": adapt,
+                                         "auroc": auroc, "wall_s": time.perf_counter() - t})  # fmt: skip
+                            keys = ("joint", "random-init", "pretrained-probe", "random-init-probe", "pearson")
+                            shown = ", ".join(f"{k} {auroc[k]:.3f}" for k in keys if k in auroc)
+                            print(f"{sim} | {objective} {level} steps | adapt {adapt}: "
+                                  f"{time.perf_counter() - t:.0f} s; {shown}", flush=True)  # fmt: skip
+                            text = render(rows, args, machine, time.perf_counter() - start)
+                            atomic_write_text(args.results, text)
+                            atomic_write_text(args.out / "summary.json", json.dumps(rows, indent=1, default=float))
+    print(text)
+    return 0

@@ -1,0 +1,73 @@
+"""`scgrn bench grn-pretrain` (issue 21, item 6): its pieces at a tiny scale and its reading of the numbers.
+
+- the GRN sample and the pretraining corpus share the network and nothing else;
+- one pretraining run per objective, stopped and exported at each compute level: the level-3 release is the run's
+  step-3 weights, not a separate 3-step schedule;
+- the table's verdicts: an interval over independent simulations, none (a tie) from one simulation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.numpy import load_file
+
+from bench import grn_pretrain_bench as gp
+from bench.grn_sim_bench import split_truth
+
+
+def test_sample_and_corpus_share_the_network_and_the_levels_are_one_run(tmp_path):
+    _, edges, corpus = gp.simulate_pair(tmp_path, 60, 8, seed=3, depth=5000.0, sample_cells=80,
+                                             corpus_cells=160)  # fmt: skip
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    assert manifest["totals"]["n_cells"] == 160 and manifest.get("panels")  # format 3: panels for mask_unexpressed
+    truth = pd.read_csv(edges, sep="\t")
+    prior, held_out = split_truth(truth, 3)
+    assert len(prior) + len(held_out) == len(truth) and not set(prior.index) & set(held_out.index)
+    assert not (tmp_path / "corpus.h5ad").exists() and not (tmp_path / "corpus.edges.tsv").exists()
+
+    releases = gp.pretrain_levels(tmp_path, corpus, "unexpressed", [3, 6])
+    assert sorted(releases) == [3, 6] and releases[3].name == "release-unexpressed-3of6"
+    summary = json.loads((tmp_path / "run-unexpressed-6" / "run_summary.json").read_text())
+    assert summary["steps"] == 6  # one run, resumed after the stop at step 3
+    config = json.loads((releases[6] / "config.json").read_text())
+    assert config["model"]["mask_unexpressed"] == gp.OBJECTIVES["unexpressed"] > 0
+    early, late = load_file(releases[3] / "model.safetensors"), load_file(releases[6] / "model.safetensors")
+    assert early.keys() == late.keys()
+    assert any(not np.array_equal(early[k], late[k]) for k in early)  # three more steps moved the weights
+    again = gp.pretrain_levels(tmp_path, corpus, "unexpressed", [3, 6])  # present: reused, nothing retrained
+    assert again == releases
+
+
+def _rows(diffs: list[float]) -> list[dict]:
+    rows = []
+    for i, d in enumerate(diffs):
+        auroc = {"joint": 0.7, "random-init": 0.7, "pearson": 0.6, "regression": 0.6, "grnboost2": 0.6}
+        for x in gp.READOUTS:
+            auroc[f"pretrained-{x}"] = 0.55 + d
+            auroc[f"random-init-{x}"] = 0.55
+        rows.append({"sim": f"sim {i}", "objective": "expressed", "steps": 100, "adapt": 0, "auroc": auroc})
+    return rows
+
+
+@pytest.mark.parametrize(("diffs", "word"), [([0.05, 0.06, 0.04], "beats"), ([0.05, -0.05, 0.01], "ties with"),
+                                             ([0.2], "ties with")])  # fmt: skip
+def test_verdicts_need_an_interval_over_simulations(diffs, word):
+    args = argparse.Namespace(command="scgrn bench grn-pretrain", corpus_cells=1000, sample_cells=100, seeds=2,
+                              budget=1)  # fmt: skip
+    text = gp.render(_rows(diffs), args, "test machine", 1.0)
+    probe = next(line for line in text.splitlines() if line.startswith("| expressed | 100 | 0 | probe |"))
+    assert f"pretrained {word} twin" in probe, probe
+    if len(diffs) == 1:
+        assert "no interval (one simulation)" in probe
+    assert "does NOT rise" not in text  # 0 steps (the twin) 0.55 < 100 steps
+
+
+def test_bad_arguments_are_refused_at_once(capsys):
+    assert gp.main(["--sizes", "300", "--depths", "shallow", "--steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--sizes ['300']" in err and "--depths ['shallow']" in err
