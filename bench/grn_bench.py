@@ -110,7 +110,10 @@ def _cell(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-def render(results: dict[str, list[dict]], skipped, args, machine: str, total_s: float, too_small=None) -> str:
+def render(results: dict[str, list[dict]], skipped, args, machine: str, total_s: float, too_small=None,
+           available: list[str] | None = None) -> str:  # fmt: skip
+    """The results page. `available`: every set with expression (names); a protocol's table then says which of them
+    it does not have yet (a table computed in pieces is partial until it has them all)."""
     too_small = too_small or {}
     counts = sorted({len(m["seeds"]) for runs in results.values() for r in runs for m in r["methods"].values()})
     n_seeds = "–".join(map(str, counts[:: max(1, len(counts) - 1)])) if counts else str(args.seeds)
@@ -160,6 +163,10 @@ def render(results: dict[str, list[dict]], skipped, args, machine: str, total_s:
         if too_small.get(protocol):
             lines += [f"Too small for {protocol} (fewer than 20 test positives per seed): "
                       + ", ".join(f"{name} ({n})" for name, n in too_small[protocol]) + ".", ""]  # fmt: skip
+        done = {r["name"] for r in runs} | {name for name, _ in too_small.get(protocol, [])}
+        if missing := [name for name in available or [] if name not in done]:
+            lines += [f"**Partial: {len(missing)} of the {len(available)} sets not run yet under {protocol}** "
+                      f"({', '.join(missing)}); means and intervals are over the sets present.", ""]  # fmt: skip
         lines += [f"### {protocol}: paired differences of test AUROC", "",
                   "| comparison | matrices | rows | mean Δ | 95 % interval | verdict | wins | losses |",
                   "|---|---:|---:|---:|---|---|---:|---:|"]  # fmt: skip
@@ -170,10 +177,83 @@ def render(results: dict[str, list[dict]], skipped, args, machine: str, total_s:
                              f"[{stats['low']:+.3f}, {stats['high']:+.3f}] | {a} {WORDS[stats['verdict']]} {b} | "
                              f"{stats['wins']} | {stats['losses']} |")  # fmt: skip
         lines.append("")
+    lines += ["## Reading", "", *reading(results), ""]
+    lines += ["## By network type (mean test AUROC over the sets of each type and their seeds)", "",
+              *by_network(results), ""]  # fmt: skip
     lines += ["## Goals (from the issues; reported whether met or not)", "", *goals(results), ""]
     lines += ["## Skipped (no expression matrix in the snapshot)", ""]
     lines += [f"- {name}: {why}" for name, why in skipped] or ["- none"]
     return "\n".join(lines) + "\n"
+
+
+def _said(b: str, stats: dict | None) -> str:
+    """'beats b (+0.061 [+0.043, +0.079], 8 matrices)', from a `paired` result."""
+    if stats is None:
+        return f"was not compared with {b}"
+    return (f"{WORDS[stats['verdict']]} {b} ({stats['mean']:+.3f} [{stats['low']:+.3f}, {stats['high']:+.3f}], "
+            f"{stats['n_units']} matrices)")  # fmt: skip
+
+
+def _pearson_lead_by_network(runs: list[dict]) -> dict[str, float]:
+    leads = {}
+    for network in sorted({r["name"].split("/")[0] for r in runs}):
+        diffs = []
+        for r in runs:
+            joint, pearson = per_seed(r, "joint"), per_seed(r, "pearson")
+            if r["name"].split("/")[0] == network and joint is not None and pearson is not None:
+                diffs.append(float(np.mean(np.subtract(joint, pearson))))
+        if diffs:
+            leads[network] = float(np.mean(diffs))
+    return leads
+
+
+def reading(results: dict[str, list[dict]]) -> list[str]:
+    """The table in words, computed from the intervals (so it cannot drift from the numbers)."""
+    out, twin_ties = [], []
+    for protocol in ("degree-aware", "cold-start", "held-out-genes"):
+        runs = results.get(protocol) or []
+        if not runs:
+            continue
+        twin = paired(runs, "joint", "random-init")
+        twin_ties.append(twin is not None and twin["verdict"] != "beats")
+        shortcut, pearson = paired(runs, "joint", BEST_SHORTCUT), paired(runs, "joint", "pearson")
+        trees, gat = paired(runs, "joint", "trees"), paired(runs, "joint", "genelink-gat")
+        isd = paired(runs, "pretrained-isd", "random-init-isd")
+        out.append(f"- **{protocol}**: joint {_said('the best shortcut', shortcut)}, {_said('abs(Pearson)', pearson)} "
+                   f"and {_said('GRNBoost2', trees)}; it {_said('the GENELink GAT', gat)} and "
+                   f"{_said('its random-init twin', twin)}; pretrained in-silico deletion "
+                   f"{_said('random-init deletion', isd)}.")  # fmt: skip
+        if leads := _pearson_lead_by_network(runs):
+            order = sorted(leads, key=leads.get, reverse=True)
+            out.append("  Joint − abs(Pearson) by network type: " + ", ".join(f"{n} {leads[n]:+.3f}" for n in order)
+                       + " (STRING is an association network; Specific / Non-Specific are ChIP-seq; Lofgof is "
+                       "perturbation-based).")  # fmt: skip
+    if twin_ties and all(twin_ties):
+        out.append("- The pretrained release adds nothing measurable here: under every protocol the joint model on "
+                   "random-init weights does as well, and so does a random-init release's in-silico deletion. What "
+                   "the learned models gain over abs(Pearson) they gain from the supervised network labels, not from "
+                   "pretraining (issue 21 measures what pretraining compute changes).")  # fmt: skip
+    return out
+
+
+NETWORK_COLUMNS = ("joint", "genelink-gat", "random-init", "pearson", "trees", BEST_SHORTCUT)
+
+
+def by_network(results: dict[str, list[dict]]) -> list[str]:
+    """Where a method's lead comes from: the network types (STRING, Non-Specific, Specific, Lofgof) are different
+    kinds of truth over the same cells (association, ChIP-seq of any cell type, ChIP-seq of this cell type, loss /
+    gain of function)."""
+    lines = ["| protocol | network | sets | " + " | ".join(NETWORK_COLUMNS) + " |",
+             "|---|---|---:|" + "---:|" * len(NETWORK_COLUMNS)]  # fmt: skip
+    for protocol, runs in results.items():
+        for network in sorted({r["name"].split("/")[0] for r in runs}):
+            sel = [r for r in runs if r["name"].split("/")[0] == network]
+            cells = []
+            for key in NETWORK_COLUMNS:
+                values = [np.mean(v) for r in sel if (v := per_seed(r, key)) is not None]
+                cells.append(_cell(float(np.mean(values)) if values else None))
+            lines.append(f"| {protocol} | {network} | {len(sel)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def goals(results: dict[str, list[dict]]) -> list[str]:
@@ -291,7 +371,11 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 results[protocol] = merge_runs([*results.get(protocol, []), *runs])
                 wall += sum(r["wall_s"] for r in runs)
-        text = render(results, skipped_named, args, machine, wall, too_small)
+        for protocol, small in too_small.items():  # too small for a seed of another piece: too small for the table
+            names_small = {name for name, _ in small}
+            results[protocol] = [r for r in results.get(protocol, []) if r["name"] not in names_small]
+        names = ["/".join(f.parts[-3:]) for f in available]
+        text = render(results, skipped_named, args, machine, wall, too_small, available=names)
         atomic_write_text(args.results, text)
         print(text)
         return 0

@@ -52,8 +52,18 @@ def test_render_reports_intervals_verdicts_and_too_small_sets():
     assert "LEAKY, for comparison with published numbers" in text
     assert "STRING/x/TFs+500 (15)" in text
     assert "cold-start: not run." in text
+    assert "- **degree-aware**: joint beats the best shortcut (+0." in text  # the reading, from the intervals
+    assert "was not compared with its random-init twin" in text and "adds nothing measurable" not in text
+    assert "| degree-aware | S | 6 | 0.805 | 0.600 |" in text and "| degree-aware | N | 2 | 0.600 | 0.600 |" in text
     tie = [fake_run(f"S/{c}/TFs+500", [0.6, 0.7], [0.7, 0.6], [0.5, 0.5]) for c in "abc"]
     assert "joint ties with genelink-gat" in render({"degree-aware": tie}, [], args, "m", 1.0)
+    assert "Partial" not in text  # nothing said about sets when the caller does not list them
+    # a table computed in pieces names the sets it does not have yet; a too-small set is not missing
+    every = [r["name"] for r in runs] + ["STRING/x/TFs+500", "Specific/y/TFs+500"]
+    partial = render({"degree-aware": runs}, [], args, "m", 1.0, {"degree-aware": [("STRING/x/TFs+500", 15)]}, every)
+    assert "**Partial: 1 of the 10 sets not run yet under degree-aware** (Specific/y/TFs+500)" in partial
+    complete = render({"degree-aware": runs}, [], args, "m", 1.0, {}, [r["name"] for r in runs])
+    assert "Partial" not in complete
 
 
 def test_half_of_the_truth_is_the_prior_and_the_other_half_is_held_out():
