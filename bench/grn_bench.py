@@ -115,6 +115,8 @@ def render(results: dict[str, list[dict]], skipped, args, machine: str, total_s:
     """The results page. `available`: every set with expression (names); a protocol's table then says which of them
     it does not have yet (a table computed in pieces is partial until it has them all)."""
     too_small = too_small or {}
+    steps = getattr(args, "adapt_steps", 0)
+    adapted = f" Release and twin adapted {steps} steps on each set's cells (`--adapt-steps`)." if steps else ""
     counts = sorted({len(m["seeds"]) for runs in results.values() for r in runs for m in r["methods"].values()})
     n_seeds = "–".join(map(str, counts[:: max(1, len(counts) - 1)])) if counts else str(args.seeds)
     lines = [
@@ -123,7 +125,7 @@ def render(results: dict[str, list[dict]], skipped, args, machine: str, total_s:
         f"Command: `{args.command}`  ",
         f"Machine: {machine}. Release: `{args.release}`. Seeds: {n_seeds}; tuning budget {args.budget} "
         f"configurations per learned method and seed; in-silico deletion on {args.isd_cells} cells. "
-        f"Wall time {total_s / 60:.1f} min (summed over processes).",
+        f"Wall time {total_s / 60:.1f} min (summed over processes).{adapted}",
         "",
         "Every method runs on the same directed splits (a labelled pair and its reverse are always in one set); every "
         "choice (hyper-parameters, pooling, epochs) is made per seed on that seed's validation set; the test set is "
@@ -345,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         help="re-render --results from the summary.json of earlier runs (e.g. two runs on different datasets)",
     )
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--adapt-steps", type=int, default=0,
+                   help="masked pretraining of the release (and its twin) on each set's cells before any readout "
+                        "(issue 21's compute experiment on BEELINE; 0 = none, as in the leak-free table)")  # fmt: skip
     args = p.parse_args(argv)
     args.command = "scgrn bench grn " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     protocols = [x for x in args.protocols.split(",") if x]
@@ -393,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                             tree_method=args.tree_method, isd_cells=args.isd_cells, cache_dir=args.out / "cache",
                             evidence=[e for e in args.evidence.split(",") if e and e != "none"],
                             baselines=[b for b in args.baselines.split(",") if b],
-                            workers=args.workers, progress=False)  # fmt: skip
+                            workers=args.workers, adapt_steps=args.adapt_steps, progress=False)  # fmt: skip
             try:
                 payload = run_grn(cfg)
             except HeldOutGenesTooSmall as err:
