@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from finetune.errors import GrnInputError
+from finetune.grn.choice import verdicts, winner
 from finetune.grn.config import GrnConfig
-from finetune.grn.pipeline import verdicts, winner
 
 
 def method(kind: str, val: list[float], test: list[float] | None = None) -> dict:
