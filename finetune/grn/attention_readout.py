@@ -9,8 +9,14 @@ g's attention to t: S_lh[t, g] = softmax_j(Q̄_lh[g] · K̄_lh[j] / √d)[t], ov
 The unsupervised readout (`pretrained-attention`, twin `random-init-attention`) is the mean of S over layers and
 heads; the per-head matrices are kept beside it (`attention_heads`, (L·H, G, G)) for the learned methods.
 
-Families: scBERT (self-attention over a cell's genes). The Exceiver attends through latents, which has no
-gene → gene attention of its own; it is refused with that reason.
+Families: scBERT, Geneformer, scGPT (self-attention over a cell's tokens, as above). The Exceiver attends through its
+latents: latent l reads gene t with the encoder's weight E_c[l, t] (a softmax over the cell's genes), the latent
+self-attention blocks mix latents (R_c = Π_b (½ A_b + ½ I), attention rollout with the residual as the identity;
+Abnar & Zuidema 2020), and a query gene g reads latent l with the decoder's weight D_c[g, l]. So g reads t with
+P_c[g, t] = (D_c R_c E_c)[g, t] (each row sums to 1 over the cell's genes), computed exactly per cell and averaged
+over the cells that express t: S[t, g] = mean_c P_c[g, t] (`latent_rollout`). Heads averaged within each attention
+for the mean readout; the channels for the learned methods are each encoder head (decoder heads averaged) and each
+decoder head (encoder heads averaged).
 """
 
 from __future__ import annotations
@@ -35,8 +41,65 @@ def _self_attentions(model: torch.nn.Module) -> list[MultiheadAttention]:
 
 
 def has_gene_attention(model: torch.nn.Module) -> bool:
-    """Whether the model attends from genes to genes (scBERT yes; the Exceiver, through latents, no)."""
-    return bool(_self_attentions(model))
+    """Whether genes' attention to genes can be read: self-attention over genes (scBERT, Geneformer, scGPT), or the
+    routing through latents (the Exceiver's `attention_maps`)."""
+    return bool(_self_attentions(model)) or hasattr(model, "attention_maps")
+
+
+@torch.no_grad()
+def latent_rollout(
+    model: torch.nn.Module, batches, row_of_id: np.ndarray, n_genes: int, tf_rows: np.ndarray, max_cells: int,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """S[t, g] = mean over the cells expressing TF t of (D_c R_c E_c)[g, t] (module docstring), for a latent model.
+
+    Returns {"attention_mean": (G, G), "attention_heads": (2H, G, G)} float32, TF rows filled, others 0."""
+    from tqdm.auto import tqdm
+
+    rows_all = torch.from_numpy(row_of_id)
+    mapped = np.flatnonzero(row_of_id >= 0)  # vocab ids of the dataset's genes
+    query_ids = torch.from_numpy(mapped).long()
+    query_rows = rows_all[query_ids]  # (Q,) dataset rows of the query genes
+    is_tf = torch.zeros(n_genes, dtype=torch.bool)
+    is_tf[torch.as_tensor(np.asarray(tf_rows), dtype=torch.int64)] = True
+    heads = model.config.n_heads
+    sums = torch.zeros(1 + 2 * heads, n_genes, n_genes, dtype=torch.float64)  # [channel, tf row, target row]
+    count = torch.zeros(n_genes, dtype=torch.float64)
+    seen = 0
+    bar = tqdm(total=max_cells, desc="attention readout (latents)", unit="cell", disable=not progress)
+    for batch in batches:
+        cu = batch["cu_seqlens"]
+        n_cells = min(cu.numel() - 1, max_cells - seen)
+        if n_cells <= 0:
+            break
+        end = int(cu[n_cells])
+        maps = model.attention_maps(batch["gene_ids"][:end], batch["values"][:end], cu[: n_cells + 1], query_ids)
+        bounds = maps["cu_seqlens"].tolist()
+        n_latents = maps["decoder"].shape[-1]
+        for c in range(n_cells):
+            rows = rows_all[maps["gene_ids"][bounds[c] : bounds[c + 1]]]  # (n_c,) rows of the cell's genes
+            keep = (rows >= 0) & is_tf[rows.clamp(min=0)]  # the cell's TFs are the t of S[t, g]
+            if not keep.any():
+                continue
+            rollout = torch.eye(n_latents)
+            for attention in maps["latent"]:
+                rollout = (0.5 * attention[c].mean(0) + 0.5 * torch.eye(n_latents)) @ rollout  # (L, L)
+            enc = maps["encoder"][c][:, :, keep]  # (H, L, n_tf)
+            dec = maps["decoder"][c]  # (H, Q, L)
+            routed_dec, enc_mean = dec.mean(0) @ rollout, enc.mean(0)  # D̄ R (Q, L), Ē (L, n_tf)
+            channels = [routed_dec @ enc_mean]  # (Q, n_tf)
+            channels += [routed_dec @ enc[h] for h in range(heads)]
+            channels += [dec[h] @ rollout @ enc_mean for h in range(heads)]
+            tf_here = rows[keep]
+            for i, routed in enumerate(channels):
+                sums[i][tf_here[:, None], query_rows[None, :]] += routed.T.double()
+            count[tf_here] += 1
+        seen += n_cells
+        bar.update(n_cells)
+    bar.close()
+    scores = (sums / count.clamp(min=1).view(1, -1, 1)).float()
+    scores.diagonal(dim1=1, dim2=2).zero_()
+    return {"attention_mean": scores[0].numpy(), "attention_heads": scores[1:].numpy()}
 
 
 @torch.no_grad()
@@ -142,6 +205,9 @@ def release_attention_evidence(
     )
 
     def compute() -> dict[str, np.ndarray]:
+        model = rel.model(kind)
+        if hasattr(model, "attention_maps"):  # the Exceiver: through its latents
+            return latent_rollout(model, rel.batches(32), rel.row_of_id, rel.n_genes, tf_rows, max_cells, progress)
         q, k, count = mean_queries_keys(
             rel.model(kind), rel.batches(32), rel.row_of_id, rel.n_genes, max_cells, progress
         )

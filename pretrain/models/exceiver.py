@@ -38,6 +38,7 @@ Shapes: B cells, T packed genes, L latents, D model width, H heads, N masked gen
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -560,6 +561,57 @@ class Exceiver(nn.Module):
             queries, latents.reshape(n_cells * n_latents, d_model), cu_seqlens, cu_latents, max_queries, n_latents
         )  # (T, D)
         return self.norm_out(out)
+
+    @torch.no_grad()
+    def attention_maps(
+        self, gene_ids: Tensor, values: Tensor, cu_seqlens: Tensor, query_ids: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor | list[Tensor]]:  # fmt: skip
+        """Attention probabilities of every cell, for reading the model's gene → gene routing through its latents
+        (finetune's attention readout). No masking: each cell as `encode` sees it.
+
+        Returns:
+            "gene_ids": (T',) the genes the encoder read (after `max_genes` sampling), packed; "cu_seqlens": (B+1,);
+            "encoder": list of B tensors (H, L, n_c): each latent's weights over its cell's genes;
+            "latent": list over the self-attention blocks of (B, H, L, L);
+            "decoder": (B, H, Q, L): each query gene's weights over its cell's final latents (`query_ids`, (Q,)
+            vocab ids, asked of every cell, as a masked gene would be).
+        """
+        _check_packed(gene_ids, values, cu_seqlens)
+        library = cell_library_size(values, cu_seqlens)
+        gene_ids, values, cu_seqlens = sample_genes(
+            gene_ids, values, cu_seqlens, self.config.max_genes, self.config.gene_sampling, generator
+        )
+        log_values = normalize_log1p(values, cu_seqlens, library_size=library)
+        n_cells = cu_seqlens.numel() - 1
+        n_latents, d_model = self.latents.shape
+        heads, head_dim = self.config.n_heads, d_model // self.config.n_heads
+        tokens = self.gene_embedding(gene_ids) * log_values.unsqueeze(-1).to(self.gene_embedding.weight.dtype)
+        enc = self.encoder.attn
+        q = enc.q_proj(self.encoder.norm_q(self.latents)).view(n_latents, heads, head_dim)  # (L, H, d)
+        k = enc.kv_proj(self.encoder.norm_kv(tokens))[:, :d_model].reshape(-1, heads, head_dim)  # (T', H, d)
+        bounds = cu_seqlens.tolist()
+        encoder = [
+            torch.softmax(torch.einsum("lhd,thd->hlt", q, k[a:b]) / math.sqrt(head_dim), dim=-1)
+            for a, b in itertools.pairwise(bounds)
+        ]  # B x (H, L, n_c)
+        queries = self.latents.expand(n_cells, n_latents, d_model).reshape(n_cells * n_latents, d_model)
+        cu_latents = torch.arange(n_cells + 1, device=gene_ids.device, dtype=torch.int32) * n_latents
+        max_genes = _lengths_stats(seqlens(cu_seqlens))[0]
+        x = self.encoder(queries, tokens, cu_latents, cu_seqlens, n_latents, max_genes).view(n_cells, n_latents, -1)
+        latent = []
+        for block in self.self_blocks:
+            qkv = block.qkv_proj(block.norm_attn(x)).view(n_cells, n_latents, 3, heads, head_dim)
+            lq, lk = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)  # (B, H, L, d)
+            latent.append(torch.softmax(lq @ lk.transpose(-1, -2) / math.sqrt(head_dim), dim=-1))  # (B, H, L, L)
+            x = block(x)
+        x = self.norm_latents(x)  # (B, L, D)
+        dec = self.decoder.attn
+        dq = dec.q_proj(self.decoder.norm_q(self.gene_embedding(query_ids))).view(-1, heads, head_dim)  # (Q, H, d)
+        dk = dec.kv_proj(self.decoder.norm_kv(x))[..., :d_model].reshape(n_cells, n_latents, heads, head_dim)
+        decoder = torch.softmax(torch.einsum("qhd,blhd->bhql", dq, dk) / math.sqrt(head_dim), dim=-1)  # (B,H,Q,L)
+        return {"gene_ids": gene_ids, "cu_seqlens": cu_seqlens, "encoder": encoder, "latent": latent,
+                "decoder": decoder}  # fmt: skip
 
     def gene_embeddings(self) -> Tensor:
         """(vocab_size, D) learned gene embeddings e_g (detached; row i is vocab id i)."""

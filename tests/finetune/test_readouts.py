@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from finetune.errors import GrnInputError
-from finetune.grn.attention_readout import attention_scores, mean_queries_keys
+from finetune.grn.attention_readout import attention_scores, has_gene_attention, latent_rollout, mean_queries_keys
 from finetune.grn.probe import ProbeConfig, level_bins, metacells, perturbation_probe, tf_levels
 from pretrain.models.scbert import ScBert, ScBertConfig
 
@@ -134,7 +134,7 @@ def test_the_attention_readout_of_a_trained_model_finds_the_planted_edges_and_it
     assert abs(np.mean(twins) - 0.5) < 0.1 and max(abs(t - 0.5) for t in twins) < 0.15, twins
 
 
-def test_max_cells_bounds_the_attention_readout_and_an_exceiver_is_refused(trained):
+def test_max_cells_bounds_the_attention_readout_and_an_exceiver_has_no_gene_self_attention(trained):
     from pretrain.models.exceiver import Exceiver, ExceiverConfig
 
     batch = packed(planted_counts(50, seed=3))
@@ -143,6 +143,68 @@ def test_max_cells_bounds_the_attention_readout_and_an_exceiver_is_refused(train
     exceiver = Exceiver(ExceiverConfig(vocab_size=VOCAB, d_model=16, n_latents=4, n_heads=2, d_ff=32))
     with pytest.raises(GrnInputError, match="no self-attention over a cell's genes"):
         mean_queries_keys(exceiver, [batch], ROW_OF_ID, N_GENES, max_cells=7)
+    assert has_gene_attention(exceiver) and has_gene_attention(trained)  # the Exceiver's is read through latents
+
+
+def test_the_exceivers_attention_maps_are_the_weights_its_forward_uses():
+    """Each map, applied to its values, gives the attention output the model computes."""
+    from pretrain.models.exceiver import Exceiver, ExceiverConfig
+
+    torch.manual_seed(0)
+    model = Exceiver(ExceiverConfig(vocab_size=VOCAB, d_model=16, n_latents=4, n_heads=2, d_ff=32,
+                                    n_self_layers=2)).eval()  # fmt: skip
+    batch = packed(planted_counts(5, seed=4))
+    query_ids = torch.arange(4, VOCAB)
+    maps = model.attention_maps(batch["gene_ids"], batch["values"], batch["cu_seqlens"], query_ids)
+    captured = {}
+
+    def keep(name):
+        def hook(_module, _args, kwargs, output) -> None:
+            captured[name] = (kwargs, output)
+
+        return hook
+
+    model.encoder.attn.register_forward_hook(keep("enc"), with_kwargs=True)
+    model.decoder.attn.register_forward_hook(keep("dec"), with_kwargs=True)
+    latents = model.encode(batch["gene_ids"], batch["values"], batch["cu_seqlens"])  # (B, L, D)
+    kwargs, enc_out = captured["enc"]
+    context, cu_k = kwargs["context"], kwargs["cu_seqlens_context"]
+    enc = model.encoder.attn
+    v = enc.kv_proj(context)[:, 16:].view(-1, 2, 8)  # (T, H, d)
+    bounds = cu_k.tolist()
+    mixed = torch.cat([torch.einsum("hlt,thd->lhd", maps["encoder"][c], v[bounds[c] : bounds[c + 1]])
+                       for c in range(5)]).reshape(-1, 16)  # fmt: skip
+    torch.testing.assert_close(enc.out_proj(mixed), enc_out, rtol=1e-4, atol=1e-5)
+    for attention in [maps["decoder"], *maps["latent"]]:
+        torch.testing.assert_close(attention.sum(-1), torch.ones(attention.shape[:-1]))
+    # decoder: every query gene of cell 0 through the model's own decoder
+    cu = torch.tensor([0, len(query_ids)], dtype=torch.int32)
+    model.gene_states(query_ids, torch.ones(len(query_ids)), cu, latents=latents[:1])
+    kwargs, dec_out = captured["dec"]
+    dv = model.decoder.attn.kv_proj(kwargs["context"])[:, 16:].view(-1, 2, 8)  # (L, H, d)
+    mixed = torch.einsum("hql,lhd->qhd", maps["decoder"][0], dv).reshape(-1, 16)
+    torch.testing.assert_close(model.decoder.attn.out_proj(mixed), dec_out, rtol=1e-4, atol=1e-5)
+
+
+def test_the_latent_rollout_spreads_each_query_gene_over_its_cells_genes():
+    """P_c = D R E is row-stochastic over the cell's genes: with every gene a TF and one cell, a gene the cell does
+    not express (nothing on the diagonal to zero) gets scores summing to 1 over the cell's genes, 0 elsewhere."""
+    from pretrain.models.exceiver import Exceiver, ExceiverConfig
+
+    torch.manual_seed(1)
+    model = Exceiver(ExceiverConfig(vocab_size=VOCAB, d_model=16, n_latents=4, n_heads=2, d_ff=32,
+                                    n_self_layers=2)).eval()  # fmt: skip
+    counts = planted_counts(40, seed=5)
+    cell = counts[:1]
+    scores = latent_rollout(model, [packed(cell)], ROW_OF_ID, N_GENES, np.arange(N_GENES), max_cells=1)
+    assert scores["attention_heads"].shape == (2 * 2, N_GENES, N_GENES)
+    expressed = cell[0] > 0
+    for channel in [scores["attention_mean"], *scores["attention_heads"]]:
+        silent = np.flatnonzero(~expressed)
+        np.testing.assert_allclose(channel[:, silent].sum(0), 1.0, rtol=1e-5)
+        assert (channel[~expressed] == 0).all()  # a TF the cell does not express is read by no gene
+    more = latent_rollout(model, [packed(counts)], ROW_OF_ID, N_GENES, np.arange(N_TFS), max_cells=40)
+    assert (more["attention_mean"][N_TFS:] == 0).all() and (more["attention_mean"][:N_TFS] > 0).any()
 
 
 def test_a_tf_absent_from_a_context_is_inserted_and_every_probed_pair_is_counted(trained):
