@@ -19,7 +19,8 @@ from finetune.grn.config import GrnConfig
 from finetune.grn.splits import EdgeSplit
 from finetune.grn.statistics import seed_interval
 
-pytestmark = pytest.mark.slow
+# one xdist worker runs the module: its planted run (module fixtures) is computed once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("grn-pipeline")]
 
 N_TFS, N_TARGETS = 12, 96
 
