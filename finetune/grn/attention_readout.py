@@ -46,6 +46,20 @@ def has_gene_attention(model: torch.nn.Module) -> bool:
     return bool(_self_attentions(model)) or hasattr(model, "attention_maps")
 
 
+def _first_cells(batches, max_cells: int, bar):
+    """(gene_ids, values, cu_seqlens) of the packed batches cut to their first `max_cells` cells in all."""
+    seen = 0
+    for batch in batches:
+        cu = batch["cu_seqlens"]
+        n_cells = min(cu.numel() - 1, max_cells - seen)
+        if n_cells <= 0:
+            return
+        end = int(cu[n_cells])
+        yield batch["gene_ids"][:end], batch["values"][:end], cu[: n_cells + 1]
+        seen += n_cells
+        bar.update(n_cells)
+
+
 @torch.no_grad()
 def latent_rollout(
     model: torch.nn.Module, batches, row_of_id: np.ndarray, n_genes: int, tf_rows: np.ndarray, max_cells: int,
@@ -65,15 +79,10 @@ def latent_rollout(
     heads = model.config.n_heads
     sums = torch.zeros(1 + 2 * heads, n_genes, n_genes, dtype=torch.float64)  # [channel, tf row, target row]
     count = torch.zeros(n_genes, dtype=torch.float64)
-    seen = 0
     bar = tqdm(total=max_cells, desc="attention readout (latents)", unit="cell", disable=not progress)
-    for batch in batches:
-        cu = batch["cu_seqlens"]
-        n_cells = min(cu.numel() - 1, max_cells - seen)
-        if n_cells <= 0:
-            break
-        end = int(cu[n_cells])
-        maps = model.attention_maps(batch["gene_ids"][:end], batch["values"][:end], cu[: n_cells + 1], query_ids)
+    for ids, values, cu in _first_cells(batches, max_cells, bar):
+        maps = model.attention_maps(ids, values, cu, query_ids)
+        n_cells = cu.numel() - 1
         bounds = maps["cu_seqlens"].tolist()
         n_latents = maps["decoder"].shape[-1]
         for c in range(n_cells):
@@ -94,8 +103,6 @@ def latent_rollout(
             for i, routed in enumerate(channels):
                 sums[i][tf_here[:, None], query_rows[None, :]] += routed.T.double()
             count[tf_here] += 1
-        seen += n_cells
-        bar.update(n_cells)
     bar.close()
     scores = (sums / count.clamp(min=1).view(1, -1, 1)).float()
     scores.diagonal(dim1=1, dim2=2).zero_()
@@ -131,24 +138,18 @@ def mean_queries_keys(
     captured: list[torch.Tensor] = []
     hooks = [m.qkv_proj.register_forward_hook(lambda _m, _i, out: captured.append(out)) for m in layers]
     row_of_id = torch.from_numpy(row_of_id)
-    seen = 0
     try:
         bar = tqdm(total=max_cells, desc="attention readout", unit="cell", disable=not progress)
-        for batch in batches:
-            cu = batch["cu_seqlens"]
-            n_cells = min(cu.numel() - 1, max_cells - seen)
-            if n_cells <= 0:
-                break
-            end = int(cu[n_cells])
-            ids, values = batch["gene_ids"][:end], batch["values"][:end]
+        for ids, values, cu in _first_cells(batches, max_cells, bar):
+            end = ids.numel()
             captured.clear()
             if hasattr(model, "token_states"):  # Geneformer family: the attention runs over its rank-value tokens
-                ids, _, _ = model.token_states(ids, values, cu[: n_cells + 1])
+                ids, _, _ = model.token_states(ids, values, cu)
                 end = ids.numel()
             else:
-                model.gene_states(ids, values, cu[: n_cells + 1])
+                model.gene_states(ids, values, cu)
                 if hasattr(model, "with_cls"):  # scGPT: the attention also ran over each cell's leading <cls>
-                    ids = model.with_cls(ids, values.float(), cu[: n_cells + 1])[0]
+                    ids = model.with_cls(ids, values.float(), cu)[0]
                     end = ids.numel()
             rows = row_of_id[ids]
             keep = rows >= 0
@@ -158,8 +159,6 @@ def mean_queries_keys(
                 q_sum[layer].index_add_(0, rows, qkv[:, 0])
                 k_sum[layer].index_add_(0, rows, qkv[:, 1])
             count.index_add_(0, rows, torch.ones(rows.numel(), dtype=torch.float64))
-            seen += n_cells
-            bar.update(n_cells)
         bar.close()
     finally:
         for hook in hooks:
