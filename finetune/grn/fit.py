@@ -150,8 +150,15 @@ def fit_link_model(
     generator = torch.Generator().manual_seed(seed)
     positive = labels.bool()
     best_auroc, best_epoch, best_state = -1.0, 0, None
+    val_pairs = torch.from_numpy(np.ascontiguousarray(val[:, :2], dtype=np.int64))
     for epoch in range(config.epochs + 1):  # epoch = passes over the training pairs before this evaluation
-        auroc = auroc_torch(val_labels, torch.from_numpy(predict(model, expression, edge_index, val)))
+        # the node features at this epoch's weights serve the evaluation and the first training step (they have no
+        # dropout): one pass of the expression projection, the widest layer, instead of two; same values
+        features = model.node_features(expression)  # (N, F), with grad for the training step
+        model.eval()
+        with torch.no_grad():
+            val_logits = model.decode(model.encode_features(features.detach(), edge_index), val_pairs)
+        auroc = auroc_torch(val_labels, torch.sigmoid(val_logits))
         if auroc > best_auroc + (config.min_delta if best_state is not None else 0.0):
             best_auroc, best_epoch, best_state = auroc, epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= config.patience or epoch == config.epochs:
@@ -164,9 +171,11 @@ def fit_link_model(
             rows = rows[held]
             graph = _graph_of(pairs[positive & ~held])
         order = rows[torch.randperm(len(rows), generator=generator)]
-        for batch in order.split(config.batch_size or max(1, len(order))):
+        for step, batch in enumerate(order.split(config.batch_size or max(1, len(order)))):
             optimizer.zero_grad(set_to_none=True)
-            views = model.encode(expression, graph)
+            if step > 0:  # the weights moved
+                features = model.node_features(expression)
+            views = model.encode_features(features, graph)
             loss_fn(model.decode(views, pairs[batch]), labels[batch]).backward()
             optimizer.step()
     model.load_state_dict(best_state)

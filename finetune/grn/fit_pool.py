@@ -13,6 +13,7 @@ fit's trained parameters; the parent rebuilds the chosen model to score pairs (`
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -26,8 +27,30 @@ from finetune.grn.methods import Fitted, GrnInputs, LearnedMethod, fit_config
 _WORKER: dict = {}  # the worker process's config and inputs (set once by _init_worker)
 
 
+# glibc mallopt parameters (malloc.h) and the values the fits run with
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_KEEP = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 256 << 20, _M_TOP_PAD: 16 << 20}
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed blocks of up to 32 MiB in the heap (and up to 256 MiB unused at its top) instead of
+    handing them back to the kernel. By default every block over 128 KiB (and every one of a size already freed, up
+    to 32 MiB) goes to its own mmap, so a training step page-faults its activations in again at every step: measured
+    17-22 % of a GENELink GAT step on STRING mESC TFs+500 (22.7 -> 17.6-18.8 ms). Values are unchanged; memory held
+    by the process can stay higher by up to the trim threshold. Returns False where the C library is not glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False  # musl and others: no mallopt
+    return all(mallopt(param, value) == 1 for param, value in _KEEP.items())
+
+
 def _init_worker(cfg: GrnConfig, inputs: GrnInputs) -> None:
     torch.set_num_threads(1)
+    keep_freed_memory()
     _WORKER["cfg"], _WORKER["inputs"] = cfg, inputs
 
 
@@ -56,6 +79,7 @@ class FitPool:
                 initargs=(self.cfg, self.inputs),
             )
         torch.set_num_threads(1)
+        keep_freed_memory()  # this process fits too when workers == 1, and scores pairs with every chosen model
         return self
 
     def __exit__(self, *exc) -> None:

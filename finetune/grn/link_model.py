@@ -195,7 +195,11 @@ class LinkPredictor(nn.Module):
 
     def encode(self, expression: Tensor | None, edge_index: Tensor) -> tuple[Tensor, Tensor]:
         """Regulator and target views of every gene: (N, out_dim) each."""
-        x = self.node_features(expression)  # (N, blocks · input_dim)
+        return self.encode_features(self.node_features(expression), edge_index)
+
+    def encode_features(self, x: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
+        """`encode` from `node_features`' output x (N, blocks · input_dim), which has no dropout and no mode, so one
+        x serves an evaluation pass and a training pass at the same weights."""
         h = self.encoder(x, edge_index)  # (N, hidden_dims[-1])
         if self.config.skip:
             h = torch.cat([h, x], dim=1)  # (N, d)

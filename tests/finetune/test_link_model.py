@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
 from finetune.grn.fit import TrainConfig, auroc_torch, fit_link_model, predict, training_graph
+from finetune.grn.fit_pool import keep_freed_memory
 from finetune.grn.link_model import ENCODERS, LinkModelConfig, LinkPredictor
 
 
@@ -168,14 +171,14 @@ def test_held_out_supervision_keeps_the_supervised_pairs_out_of_the_message_pass
             seen.append((self._graph, pairs.clone()))
         return decode(self, views, pairs)
 
-    encode = LinkPredictor.encode
+    encode = LinkPredictor.encode_features
 
     def remember(self, x, edge_index):
         self._graph = edge_index
         return encode(self, x, edge_index)
 
     monkeypatch.setattr(LinkPredictor, "decode", spy)
-    monkeypatch.setattr(LinkPredictor, "encode", remember)
+    monkeypatch.setattr(LinkPredictor, "encode_features", remember)
     model = LinkPredictor(8, LinkModelConfig(encoder="gcn", hidden_dims=[8]))
     config = TrainConfig(epochs=3, lr=1e-2, patience=5, supervision_fraction=0.3)
     fit.fit_link_model(model, expression, train, val, 30, config, 0)
@@ -198,3 +201,9 @@ def test_message_passing_graph_of_pairs_equals_the_row_unique_reference():
         reference = torch.unique(both[both[:, 0] != both[:, 1]], dim=0).T.contiguous()
         assert torch.equal(_graph_of(pairs), reference)
     assert _graph_of(torch.tensor([[3, 3]])).shape == (2, 0)
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+def test_fit_processes_keep_freed_memory_in_the_heap():
+    """Each accepted mallopt value is within glibc's bounds (an out-of-range one is silently refused: returns 0)."""
+    assert keep_freed_memory() is True
