@@ -17,7 +17,6 @@ Adam, lr 3e-3, mini-batches of 256 training pairs, every training positive in th
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 
@@ -160,7 +159,9 @@ def fit_link_model(
             val_logits = model.decode(model.encode_features(features.detach(), edge_index), val_pairs)
         auroc = auroc_torch(val_labels, torch.sigmoid(val_logits))
         if auroc > best_auroc + (config.min_delta if best_state is not None else 0.0):
-            best_auroc, best_epoch, best_state = auroc, epoch, copy.deepcopy(model.state_dict())
+            # parameters only: the buffers (evidence stacks of up to F × N × N floats) never change in training
+            best_state = {name: p.detach().clone() for name, p in model.named_parameters()}
+            best_auroc, best_epoch = auroc, epoch
         elif epoch - best_epoch >= config.patience or epoch == config.epochs:
             break
         model.train()
@@ -178,7 +179,9 @@ def fit_link_model(
             views = model.encode_features(features, graph)
             loss_fn(model.decode(views, pairs[batch]), labels[batch]).backward()
             optimizer.step()
-    model.load_state_dict(best_state)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(best_state[name])
     model.eval()
     return FitResult(model, best_epoch, epoch, best_auroc, time.perf_counter() - start)
 
