@@ -7,7 +7,7 @@ This module computes (G, G) matrices S[tf, target], each one piece of evidence a
 - conditional dependence: |partial correlation| from a shrunk precision matrix (Ledoit & Wolf 2004 shrinkage of
   the correlation matrix, then -P_ij / sqrt(P_ii P_jj)); it removes what two genes share through the others, e.g.
   a cell-type program that moves hundreds of genes together;
-- tree importance: GRNBoost2 / GENIE3 (`baselines.tree_importance_matrix`);
+- tree importance: GRNBoost2 / GENIE3 (`trees.tree_importance_matrix`);
 - **in-silico deletion** by the pretrained release (Geneformer's in-silico perturbation, Theodoris et al. 2023, on a
   masked-expression model): in each sampled cell a random set of genes is masked and the model predicts their
   expression; the same cell is then run again with one expressed TF's token removed (a deletion: only expressed genes

@@ -27,7 +27,7 @@ import torch
 
 from finetune.errors import GrnInputError
 from finetune.grn import baselines as bl
-from finetune.grn import splits
+from finetune.grn import splits, trees
 from finetune.grn.adaptation import AdaptConfig
 from finetune.grn.attention_readout import has_gene_attention, release_attention_evidence
 from finetune.grn.beeline import GrnDataset, load_benchmark
@@ -233,7 +233,7 @@ def _trees(cfg: GrnConfig, dataset: GrnDataset) -> tuple[np.ndarray, str]:
     order = np.argsort(np.asarray(dataset.genes, dtype=object), kind="stable")
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
-    matrix, label = bl.tree_importance_matrix(
+    matrix, label = trees.tree_importance_matrix(
         dataset.expression[order],
         [dataset.genes[i] for i in order],
         np.sort(rank[dataset.tf_index]),

@@ -33,7 +33,7 @@ import numbers
 import numpy as np
 
 from finetune.errors import GrnInputError
-from finetune.grn.baselines import _check_expression, check_train_edges, degree_matrix
+from finetune.grn.baselines import check_expression, check_train_edges, degree_matrix
 
 
 def _check_n_genes(n_genes: int) -> int:
@@ -122,7 +122,7 @@ def label_knn_matrix(expression: np.ndarray, train_edges: np.ndarray, n_genes: i
     (n_genes, n_genes) float32, S[tf, target].
     """
     n_genes = _check_n_genes(n_genes)
-    expression = _check_expression(expression)
+    expression = check_expression(expression)
     if expression.shape[0] != n_genes:
         msg = (
             f"expression has {expression.shape[0]} gene rows (shape {expression.shape}) but n_genes is {n_genes}; "

@@ -15,7 +15,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from finetune.errors import GrnInputError
-from finetune.grn import baselines
+from finetune.grn import baselines, trees
 from finetune.grn.metrics import auroc
 from finetune.grn.plots import plot_curves
 
@@ -63,7 +63,7 @@ def grnboost2_run(network, tmp_path_factory: pytest.TempPathFactory):
     expression, _, genes, tf_index = network
     cache_dir = tmp_path_factory.mktemp("grnboost2_cache")
     start = time.perf_counter()
-    matrix, label = baselines.tree_importance_matrix(expression, genes, tf_index, seed=0, cache_dir=cache_dir)
+    matrix, label = trees.tree_importance_matrix(expression, genes, tf_index, seed=0, cache_dir=cache_dir)
     return matrix, label, time.perf_counter() - start, cache_dir
 
 
@@ -131,8 +131,8 @@ def test_grnboost2_cache_hit_skips_the_run(grnboost2_run, network, monkeypatch: 
     def must_not_run(*args, **kwargs):
         raise AssertionError("cache hit expected, GRNBoost2 ran again")
 
-    monkeypatch.setattr(baselines, "_grnboost2", must_not_run)
-    again, label = baselines.tree_importance_matrix(expression, genes, tf_index, seed=0, cache_dir=cache_dir)
+    monkeypatch.setattr(trees, "_grnboost2", must_not_run)
+    again, label = trees.tree_importance_matrix(expression, genes, tf_index, seed=0, cache_dir=cache_dir)
     assert label == "grnboost2"
     np.testing.assert_array_equal(again, matrix)
 
@@ -143,7 +143,7 @@ def test_genie3_sklearn_recovers_simulated_network() -> None:
     expression, truth = simulate_linear_network(n_tfs=n_tfs, n_genes=n_genes, n_cells=150, seed=1)
     genes = [f"GENE{i}" for i in range(n_genes)]
     start = time.perf_counter()
-    matrix, label = baselines.tree_importance_matrix(expression, genes, np.arange(n_tfs), method="genie3", seed=0)
+    matrix, label = trees.tree_importance_matrix(expression, genes, np.arange(n_tfs), method="genie3", seed=0)
     seconds = time.perf_counter() - start
     assert label == "genie3-sklearn"
     assert matrix.dtype == np.float32 and not matrix[n_tfs:].any() and not np.diag(matrix).any()
@@ -162,9 +162,9 @@ def test_fallback_when_arboreto_cannot_be_imported(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "arboreto", None)
     monkeypatch.setitem(sys.modules, "arboreto.algo", None)
     expression, genes, tf_index = small_network()
-    matrix, label = baselines.tree_importance_matrix(expression, genes, tf_index, seed=0)
+    matrix, label = trees.tree_importance_matrix(expression, genes, tf_index, seed=0)
     assert label.startswith("genie3-sklearn (arboreto unavailable: ")
-    forced, forced_label = baselines.tree_importance_matrix(expression, genes, tf_index, method="genie3", seed=0)
+    forced, forced_label = trees.tree_importance_matrix(expression, genes, tf_index, method="genie3", seed=0)
     assert forced_label == "genie3-sklearn"
     np.testing.assert_array_equal(matrix, forced)  # same ensemble, and the seed makes it deterministic
 
@@ -177,25 +177,25 @@ def test_cache_hit_returns_same_matrix_without_rerunning(tmp_path: Path, monkeyp
         calls.append(seed)
         return np.random.default_rng(len(calls)).random((expression.shape[0],) * 2, dtype=np.float32)
 
-    monkeypatch.setattr(baselines, "_genie3_sklearn", counting)
+    monkeypatch.setattr(trees, "_genie3_sklearn", counting)
     kwargs = {"method": "genie3", "seed": 1, "cache_dir": tmp_path}
-    first, _ = baselines.tree_importance_matrix(expression, genes, tf_index, **kwargs)
+    first, _ = trees.tree_importance_matrix(expression, genes, tf_index, **kwargs)
     start = time.perf_counter()
-    second, label = baselines.tree_importance_matrix(expression, genes, tf_index, **kwargs)
+    second, label = trees.tree_importance_matrix(expression, genes, tf_index, **kwargs)
     assert time.perf_counter() - start < 0.5
     assert len(calls) == 1 and label == "genie3-sklearn"
     np.testing.assert_array_equal(first, second)
     assert [p.name.startswith("genie3-") for p in tmp_path.iterdir()] == [True]
 
     # Any change to the inputs is a different key.
-    baselines.tree_importance_matrix(expression, genes, tf_index, method="genie3", seed=2, cache_dir=tmp_path)
-    baselines.tree_importance_matrix(expression[:, :-1], genes, tf_index, **kwargs)
+    trees.tree_importance_matrix(expression, genes, tf_index, method="genie3", seed=2, cache_dir=tmp_path)
+    trees.tree_importance_matrix(expression[:, :-1], genes, tf_index, **kwargs)
     assert len(calls) == 3 and len(list(tmp_path.glob("*.npy"))) == 3
 
 
 def test_killed_cache_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     expression, genes, tf_index = small_network()
-    monkeypatch.setattr(baselines, "_genie3_sklearn", lambda expression, *a, **k: np.ones((12, 12), np.float32))
+    monkeypatch.setattr(trees, "_genie3_sklearn", lambda expression, *a, **k: np.ones((12, 12), np.float32))
 
     def dies_midway(file, array, allow_pickle):
         file.write(b"\x93NUMPY partial")
@@ -203,22 +203,22 @@ def test_killed_cache_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(baselines.np, "save", dies_midway)
     with pytest.raises(KeyboardInterrupt):
-        baselines.tree_importance_matrix(expression, genes, tf_index, method="genie3", cache_dir=tmp_path)
+        trees.tree_importance_matrix(expression, genes, tf_index, method="genie3", cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_tree_inputs_are_checked() -> None:
     expression, genes, tf_index = small_network()
     with pytest.raises(GrnInputError, match="allowed: grnboost2, genie3"):
-        baselines.tree_importance_matrix(expression, genes, tf_index, method="xgboost")
+        trees.tree_importance_matrix(expression, genes, tf_index, method="xgboost")
     with pytest.raises(GrnInputError, match="genes lists 11 names but expression has 12"):
-        baselines.tree_importance_matrix(expression, genes[:-1], tf_index, method="genie3")
+        trees.tree_importance_matrix(expression, genes[:-1], tf_index, method="genie3")
     with pytest.raises(GrnInputError, match="duplicated: G1"):
-        baselines.tree_importance_matrix(expression, ["G1", *genes[1:]], tf_index, method="genie3")
+        trees.tree_importance_matrix(expression, ["G1", *genes[1:]], tf_index, method="genie3")
     with pytest.raises(GrnInputError, match=r"outside 0..11: \[12\]"):
-        baselines.tree_importance_matrix(expression, genes, np.array([0, 12]), method="genie3")
+        trees.tree_importance_matrix(expression, genes, np.array([0, 12]), method="genie3")
     with pytest.raises(GrnInputError, match="repeats rows"):
-        baselines.tree_importance_matrix(expression, genes, np.array([1, 1]), method="genie3")
+        trees.tree_importance_matrix(expression, genes, np.array([1, 1]), method="genie3")
 
 
 # ---- degree and lookup ----
