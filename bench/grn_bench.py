@@ -404,15 +404,17 @@ def main(argv: list[str] | None = None) -> int:
             except HeldOutGenesTooSmall as err:
                 too_small.setdefault(protocol, []).append((name, err.test_positives))
                 print(f"{protocol} {name}: too small ({err.test_positives} test positives)", flush=True)
-                continue
-            results[protocol].append({"name": name, "methods": payload["methods"], "wall_s": time.perf_counter() - t,
-                                      "edges_method": payload["edges_method"]})  # fmt: skip
-            joint = per_seed(results[protocol][-1], "joint")
-            print(f"{protocol} {name}: {time.perf_counter() - t:.0f} s, joint AUROC {np.mean(joint):.3f}", flush=True)
-        text = render(results, skipped_named, args, machine, time.perf_counter() - start, too_small)
-        atomic_write_text(args.results, text)
-        summary = {**results, TOO_SMALL_KEY: too_small}
-        # compact: the pieces of the BEELINE table are kept in git (bench/grn_runs/)
-        atomic_write_text(args.out / "summary.json", json.dumps(summary, separators=(",", ":"), default=str))
+            else:
+                wall = time.perf_counter() - t
+                results[protocol].append({"name": name, "methods": payload["methods"], "wall_s": wall,
+                                          "edges_method": payload["edges_method"]})  # fmt: skip
+                joint = per_seed(results[protocol][-1], "joint")
+                print(f"{protocol} {name}: {wall:.0f} s, joint AUROC {np.mean(joint):.3f}", flush=True)
+            # after every protocol of every set, so a stopped run keeps all it finished (the largest set takes hours)
+            text = render(results, skipped_named, args, machine, time.perf_counter() - start, too_small)
+            atomic_write_text(args.results, text)
+            summary = {**results, TOO_SMALL_KEY: too_small}
+            # compact: the pieces of the BEELINE table are kept in git (bench/grn_runs/)
+            atomic_write_text(args.out / "summary.json", json.dumps(summary, separators=(",", ":"), default=str))
     print(text)
     return 0

@@ -163,7 +163,8 @@ def hierarchical_bootstrap(
     The point estimate is the same statistic on the data: the mean over matrices of each matrix's mean row. The
     interval is the percentile interval ((1 − level)/2 and (1 + level)/2 quantiles of the n_boot replicates). With a
     single matrix level 1 is degenerate (it always draws that matrix), so only its rows are resampled and the
-    interval says nothing about other matrices; the result then has "n_units": 1.
+    interval says nothing about other matrices: the result then has "n_units": 1 and the verdict "ties", whatever
+    the interval (rows of one matrix are not independent units; a win needs at least two).
 
     Results depend only on the values and `seed`, not on the order of the dicts (matrices and datasets are sorted).
 
@@ -175,7 +176,7 @@ def hierarchical_bootstrap(
 
     Returns:
         {"mean", "low", "high", "n_units", "n_rows", "level", "verdict"}; verdict is "beats" when low > 0, "loses"
-        when high < 0, "ties" otherwise.
+        when high < 0, "ties" otherwise and always with a single matrix.
 
     Shapes:
         matrix picks (n_boot, M) ints in [0, M); within-matrix means (n_boot, M); replicates (n_boot,).
@@ -213,7 +214,7 @@ def hierarchical_bootstrap(
         "n_units": n_units,
         "n_rows": int(sum(values.size for values in rows)),
         "level": level,
-        "verdict": _verdict(float(low), float(high)),
+        "verdict": _verdict(float(low), float(high)) if n_units >= 2 else "ties",
     }
 
 
