@@ -310,7 +310,7 @@ def merge_runs(runs: list[dict]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     from finetune.grn.beeline import discover
-    from finetune.grn.config import GrnConfig
+    from finetune.grn.config import GENELINK_RECIPES, GrnConfig
     from finetune.grn.pipeline import run_grn
     from finetune.grn.splits import HeldOutGenesTooSmall
 
@@ -338,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--gnn", default="gcn")
     p.add_argument("--tree-method", default="grnboost2")
+    p.add_argument(
+        "--genelink-recipe",
+        default="extended",
+        choices=GENELINK_RECIPES,
+        help="genelink-gat's training (default: extended, the recipe of every committed piece of the table)",
+    )
     p.add_argument("--only", default="", help="comma-separated substrings of dataset names, e.g. 'TFs+500'")
     p.add_argument("--skip", default="", help="comma-separated substrings of dataset names to leave out")
     p.add_argument(
@@ -395,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = GrnConfig(release=args.release, out=args.out / protocol / name, benchmark=folder, split=split,
                             negatives=negatives, seeds=args.seeds, first_seed=args.first_seed,
                             tuning_budget=args.budget, gnn=args.gnn,
-                            tree_method=args.tree_method, isd_cells=args.isd_cells, cache_dir=args.out / "cache",
+                            tree_method=args.tree_method, genelink_recipe=args.genelink_recipe,
+                            isd_cells=args.isd_cells, cache_dir=args.out / "cache",
                             evidence=[e for e in args.evidence.split(",") if e and e != "none"],
                             baselines=[b for b in args.baselines.split(",") if b],
                             workers=args.workers, adapt_steps=args.adapt_steps, progress=False)  # fmt: skip

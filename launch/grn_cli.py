@@ -6,7 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from finetune.grn.config import BASELINES, EVIDENCE, GNNS, NEGATIVE_MODES, POOLING_CHOICES, TREE_METHODS
+from finetune.grn.config import (
+    BASELINES,
+    EVIDENCE,
+    GENELINK_RECIPES,
+    GNNS,
+    NEGATIVE_MODES,
+    POOLING_CHOICES,
+    TREE_METHODS,
+)
 
 
 def add_grn_parser(sub) -> None:
@@ -72,6 +80,13 @@ def add_grn_parser(sub) -> None:
         help=f"comma-separated subset of {','.join(BASELINES)} (empty: joint model only)",
     )
     p.add_argument("--tree-method", default="grnboost2", choices=TREE_METHODS)
+    p.add_argument(
+        "--genelink-recipe",
+        default="extended",
+        choices=GENELINK_RECIPES,
+        help="genelink-gat's training: extended (up to --epochs with --patience, as every learned method here; "
+        "bench/GRN_RESULTS.md) or published (GENELink's 20 epochs with lr ×0.99 per step: faster, weaker)",
+    )
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--patience", type=int, default=40)
@@ -119,6 +134,7 @@ def config_from_args(args: argparse.Namespace):
         negatives=args.negatives,
         baselines=[b for b in args.baselines.split(",") if b],
         tree_method=args.tree_method,
+        genelink_recipe=args.genelink_recipe,
         epochs=args.epochs,
         lr=args.lr,
         patience=args.patience,

@@ -29,6 +29,7 @@ The in-silico deletion matrix also scores pairs on its own: the **unsupervised p
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -363,9 +364,18 @@ def normal_scores(matrix: np.ndarray, tf_rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def evidence_tensor(matrices: dict[str, np.ndarray], tf_rows: np.ndarray) -> torch.Tensor:
-    """Stack the named (G, G) evidence matrices as normal scores: (F, G, G) float32, in the dict's order."""
-    return torch.from_numpy(np.stack([normal_scores(m, tf_rows) for m in matrices.values()]))
+def evidence_tensor(matrices: dict[object, np.ndarray], tf_rows: np.ndarray, threads: int = 1) -> torch.Tensor:
+    """Stack the named (G, G) evidence matrices as normal scores: (F, G, G) float32, in the dict's order. A matrix
+    object given under several names is scored once; `threads` > 1 scores matrices side by side (the time is in
+    NumPy's argsort, which releases the GIL); the values do not depend on it."""
+    unique = list({id(m): m for m in matrices.values()}.values())
+    if threads > 1 and len(unique) > 1:
+        with ThreadPoolExecutor(min(threads, len(unique))) as pool:
+            scored = list(pool.map(lambda m: normal_scores(m, tf_rows), unique))
+    else:
+        scored = [normal_scores(m, tf_rows) for m in unique]
+    by_id = {id(m): s for m, s in zip(unique, scored, strict=True)}
+    return torch.from_numpy(np.stack([by_id[id(m)] for m in matrices.values()]))
 
 
 def tf_regression_matrix(expression: np.ndarray, tf_rows: np.ndarray, ridge: float = 1e-2) -> np.ndarray:

@@ -115,12 +115,15 @@ def early_precision_ratio(labels: np.ndarray, scores: np.ndarray) -> float:
     gets 0.0 (BEELINE would divide by zero). BEELINE applies the rule to |edge weight|; here scores are used as
     given, so pass |r| or a probability rather than a signed weight.
     """
-    labels, scores = _validate(labels, scores, "EPR")
+    return _early_precision_ratio(*_validate(labels, scores, "EPR"))
+
+
+def _early_precision_ratio(labels: np.ndarray, scores: np.ndarray) -> float:
     k = int(labels.sum())
     nonzero = scores[scores != 0]
     if nonzero.size == 0:
         return 0.0
-    kth_score = np.sort(scores)[::-1][k - 1]
+    kth_score = np.partition(scores, scores.size - k)[scores.size - k]  # the k-th largest, without a full sort
     threshold = max(float(nonzero.min()), float(kth_score))
     predicted = scores >= threshold
     early_precision = float(labels[predicted].mean())
@@ -131,12 +134,20 @@ def edge_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float | in
     """All metrics on one labelled edge set, plus its size: auroc, auprc, auprc_ratio, epr, n_edges, n_positives,
     positive_rate."""
     labels, scores = _validate(labels, scores, "edge metrics")
+    return {"auroc": float(roc_auc_score(labels, scores)), **ranking_metrics(labels, scores, validated=True)}
+
+
+def ranking_metrics(labels: np.ndarray, scores: np.ndarray, *, validated: bool = False) -> dict[str, float | int]:
+    """`edge_metrics` without the AUROC (the natural-density figures of every method: ~7 × 10⁵ candidate pairs on a
+    TFs+500 set, where the AUROC is not reported); each figure computed once, same values as the single functions."""
+    if not validated:
+        labels, scores = _validate(labels, scores, "ranking metrics")
     n_positives = int(labels.sum())
+    ap = float(average_precision_score(labels, scores))
     return {
-        "auroc": auroc(labels, scores),
-        "auprc": auprc(labels, scores),
-        "auprc_ratio": auprc_ratio(labels, scores),
-        "epr": early_precision_ratio(labels, scores),
+        "auprc": ap,
+        "auprc_ratio": ap / float(labels.mean()),
+        "epr": _early_precision_ratio(labels, scores),
         "n_edges": int(labels.size),
         "n_positives": n_positives,
         "positive_rate": n_positives / labels.size,

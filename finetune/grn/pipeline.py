@@ -43,7 +43,7 @@ from finetune.grn.evidence import (
 )
 from finetune.grn.fit_pool import FitPool, submission_order
 from finetune.grn.methods import GrnInputs, candidate_configs, choose, learned_methods, scorer, zscore_genes
-from finetune.grn.metrics import edge_metrics, summarize
+from finetune.grn.metrics import edge_metrics, ranking_metrics, summarize
 from finetune.grn.plots import plot_curves
 from finetune.grn.probe import ProbeConfig, predicts_values, release_probe_evidence
 from finetune.grn.release_inputs import MODEL_KINDS, ReleaseInputs, open_release_inputs
@@ -180,22 +180,29 @@ def gather_evidence(
                 stats = release_attention_evidence(
                     rel, dataset.tf_index, kind, cfg.attention_cells, cache_dir=cfg.cache_dir, progress=cfg.progress
                 )  # cached: the same pass as the mean readout
-                attention_heads[kind] = evidence_tensor(dict(enumerate(stats["attention_heads"])), dataset.tf_index)
+                heads = dict(enumerate(stats["attention_heads"]))
+                attention_heads[kind] = evidence_tensor(heads, dataset.tf_index, threads=cfg.workers)
 
-    def stacked(kind: str) -> torch.Tensor | None:
-        parts = {}
+    # the pair evidence of the pretrained release and of its twin, normal-scored in one call: the matrices they
+    # share (correlations, regression, trees) are scored once
+    parts = {}
+    for kind in ("pretrained", "random-init") if "random-init" in wanted else ("pretrained",):
         for name in cfg.evidence:
             key = f"{kind}-{name}" if name in RELEASE_READOUTS else name
             if key in matrices:
-                parts[name] = matrices[key][0]
-        return evidence_tensor(parts, dataset.tf_index) if parts else None
+                parts[kind, name] = matrices[key][0]
+    scored = evidence_tensor(parts, dataset.tf_index, threads=cfg.workers) if parts else None
+
+    def stacked(kind: str) -> torch.Tensor | None:
+        rows = [i for i, (k, _) in enumerate(parts) if k == kind]  # contiguous: parts were added kind by kind
+        return scored[rows[0] : rows[-1] + 1] if rows else None
 
     inputs = GrnInputs(
         features=torch.from_numpy(zscore_genes(dataset.expression)),
         embeddings=embeddings["pretrained"],
         evidence=stacked("pretrained"),
         random_init_embeddings=embeddings.get("random-init"),
-        random_init_evidence=stacked("random-init") if "random-init" in wanted else None,
+        random_init_evidence=stacked("random-init"),
         evidence_names=[n for n in cfg.evidence if (f"pretrained-{n}" if n in RELEASE_READOUTS else n) in matrices],
         attention_heads=attention_heads,
     )
@@ -407,7 +414,7 @@ def _natural_density_metrics(natural: dict, candidate_scores: np.ndarray) -> dic
     labels = natural["labels"]
     if labels.sum() == 0 or labels.sum() == len(labels):
         return {}
-    metrics = edge_metrics(labels, candidate_scores[natural["index"]])
+    metrics = ranking_metrics(labels, candidate_scores[natural["index"]])
     return {
         "density_auprc_ratio": metrics["auprc_ratio"],
         "density_epr": metrics["epr"],

@@ -186,3 +186,16 @@ def test_pretraining_puts_the_planted_regulation_into_the_deletion_evidence():
         stats = in_silico_deletion(m, [_regulated_cells(400, seed=10_000)], row_of_id, np.arange(4), 12, deletion)
         aurocs[name] = _auroc(np.abs(stats["isd_mean"]), np.arange(4), truth)
     assert aurocs["pretrained"] > 0.9 and aurocs["pretrained"] > aurocs["random-init"] + 0.2, aurocs
+
+
+def test_evidence_tensor_scores_a_shared_matrix_once_and_threads_change_nothing():
+    rng = np.random.default_rng(0)
+    shared = rng.standard_normal((30, 30))
+    ties = rng.integers(0, 4, (30, 30)).astype(np.float32)  # many ties: average ranks
+    parts = {("pretrained", "pearson"): shared, ("pretrained", "x"): ties, ("random-init", "pearson"): shared}
+    tf_rows = np.arange(8)
+    one = evidence_tensor(parts, tf_rows)
+    two = evidence_tensor(parts, tf_rows, threads=2)
+    assert torch.equal(one, two) and one.shape == (3, 30, 30)
+    assert torch.equal(one[0], one[2])
+    assert torch.equal(one[1], evidence_tensor({"x": ties}, tf_rows)[0])

@@ -26,6 +26,7 @@ def test_grn_on_a_real_beeline_folder(tmp_path, debug_release):
         "grn", "--release", debug_release, "--benchmark", folder, "--out", out,
         "--seeds", "2", "--tree-method", "none", "--tuning-budget", "2", "--isd-cells", "12",
         "--probe-cells", "10", "--attention-cells", "100", "--negatives", "degree-aware", "--quiet",
+        "--genelink-recipe", "published",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {"edges.tsv", "metrics.json", "results.md", "roc.png", "pr.png"} <= {p.name for p in out.iterdir()}
@@ -45,6 +46,8 @@ def test_grn_on_a_real_beeline_folder(tmp_path, debug_release):
     for row in methods["joint-gcn"]["seeds"]:  # chosen per seed, on that seed's validation set
         assert row["chosen"]["pooling"] in ("mean", "attention", "static") and len(row["tried"]) == 2
     assert metrics["config"]["negatives"] == "degree-aware"
+    assert metrics["config"]["genelink_recipe"] == "published"
+    assert all(row["epochs"] == 20 for row in methods["genelink-gat"]["seeds"])  # GENELink's 20, no early stop
     edges = pd.read_csv(out / "edges.tsv", sep="\t")
     assert list(edges.columns) == ["Gene1", "Gene2", "EdgeWeight"]
     assert (np.diff(edges["EdgeWeight"].to_numpy()) <= 0).all()  # ranked

@@ -205,3 +205,14 @@ def test_per_tf_auroc_validation() -> None:
         metrics.per_tf_auroc(np.arange(6), HAND_LABELS, np.r_[HAND_SCORES[:5], np.nan])
     with pytest.raises(GrnInputError, match="tfs must be 1-D"):
         metrics.per_tf_auroc(np.zeros((6, 4)), HAND_LABELS, HAND_SCORES)
+
+
+def test_ranking_metrics_equal_the_single_metric_functions() -> None:
+    rng = np.random.default_rng(3)
+    labels = (rng.random(5000) < 0.05).astype(int)
+    scores = np.round(rng.random(5000) + labels * 0.3, 2)  # ties
+    got = metrics.ranking_metrics(labels, scores)
+    assert got["auprc"] == metrics.auprc(labels, scores)
+    assert got["auprc_ratio"] == metrics.auprc_ratio(labels, scores)
+    assert got["epr"] == metrics.early_precision_ratio(labels, scores)
+    assert {**got, "auroc": metrics.auroc(labels, scores)} == metrics.edge_metrics(labels, scores)

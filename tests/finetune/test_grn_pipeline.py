@@ -219,3 +219,11 @@ def test_fits_spread_over_worker_processes_give_the_numbers_of_one_process(plant
     assert one["edges_method"] == two["edges_method"]
     ranked_one = (tmp_path / "one" / "edges.tsv").read_text()
     assert ranked_one == (two_out / "edges.tsv").read_text()
+
+
+def test_bad_options_are_listed_together_with_what_is_allowed(tmp_path):
+    with pytest.raises(GrnInputError) as err:
+        GrnConfig(release=tmp_path, out=tmp_path / "o", benchmark=tmp_path, genelink_recipe="paper", tree_method="xgb")
+    text = str(err.value)
+    assert "--genelink-recipe 'paper': allowed ('published', 'extended')" in text, text
+    assert "--tree-method 'xgb'" in text, text

@@ -100,6 +100,26 @@ def test_fit_learns_a_planted_rule_and_keeps_the_best_validation_epoch():
     assert 0 <= result.best_epoch <= result.epochs_run
 
 
+def test_lr_decay_shrinks_every_step_as_genelink_steplr():
+    """GENELink's schedule: lr × gamma after every mini-batch step. With gamma tiny, training stops moving after the
+    first step, so the decayed run ends far closer to its first-step state than the constant-lr run does."""
+    expression, train = tiny_graph()
+    val = np.array([[0, 1, 1], [0, 3, 0], [1, 2, 1], [1, 4, 0]])
+
+    def trained(decay: float, epochs: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = LinkPredictor(7, LinkModelConfig(encoder="mlp", hidden_dims=[8]))
+        cfg = TrainConfig(epochs=epochs, patience=epochs, lr=1e-2, batch_size=2, lr_decay=decay, min_delta=-1.0)
+        fit_link_model(model, expression, train, val, 5, cfg, seed=0)  # min_delta -1: every epoch counts as best
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    one_step = trained(1e-6, 1)  # one epoch (several steps, the first at full lr)
+    assert torch.allclose(trained(1e-6, 30), one_step, atol=1e-5)
+    assert not torch.allclose(trained(1.0, 30), trained(1.0, 1), atol=1e-3)
+    with pytest.raises(ValueError, match="lr_decay"):
+        TrainConfig(lr_decay=0.0)
+
+
 def test_validation_without_both_classes_is_refused():
     expression, train = tiny_graph()
     model = LinkPredictor(7, LinkModelConfig(encoder="mlp"))
