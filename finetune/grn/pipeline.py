@@ -43,7 +43,8 @@ from finetune.grn.evidence import (
 )
 from finetune.grn.fit_pool import FitPool, submission_order
 from finetune.grn.methods import GrnInputs, candidate_configs, choose, learned_methods, scorer, zscore_genes
-from finetune.grn.metrics import edge_metrics, ranking_metrics, summarize
+from finetune.grn.metrics import edge_metrics, summarize
+from finetune.grn.natural_density import candidate_index_of, natural_density_metrics, natural_density_set
 from finetune.grn.plots import plot_curves
 from finetune.grn.probe import ProbeConfig, predicts_values, release_probe_evidence
 from finetune.grn.release_inputs import MODEL_KINDS, ReleaseInputs, open_release_inputs
@@ -323,7 +324,7 @@ def evaluate(cfg: GrnConfig, dataset: GrnDataset, inputs: GrnInputs, unsupervise
     shortcuts = [name for name in SHORTCUT_BASELINES if name in cfg.baselines]
     for name in shortcuts:
         ev.methods[name] = {"kind": "shortcut", "description": SHORTCUT_DESCRIPTIONS[name], "seeds": []}
-    candidate_index = _candidate_index(ev.candidates, dataset.n_genes)
+    candidate_index = candidate_index_of(ev.candidates, dataset.n_genes)
     t = time.perf_counter()
     seeds = range(cfg.first_seed, cfg.first_seed + cfg.seeds)
     seed_splits = {}
@@ -343,7 +344,7 @@ def evaluate(cfg: GrnConfig, dataset: GrnDataset, inputs: GrnInputs, unsupervise
             split = seed_splits[seed]
             ev.splits.append({**split.summary(), "reverse_in_training": split.reverse_leaks(dataset.n_genes)})
             ev.protocol = split.protocol
-            natural = _natural_density_set(dataset, split, candidate_index)
+            natural = natural_density_set(dataset, split, candidate_index)
             scorers = {}
             for method in learned:
                 n_configs = len(candidate_configs(method, cfg))
@@ -366,60 +367,13 @@ def evaluate(cfg: GrnConfig, dataset: GrnDataset, inputs: GrnInputs, unsupervise
                 _record(ev, name, seed, split, scorers[name], {})
             for name, scorer_fn in scorers.items():
                 scores = np.asarray(scorer_fn(ev.candidates), dtype=np.float64)
-                ev.methods[name]["seeds"][-1].update(_natural_density_metrics(natural, scores))
+                ev.methods[name]["seeds"][-1].update(natural_density_metrics(natural, scores))
                 ev.candidate_scores[name] = ev.candidate_scores.get(name, 0.0) + scores
     timings["fit_and_score"] = time.perf_counter() - t
     for m in ev.methods.values():
         rows = [{k: r[k] for k in SUMMARY_METRICS if r.get(k) is not None} for r in m["seeds"]]
         m["summary"] = summarize(rows)
     return ev
-
-
-def _candidate_index(candidates: np.ndarray, n_genes: int) -> np.ndarray:
-    """(n_genes * n_genes,) position of each (tf, target) code in `candidates`, -1 for a pair that is none."""
-    index = np.full(n_genes * n_genes, -1, dtype=np.int64)
-    index[candidates[:, 0] * n_genes + candidates[:, 1]] = np.arange(len(candidates))
-    return index
-
-
-def _natural_density_set(dataset: GrnDataset, split: EdgeSplit, candidate_index: np.ndarray) -> dict:
-    """The held-out positives against every candidate pair of the same TFs that is not a known edge and was not
-    labelled in training or validation: the pairs edges.tsv ranks, at the density they have there.
-
-    Under held-out genes the targets are the test genes only (the pairs the protocol could have held out). Returns
-    {"index": (n,) positions in the candidates, "labels": (n,) 0/1}. The balanced test set (50 % positives
-    under degree-aware negatives) says how well pairs are ordered; this one says what precision the top of
-    edges.tsv has."""
-    n = dataset.n_genes
-    test_pos = split.test[split.test[:, 2] == 1, :2]
-    tfs = np.intersect1d(np.unique(test_pos[:, 0]), dataset.tf_index)
-    targets = np.arange(n)
-    if split.protocol == "held-out-genes":  # a test pair's genes are test genes: rank the TFs' pairs among them
-        targets = np.unique(split.test[:, :2])
-    codes = (tfs[:, None] * n + targets[None, :]).ravel()
-    codes = codes[candidate_index[codes] >= 0]  # drops self pairs
-    seen = np.concatenate([
-        dataset.positives[:, 0] * n + dataset.positives[:, 1],
-        split.train[:, 0] * n + split.train[:, 1],
-        split.val[:, 0] * n + split.val[:, 1],
-    ])  # fmt: skip
-    test_codes = test_pos[:, 0] * n + test_pos[:, 1]
-    negatives = codes[~np.isin(codes, seen)]
-    keep = np.concatenate([test_codes[candidate_index[test_codes] >= 0], negatives])
-    labels = np.r_[np.ones(len(keep) - len(negatives), np.int8), np.zeros(len(negatives), np.int8)]
-    return {"index": candidate_index[keep], "labels": labels}
-
-
-def _natural_density_metrics(natural: dict, candidate_scores: np.ndarray) -> dict:
-    labels = natural["labels"]
-    if labels.sum() == 0 or labels.sum() == len(labels):
-        return {}
-    metrics = ranking_metrics(labels, candidate_scores[natural["index"]])
-    return {
-        "density_auprc_ratio": metrics["auprc_ratio"],
-        "density_epr": metrics["epr"],
-        "density_positive_rate": metrics["positive_rate"],
-    }
 
 
 def _matrix_scorer(matrix: np.ndarray):

@@ -50,7 +50,7 @@ def fmt(summary: dict, metric: str) -> str:
 
 def results_table(methods: dict[str, dict]) -> str:
     """Markdown table: one row per method, best validation AUROC first; mean ± sd over seeds of every metric. AUROC
-    is on the test pairs; the precision columns are at natural density (pipeline._natural_density_set), so they
+    is on the test pairs; the precision columns are at natural density (natural_density.py), so they
     describe the top of edges.tsv rather than a 50 %-positive test set."""
     lines = [
         "| method | kind | validation AUROC | AUROC | AUPRC ratio (natural density) | EPR (natural density) "
