@@ -10,9 +10,10 @@ Learned methods (each gets `tuning_budget` hyper-parameter configurations, chose
                        evidence) computed by a randomly initialised copy of the release: what pretraining adds
     no-gnn             the joint model with an MLP in place of message passing
     evidence-logreg    logistic regression on the pair evidence alone (no genes' vectors, no graph)
-    genelink-gat       GENELink (Chen & Liu 2022) as published: expression → GAT, dot decoder, Adam lr 3e-3 decayed
-                       ×0.99 per step, mini-batches of 256, 20 epochs, no pair evidence; its grid varies lr and
-                       decoder; the epoch kept is the best on validation, as for every learned method
+    genelink-gat       GENELink (Chen & Liu 2022): expression → GAT, dot decoder, Adam lr 3e-3, mini-batches of 256,
+                       no pair evidence; its grid varies lr and decoder. `--genelink-recipe extended` (default)
+                       trains it like every learned method here (early stopping, constant lr); `published` runs
+                       the paper's 20 epochs with lr ×0.99 per step. Both keep the best validation epoch
     attention-heads    logistic regression on the release's per-head attention scores (attention_readout.py):
                        a weighting of the heads fitted on the training prior edges of each seed, as scPRINT's head
                        selection (never on validation or test pairs); twin random-init-attention-heads
@@ -111,7 +112,7 @@ def learned_methods(cfg: GrnConfig) -> list[LearnedMethod]:
             "evidence-logreg", "logreg", None, "pretrained", "logreg", "logistic regression on the pair evidence"
         ),
         "genelink-gat": LearnedMethod(
-            "genelink-gat", "gat", None, None, "genelink", "GENELink as published: expression → GAT, Adam, batch 256"
+            "genelink-gat", "gat", None, None, "genelink", "GENELink: expression → GAT, Adam, batch 256"
         ),
         "attention-heads": LearnedMethod(
             "attention-heads",
