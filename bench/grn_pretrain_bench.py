@@ -21,7 +21,10 @@ attention (`attention`) and the joint model on the release's gene embeddings (`j
 Paired differences use the simulations (seed × size × depth) as independent units: a Student-t interval over
 them (one simulation gives no interval and reads as a tie).
 
-Writes bench/GRN_PRETRAIN_RESULTS.md after every simulation (a partial run keeps its figures) and OUT/summary.json.
+Writes bench/GRN_PRETRAIN_RESULTS.md and `--summary` (bench/grn_pretrain_runs/summary.json) after every `scgrn grn`
+run. The summary is the resume point: a later call with the same settings reads it, skips every (simulation,
+objective, steps, adapt) row already there and adds its own, so the experiment can be computed over several
+sessions (or machines: the simulations and releases are rebuilt from their seeds) and the table covers all rows.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from data_prep.io_utils import atomic_write_text
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "launch" / "configs" / "pretrain" / "demo.yaml"
 DEPTHS = {"sparse": 5_000.0, "deep": 50_000.0}  # whole-transcriptome UMIs per cell
+SUMMARY = REPO / "bench" / "grn_pretrain_runs" / "summary.json"
+SUMMARY_FORMAT, SUMMARY_VERSION = "scgrn-grn-pretrain-summary", 1
 OBJECTIVES = {"expressed": 0.0, "unexpressed": 0.3}  # model.mask_unexpressed of the pretraining run
 CORPUS_CELL_TYPES = 8
 READOUTS = ("isd", "probe", "attention")  # unsupervised readouts: pretrained-X and random-init-X
@@ -142,7 +147,9 @@ def render(rows: list[dict], args, machine: str, total_s: float) -> str:
         "# Does pretraining compute buy GRN quality? — `scgrn bench grn-pretrain`",
         "",
         f"Command: `{args.command}`  ",
-        f"Machine: {machine}. Wall time {total_s / 60:.1f} min. Simulations (independent units): {len(sims)}.",
+        f"Machine: {machine}. This call's wall time {total_s / 60:.1f} min; `scgrn grn` runs of all rows "
+        f"{sum(r.get('wall_s', 0.0) for r in rows) / 60:.1f} min (the summary keeps rows of earlier calls with the "
+        f"same settings). Simulations (independent units): {len(sims)}.",
         "",
         f"Per simulation: one network; a pretraining corpus of {args.corpus_cells:,} cells in {CORPUS_CELL_TYPES} "
         f"other cell states; a GRN sample of {args.sample_cells:,} cells in the network's own states. Releases: "
@@ -238,6 +245,55 @@ def goals(rows: list[dict]) -> list[str]:
     return out
 
 
+def _settings(args, levels: list[int]) -> dict:
+    """What every row of one summary shares: rows computed under other settings cannot sit in one table."""
+    return {"corpus_cells": args.corpus_cells, "sample_cells": args.sample_cells, "seeds": args.seeds,
+            "budget": args.budget, "isd_cells": args.isd_cells, "steps": levels}  # fmt: skip
+
+
+def row_key(row: dict) -> tuple:
+    return row["sim"], row["objective"], row["steps"], row["adapt"]
+
+
+def read_summary(path: Path, settings: dict) -> list[dict]:
+    """The rows of an earlier run with the same settings ([] when `path` does not exist)."""
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        msg = f"--summary {path}: not readable as JSON ({err}); move it away or pass another --summary"
+        raise ValueError(msg) from err
+    if not isinstance(data, dict) or (data.get("format"), data.get("version")) != (SUMMARY_FORMAT, SUMMARY_VERSION):
+        msg = (f"--summary {path}: not a {SUMMARY_FORMAT} v{SUMMARY_VERSION} file; move it away or pass another "
+               "--summary")  # fmt: skip
+        raise ValueError(msg)
+    if data.get("settings") != settings:
+        before = data.get("settings") or {}
+        changed = sorted(k for k in settings if before.get(k) != settings[k])
+        then = ", ".join(f"{k}={before.get(k)!r}" for k in changed)
+        now = ", ".join(f"{k}={settings[k]!r}" for k in changed)
+        msg = (
+            f"--summary {path} was computed with other settings ({then}; this call: {now}): its rows cannot share "
+            "a table with this call's. Repeat its settings to continue it, or pass another --summary."
+        )
+        raise ValueError(msg)
+    return list(data["rows"])
+
+
+def write_summary(path: Path, settings: dict, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": SUMMARY_FORMAT, "version": SUMMARY_VERSION, "settings": settings, "rows": rows}
+    atomic_write_text(path, json.dumps(data, indent=1, default=float) + "\n")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scgrn bench grn-pretrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -254,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--isd-cells", type=int, default=100)
     p.add_argument("--out", type=Path, default=Path("runs/bench-grn-pretrain"))
     p.add_argument("--results", type=Path, default=REPO / "bench" / "GRN_PRETRAIN_RESULTS.md")
+    p.add_argument(
+        "--summary",
+        type=Path,
+        default=SUMMARY,
+        help="rows so far (read first: rows already there are not recomputed), rewritten after each run",
+    )
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
     args.command = "scgrn bench grn-pretrain " + " ".join(shlex.quote(a) for a in (argv or []))
@@ -276,18 +338,29 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("scgrn bench grn-pretrain: error: " + "; ".join(problems), file=sys.stderr)
         return 2
+    settings = _settings(args, levels)
+    try:
+        rows = read_summary(args.summary, settings)
+    except ValueError as err:
+        print(f"scgrn bench grn-pretrain: error: {err}", file=sys.stderr)
+        return 2
     from finetune.grn.config import GrnConfig
     from finetune.grn.pipeline import run_grn_detailed
 
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
     start = time.perf_counter()
-    rows: list[dict] = []
-    text = ""
+    done = {row_key(r) for r in rows}
+    if rows:
+        print(f"{len(rows)} rows read from {args.summary}; they are not recomputed", flush=True)
+    text = render(rows, args, machine, 0.0) if rows else ""
     for size in sizes:
         n_genes, n_tfs = SIZES[size]
         for depth in depths:
             for sim_seed in sim_seeds:
                 sim = f"{n_genes} genes, {depth}, seed {sim_seed}"
+                wanted = {(sim, o, level, a) for o in objectives for level in levels for a in adapts}
+                if wanted <= done:
+                    continue
                 folder = args.out / f"sim-{n_genes}-{depth}-seed{sim_seed}-cells{args.corpus_cells}"
                 sample, edges_path, corpus = simulate_pair(folder, n_genes, n_tfs, sim_seed, DEPTHS[depth],
                                                            args.sample_cells, args.corpus_cells)  # fmt: skip
@@ -297,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                     releases = pretrain_levels(folder, corpus, objective, levels)
                     for level, release in releases.items():
                         for adapt in adapts:
+                            if (sim, objective, level, adapt) in done:
+                                continue
                             t = time.perf_counter()
                             run_name = f"grn-{release.name.removeprefix('release-')}-adapt{adapt}"
                             cfg = GrnConfig(release=release, out=folder / run_name,
@@ -310,13 +385,17 @@ def main(argv: list[str] | None = None) -> int:
                             auroc = auroc_row(metrics)
                             auroc["joint"] = auroc.pop(next(m for m in list(auroc) if m.startswith("joint-")))
                             rows.append({"sim": sim, "objective": objective, "steps": level, "adapt": adapt,
-                                         "auroc": auroc, "wall_s": time.perf_counter() - t})  # fmt: skip
+                                         "auroc": auroc, "wall_s": time.perf_counter() - t,
+                                         "release_sha256": _sha256(release / "model.safetensors")})  # fmt: skip
                             keys = ("joint", "random-init", "pretrained-probe", "random-init-probe", "pearson")
                             shown = ", ".join(f"{k} {auroc[k]:.3f}" for k in keys if k in auroc)
                             print(f"{sim} | {objective} {level} steps | adapt {adapt}: "
                                   f"{time.perf_counter() - t:.0f} s; {shown}", flush=True)  # fmt: skip
                             text = render(rows, args, machine, time.perf_counter() - start)
                             atomic_write_text(args.results, text)
-                            atomic_write_text(args.out / "summary.json", json.dumps(rows, indent=1, default=float))
+                            write_summary(args.summary, settings, rows)
+    if rows:  # also when every row was read from the summary: the table shows them
+        text = render(rows, args, machine, time.perf_counter() - start)
+        atomic_write_text(args.results, text)
     print(text)
     return 0

@@ -71,3 +71,39 @@ def test_bad_arguments_are_refused_at_once(capsys):
     assert gp.main(["--sizes", "300", "--depths", "shallow", "--steps", "0"]) == 2
     err = capsys.readouterr().err
     assert "--sizes ['300']" in err and "--depths ['shallow']" in err
+
+
+def test_the_summary_resumes_with_the_same_settings_and_refuses_others(tmp_path, capsys):
+    args = argparse.Namespace(corpus_cells=1000, sample_cells=100, seeds=2, budget=1, isd_cells=10)
+    settings = gp._settings(args, [100])
+    path = tmp_path / "summary.json"
+    assert gp.read_summary(path, settings) == []  # nothing yet
+    rows = _rows([0.05, 0.06])
+    gp.write_summary(path, settings, rows)
+    again = gp.read_summary(path, settings)
+    assert again == rows and {gp.row_key(r) for r in again} == {("sim 0", "expressed", 100, 0),
+                                                                ("sim 1", "expressed", 100, 0)}  # fmt: skip
+    with pytest.raises(ValueError, match=r"budget=1; this call: budget=3") as err:
+        gp.read_summary(path, {**settings, "budget": 3})
+    assert str(path) in str(err.value) and "another --summary" in str(err.value)
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a scgrn-grn-pretrain-summary v1 file"):
+        gp.read_summary(path, settings)
+    # the CLI says it once, before any simulation or pretraining starts
+    out = tmp_path / "out"
+    assert gp.main(["--summary", str(path), "--out", str(out), "--results", str(tmp_path / "r.md")]) == 2
+    assert "not a scgrn-grn-pretrain-summary v1 file" in capsys.readouterr().err and not out.exists()
+
+
+def test_rows_in_the_summary_are_not_recomputed(tmp_path):
+    argv = ["--sizes", "200", "--depths", "sparse", "--sim-seeds", "1", "--steps", "100", "--objectives",
+            "expressed", "--adapt-steps", "0", "--corpus-cells", "1000", "--sample-cells", "100", "--seeds", "2",
+            "--budget", "1", "--isd-cells", "10"]  # fmt: skip
+    args = argparse.Namespace(corpus_cells=1000, sample_cells=100, seeds=2, budget=1, isd_cells=10)
+    row = {**_rows([0.05])[0], "sim": "200 genes, sparse, seed 1", "wall_s": 60.0}
+    gp.write_summary(tmp_path / "summary.json", gp._settings(args, [100]), [row])
+    out, results = tmp_path / "out", tmp_path / "results.md"
+    paths = ["--out", str(out), "--results", str(results), "--summary", str(tmp_path / "summary.json")]
+    assert gp.main(argv + paths) == 0
+    assert not out.exists()  # nothing simulated, pretrained or run: the one wanted row was there
+    assert "| 200 genes, sparse, seed 1 | expressed | 100 | 0 |" in results.read_text()
