@@ -50,7 +50,9 @@ def _rows(diffs: list[float]) -> list[dict]:
         for x in gp.READOUTS:
             auroc[f"pretrained-{x}"] = 0.55 + d
             auroc[f"random-init-{x}"] = 0.55
-        rows.append({"sim": f"sim {i}", "objective": "expressed", "steps": 100, "adapt": 0, "auroc": auroc})
+        rows.append(
+            {"sim": f"400 genes, sparse, seed {i}", "objective": "expressed", "steps": 100, "adapt": 0, "auroc": auroc}
+        )
     return rows
 
 
@@ -60,7 +62,7 @@ def test_verdicts_need_an_interval_over_simulations(diffs, word):
     args = argparse.Namespace(command="scgrn bench grn-pretrain", corpus_cells=1000, sample_cells=100, seeds=2,
                               budget=1)  # fmt: skip
     text = gp.render(_rows(diffs), args, "test machine", 1.0)
-    probe = next(line for line in text.splitlines() if line.startswith("| expressed | 100 | 0 | probe |"))
+    probe = next(line for line in text.splitlines() if line.startswith("| sparse | expressed | 0 | probe | 100 |"))
     assert f"pretrained {word} twin" in probe, probe
     if len(diffs) == 1:
         assert "no interval (one simulation)" in probe
@@ -81,8 +83,8 @@ def test_the_summary_resumes_with_the_same_settings_and_refuses_others(tmp_path,
     rows = _rows([0.05, 0.06])
     gp.write_summary(path, settings, rows)
     again = gp.read_summary(path, settings)
-    assert again == rows and {gp.row_key(r) for r in again} == {("sim 0", "expressed", 100, 0),
-                                                                ("sim 1", "expressed", 100, 0)}  # fmt: skip
+    keys = {(f"400 genes, sparse, seed {i}", "expressed", 100, 0) for i in (0, 1)}
+    assert again == rows and {gp.row_key(r) for r in again} == keys
     with pytest.raises(ValueError, match=r"budget=1; this call: budget=3") as err:
         gp.read_summary(path, {**settings, "budget": 3})
     assert str(path) in str(err.value) and "another --summary" in str(err.value)
@@ -107,3 +109,5 @@ def test_rows_in_the_summary_are_not_recomputed(tmp_path):
     assert gp.main(argv + paths) == 0
     assert not out.exists()  # nothing simulated, pretrained or run: the one wanted row was there
     assert "| 200 genes, sparse, seed 1 | expressed | 100 | 0 |" in results.read_text()
+    results.unlink()
+    assert gp.main(argv + paths + ["--report-only"]) == 0 and "## Goals" in results.read_text()
