@@ -229,7 +229,13 @@ def goals(rows: list[dict], label: str) -> list[str]:
     out = []
     top = max(r["steps"] for r in rows)
     n_sims = len({r["sim"] for r in rows})
-    met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+
+    def met(stats: tuple, goal: float) -> str:
+        mean, low, _, _ = stats
+        if mean < goal:
+            return "NOT met"
+        return "met" if low > 0 else "met by the point estimate only: the interval includes 0 or there is none"
+
     for objective in [o for o in OBJECTIVES if o in {r["objective"] for r in rows}]:
         sel = [r for r in rows if r["objective"] == objective and r["steps"] == top and r["adapt"] == 0]
         if not sel:
@@ -241,8 +247,8 @@ def goals(rows: list[dict], label: str) -> list[str]:
             twin = _pair(sel, f"pretrained-{x}", f"random-init-{x}")
             mean = np.mean([r["auroc"][f"pretrained-{x}"] for r in sel])
             parts.append(f"`{x}` {mean:.3f}: − abs(Pearson) {pearson[0]:+.3f} {_span(*pearson[1:3])} (goal +0.05: "
-                         f"{met(pearson[0] >= 0.05)}), − twin {twin[0]:+.3f} {_span(*twin[1:3])} (goal +0.10: "
-                         f"{met(twin[0] >= 0.10)})")  # fmt: skip
+                         f"{met(pearson, 0.05)}), − twin {twin[0]:+.3f} {_span(*twin[1:3])} (goal +0.10: "
+                         f"{met(twin, 0.10)})")  # fmt: skip
         out.append(head + " " + "; ".join(parts) + ".")
         for adapt in sorted({r["adapt"] for r in rows} - {0}):
             sel = [r for r in rows if r["objective"] == objective and r["steps"] == top and r["adapt"] == adapt]
@@ -383,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         if not rows:
             print(f"scgrn bench grn-pretrain: error: --report-only: {args.summary} holds no rows", file=sys.stderr)
             return 2
-        atomic_write_text(args.results, render(rows, args, "(rows of earlier calls)", 0.0))
+        here = f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+        atomic_write_text(args.results, render(rows, args, f"{here} (every row computed by earlier calls)", 0.0))
         print(f"wrote {args.results} from {len(rows)} rows of {args.summary}")
         return 0
     from finetune.grn.config import GrnConfig
