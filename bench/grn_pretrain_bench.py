@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from bench.grn_sim_bench import SIZES, score_held_out, split_truth
-from data_prep.io_utils import atomic_write_text
+from data_prep.io_utils import atomic_write_text, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "launch" / "configs" / "pretrain" / "demo.yaml"
@@ -323,13 +323,6 @@ def write_summary(path: Path, settings: dict, rows: list[dict]) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, default=float) + "\n")
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scgrn bench grn-pretrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -435,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                             auroc["joint"] = auroc.pop(next(m for m in list(auroc) if m.startswith("joint-")))
                             rows.append({"sim": sim, "objective": objective, "steps": level, "adapt": adapt,
                                          "auroc": auroc, "wall_s": time.perf_counter() - t,
-                                         "release_sha256": _sha256(release / "model.safetensors")})  # fmt: skip
+                                         "release_sha256": sha256_file(release / "model.safetensors")})  # fmt: skip
                             keys = ("joint", "random-init", "pretrained-probe", "random-init-probe", "pearson")
                             shown = ", ".join(f"{k} {auroc[k]:.3f}" for k in keys if k in auroc)
                             print(f"{sim} | {objective} {level} steps | adapt {adapt}: "
